@@ -1,0 +1,20 @@
+// Random identifiers: conn ids, invoke ids, nonces, tokens.
+#ifndef TETHER_COMMON_IDS_H_
+#define TETHER_COMMON_IDS_H_
+
+#include <string>
+
+namespace tether::common {
+
+// 128 random bits as 32 lowercase hex characters. Thread-safe.
+std::string RandomHexId();
+
+// A random RFC 4122 version-4 UUID string (as OpenClaw uses for nonces and invoke ids).
+std::string RandomUuid();
+
+// `n` random bytes from the OS's CSPRNG, base64url without padding (for secrets).
+std::string RandomToken(int n = 32);
+
+}  // namespace tether::common
+
+#endif  // TETHER_COMMON_IDS_H_
