@@ -1,0 +1,330 @@
+#include "registry_service/core/registry.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/ids.h"
+#include "common/status_macros.h"
+
+namespace tether::registry {
+namespace {
+
+InvokeOutcome Failure(InvokeCode code, std::string message) {
+  InvokeOutcome o;
+  o.code = code;
+  o.message = std::move(message);
+  return o;
+}
+
+constexpr size_t kPumpBatch = 4096;
+
+}  // namespace
+
+Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptions& options)
+    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {}
+
+// --- EdgeLink side ---------------------------------------------------------------------------
+
+absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string& epoch,
+                                  std::shared_ptr<EdgeSink> sink) {
+  Effects effects;
+  RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, clock_.NowMs(), &effects));
+  {
+    absl::MutexLock lock(&mu_);
+    routes_[edge_id] = Route{epoch, std::move(sink)};
+  }
+  Apply(effects);
+  return absl::OkStatus();
+}
+
+void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = routes_.find(edge_id);
+    if (it == routes_.end() || it->second.sink.get() != sink) return;
+    routes_.erase(it);
+  }
+  Effects effects;
+  store_.FailInvokesOnEdge(edge_id, "edge link lost", clock_.NowMs(), &effects);
+  Apply(effects);
+}
+
+absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& epoch) {
+  return store_.RenewLease(edge_id, epoch, clock_.NowMs());
+}
+
+absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {
+  Effects effects;
+  absl::Status status = store_.DrainEdge(edge_id, epoch, clock_.NowMs(), &effects);
+  Apply(effects);
+  return status;
+}
+
+absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
+  Effects effects;
+  auto result =
+      store_.Register(spec, common::RandomToken(), common::RandomUuid(), clock_.NowMs(), &effects);
+  Apply(effects);
+  return result;
+}
+
+CloseResult Registry::Close(const std::string& edge_id, const std::string& conn_id) {
+  Effects effects;
+  CloseResult result = store_.Close(edge_id, conn_id, clock_.NowMs(), &effects);
+  Apply(effects);
+  return result;
+}
+
+bool Registry::AcceptResult(const std::string& conn_id, const std::string& invoke_id,
+                            const std::string& node_id, const InvokeOutcome& outcome) {
+  Effects effects;
+  bool settled =
+      store_.SettleInvoke(invoke_id, node_id, conn_id, outcome, clock_.NowMs(), &effects);
+  Apply(effects);
+  return settled;
+}
+
+void Registry::Undeliverable(const std::string& conn_id, const std::string& invoke_id,
+                             const std::string& reason) {
+  Effects effects;
+  store_.FailInvoke(invoke_id, conn_id,
+                    Failure(InvokeCode::kDisconnected, "could not deliver: " + reason),
+                    clock_.NowMs(), &effects);
+  Apply(effects);
+}
+
+void Registry::Seen(const std::string& conn_id) { store_.Touch(conn_id, clock_.NowMs()); }
+
+absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id,
+                                              const std::string& epoch,
+                                              const std::vector<LiveConnection>& live) {
+  Effects effects;
+  auto result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
+  Apply(effects);
+  return result;
+}
+
+// --- Invokes ---------------------------------------------------------------------------------
+
+InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
+  const int64_t now = clock_.NowMs();
+  InvokeResult base;
+  base.idempotency_key =
+      params.idempotency_key.empty() ? common::RandomUuid() : params.idempotency_key;
+  int64_t timeout =
+      params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
+  timeout = std::min(timeout, options_.max_invoke_timeout_ms);
+  base.effective_timeout_ms = timeout;
+  if (params.node_id.empty() || params.command.empty()) {
+    base.outcome = Failure(InvokeCode::kInvalid, "node_id and command are required");
+    done(base);
+    return InvokeTicket{};
+  }
+  int64_t deadline = now + timeout;
+  if (params.caller_deadline_ms > 0) deadline = std::min(deadline, params.caller_deadline_ms);
+
+  InvokeStart start;
+  start.invoke_id = common::RandomUuid();
+  start.node_id = params.node_id;
+  start.command = params.command;
+  start.params_json = params.params_json;
+  start.idempotency_key = base.idempotency_key;
+  start.timeout_ms = timeout;
+  start.deadline_ms = deadline;
+
+  // The waiter exists before the store can settle the invoke, so no completion is missed.
+  InvokeTicket ticket{start.invoke_id, 0};
+  {
+    absl::MutexLock lock(&mu_);
+    ticket.waiter_id = next_waiter_id_++;
+    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base});
+  }
+  auto drop_waiter = [&]() {
+    absl::MutexLock lock(&mu_);
+    waiters_.erase(start.invoke_id);
+  };
+
+  // A join can lose a race with the joined invoke's end; then the next try replays it.
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    Effects effects;
+    InvokeStartResult r = store_.StartInvoke(start, now, &effects);
+    switch (r.kind) {
+      case InvokeStartResult::Kind::kDispatched: {
+        std::shared_ptr<EdgeSink> sink = SinkFor(r.dispatch.edge_id);
+        if (sink == nullptr) {
+          store_.FailInvoke(r.dispatch.invoke_id, "",
+                            Failure(InvokeCode::kDisconnected, "edge link down"), now,
+                            &effects);
+        } else {
+          sink->SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1));
+        }
+        Apply(effects);
+        return ticket;
+      }
+      case InvokeStartResult::Kind::kFailed:
+      case InvokeStartResult::Kind::kReplayed: {
+        drop_waiter();
+        InvokeResult result = base;
+        result.outcome = r.outcome;
+        result.replayed = r.kind == InvokeStartResult::Kind::kReplayed;
+        result.invoke_id = result.replayed ? r.dispatch.invoke_id : "";
+        Apply(effects);
+        done(result);
+        return InvokeTicket{};
+      }
+      case InvokeStartResult::Kind::kJoined: {
+        absl::MutexLock lock(&mu_);
+        auto joined = waiters_.find(r.dispatch.invoke_id);
+        if (joined == waiters_.end()) break;  // it just ended: try again (replay)
+        auto mine = waiters_.find(start.invoke_id);
+        Waiter w = std::move(mine->second.front());
+        w.base.effective_timeout_ms = r.dispatch.timeout_ms;
+        waiters_.erase(mine);
+        joined->second.push_back(std::move(w));
+        return InvokeTicket{r.dispatch.invoke_id, ticket.waiter_id};
+      }
+    }
+  }
+  drop_waiter();
+  InvokeResult result = base;
+  result.outcome = Failure(InvokeCode::kCancelled, "invoke could not be joined; retry");
+  done(result);
+  return InvokeTicket{};
+}
+
+void Registry::CancelInvoke(const InvokeTicket& ticket) {
+  InvokeDone done;
+  InvokeResult result;
+  bool last = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = waiters_.find(ticket.invoke_id);
+    if (it == waiters_.end()) return;
+    auto& list = it->second;
+    auto w = std::find_if(list.begin(), list.end(),
+                          [&](const Waiter& x) { return x.id == ticket.waiter_id; });
+    if (w == list.end()) return;
+    done = std::move(w->done);
+    result = w->base;
+    list.erase(w);
+    if (list.empty()) {
+      waiters_.erase(it);
+      last = true;
+    }
+  }
+  result.invoke_id = ticket.invoke_id;
+  result.outcome = Failure(InvokeCode::kCancelled, "cancelled by the caller");
+  if (last) {
+    Effects effects;
+    store_.FailInvoke(ticket.invoke_id, "", result.outcome, clock_.NowMs(), &effects);
+    Apply(effects);
+  }
+  done(result);
+}
+
+// --- Presence --------------------------------------------------------------------------------
+
+absl::StatusOr<uint64_t> Registry::Watch(uint64_t from_revision, PresenceFn fn) {
+  absl::MutexLock lock(&publish_mu_);
+  Watcher w;
+  w.after = published_;
+  if (from_revision != 0) {
+    w.after = from_revision;
+    // Backlog up to what has been published; later events come from PumpPresence.
+    uint64_t cursor = from_revision;
+    while (cursor < published_) {
+      auto events = store_.ReadPresence(cursor, kPumpBatch);
+      if (!events.ok()) return events.status();
+      if (events->empty()) break;
+      for (const PresenceEvent& e : *events) {
+        if (e.revision > published_) break;
+        fn(e);
+        w.after = cursor = e.revision;
+      }
+    }
+    if (from_revision > published_) {
+      auto check = store_.ReadPresence(from_revision, 0);
+      if (!check.ok()) return check.status();
+    }
+  }
+  w.fn = std::move(fn);
+  const uint64_t id = next_watch_id_++;
+  watchers_[id] = std::move(w);
+  return id;
+}
+
+void Registry::Unwatch(uint64_t watch_id) {
+  absl::MutexLock lock(&publish_mu_);
+  watchers_.erase(watch_id);
+}
+
+void Registry::PumpPresence() {
+  absl::MutexLock lock(&publish_mu_);
+  for (;;) {
+    auto events = store_.ReadPresence(published_, kPumpBatch);
+    if (!events.ok()) {
+      // Fell behind the bounded history: cannot happen while history exceeds one decision's
+      // events. Skip ahead rather than stall every watcher.
+      published_ = store_.HeadRevision();
+      return;
+    }
+    if (events->empty()) return;
+    for (const PresenceEvent& e : *events) {
+      for (auto& [id, w] : watchers_) {
+        if (e.revision <= w.after) continue;
+        w.after = e.revision;
+        w.fn(e);
+      }
+      published_ = e.revision;
+    }
+  }
+}
+
+// --- Plumbing --------------------------------------------------------------------------------
+
+absl::StatusOr<int> Registry::RevokeDevice(const std::string& node_id) {
+  Effects effects;
+  auto result = store_.RevokeDevice(node_id, clock_.NowMs(), &effects);
+  Apply(effects);
+  return result;
+}
+
+void Registry::Tick() {
+  Effects effects;
+  store_.Expire(clock_.NowMs(), &effects);
+  Apply(effects);
+}
+
+std::shared_ptr<EdgeSink> Registry::SinkFor(const std::string& edge_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = routes_.find(edge_id);
+  return it == routes_.end() ? nullptr : it->second.sink;
+}
+
+void Registry::Apply(Effects& effects) {
+  std::vector<std::pair<InvokeDone, InvokeResult>> calls;
+  std::vector<std::pair<std::shared_ptr<EdgeSink>, const EdgeCommand*>> sends;
+  {
+    absl::MutexLock lock(&mu_);
+    for (SettledInvoke& s : effects.settled) {
+      auto it = waiters_.find(s.dispatch.invoke_id);
+      if (it == waiters_.end()) continue;
+      for (Waiter& w : it->second) {
+        InvokeResult r = std::move(w.base);
+        r.invoke_id = s.dispatch.invoke_id;
+        r.outcome = s.outcome;
+        calls.emplace_back(std::move(w.done), std::move(r));
+      }
+      waiters_.erase(it);
+    }
+    for (const EdgeCommand& c : effects.to_edges) {
+      auto it = routes_.find(c.edge_id);
+      if (it != routes_.end()) sends.emplace_back(it->second.sink, &c);
+    }
+  }
+  for (auto& [sink, command] : sends) sink->SendCommand(*command);
+  for (auto& [done, result] : calls) done(result);
+  if (!effects.presence.empty()) PumpPresence();
+}
+
+}  // namespace tether::registry

@@ -1,0 +1,155 @@
+// Registry: the registry's behaviour, between its transport shells and its store.
+#ifndef TETHER_REGISTRY_SERVICE_CORE_REGISTRY_H_
+#define TETHER_REGISTRY_SERVICE_CORE_REGISTRY_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "registry_service/core/store.h"
+#include "registry_service/core/types.h"
+
+namespace tether::registry {
+
+// The downstream half of one edge's EdgeLink stream. Implemented by the gRPC shell (and by a
+// recording fake in tests). Methods must not block; they are called from any thread.
+class EdgeSink {
+ public:
+  virtual ~EdgeSink() = default;
+  // Deliver `dispatch` to its connection; the node has `remaining_ms` to answer.
+  virtual void SendInvoke(const Dispatch& dispatch, int64_t remaining_ms) = 0;
+  virtual void SendCommand(const EdgeCommand& command) = 0;
+};
+
+struct RegistryOptions {
+  int64_t default_invoke_timeout_ms = 30'000;
+  int64_t max_invoke_timeout_ms = 300'000;
+};
+
+// How an invoke ended, as its caller sees it.
+struct InvokeResult {
+  InvokeOutcome outcome;
+  std::string invoke_id;
+  std::string idempotency_key;
+  int64_t effective_timeout_ms = 0;
+  bool replayed = false;  // answered from the idempotency window
+};
+
+struct InvokeParams {
+  std::string node_id;
+  std::string command;
+  std::string params_json;
+  int64_t timeout_ms = 0;          // 0: default; clamped to the cap
+  std::string idempotency_key;     // generated when empty
+  int64_t caller_deadline_ms = 0;  // absolute; 0: none
+};
+
+// Identifies one caller's wait on an invoke, for cancellation.
+struct InvokeTicket {
+  std::string invoke_id;
+  uint64_t waiter_id = 0;
+};
+
+// Runs every registry operation: asks the store to decide, then delivers what the decision
+// changed (invoke completions to waiting callers, commands to edges, presence events to
+// watchers) after every lock is released, so callbacks may call back into the Registry.
+//
+// Not owned: the store and the clock, which must outlive it. Thread-safe. Time only moves
+// through Tick(), which the server calls from a timer and tests call by hand.
+class Registry {
+ public:
+  using InvokeDone = std::function<void(const InvokeResult&)>;
+  using PresenceFn = std::function<void(const PresenceEvent&)>;
+
+  Registry(Store& store, const common::Clock& clock, const RegistryOptions& options);
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  // --- EdgeLink side -----------------------------------------------------------------------
+  // Attaches `sink` as the route to `edge_id`. The sink stays referenced until DetachEdge.
+  absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
+                          std::shared_ptr<EdgeSink> sink) ABSL_LOCKS_EXCLUDED(mu_);
+  // The stream carrying `sink` ended. Invokes in flight on the edge fail at once; its
+  // connections stay until the lease lapses or the edge re-attaches and resyncs.
+  void DetachEdge(const std::string& edge_id, const EdgeSink* sink) ABSL_LOCKS_EXCLUDED(mu_);
+  absl::Status Heartbeat(const std::string& edge_id, const std::string& epoch);
+  absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch);
+  absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec);
+  CloseResult Close(const std::string& edge_id, const std::string& conn_id);
+  // A node's result, with the conn id of the socket it arrived on. False: ignored.
+  bool AcceptResult(const std::string& conn_id, const std::string& invoke_id,
+                    const std::string& node_id, const InvokeOutcome& outcome);
+  // The edge could not deliver `invoke_id` to `conn_id`.
+  void Undeliverable(const std::string& conn_id, const std::string& invoke_id,
+                     const std::string& reason);
+  void Seen(const std::string& conn_id);
+  absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
+                                      const std::vector<LiveConnection>& live);
+
+  // --- Public API side ---------------------------------------------------------------------
+  // Starts (or joins, or replays) an invoke. `done` runs exactly once, possibly before
+  // Invoke returns, on whichever thread ends the invoke.
+  InvokeTicket Invoke(const InvokeParams& params, InvokeDone done) ABSL_LOCKS_EXCLUDED(mu_);
+  // The caller gave up: its `done` runs with CANCELLED unless it already ran. The invoke
+  // itself is cancelled (and the node told) when no other caller waits on it.
+  void CancelInvoke(const InvokeTicket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Sends every presence event after `from_revision` (0: from now) to `fn`, in order, once
+  // each, first the retained backlog and then live events. `fn` must not block. Returns a
+  // watch id, or kOutOfRange when that revision is no longer (or not yet) in the history.
+  absl::StatusOr<uint64_t> Watch(uint64_t from_revision, PresenceFn fn)
+      ABSL_LOCKS_EXCLUDED(publish_mu_);
+  void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
+
+  absl::StatusOr<int> RevokeDevice(const std::string& node_id);
+  Store& store() { return store_; }
+
+  // Expires invokes, leases and grace periods as of the clock's now.
+  void Tick();
+
+ private:
+  struct Waiter {
+    uint64_t id = 0;
+    InvokeDone done;
+    InvokeResult base;  // fields known at start (key, effective timeout)
+  };
+  struct Route {
+    std::string epoch;
+    std::shared_ptr<EdgeSink> sink;
+  };
+  struct Watcher {
+    uint64_t after = 0;  // deliver only revisions above this
+    PresenceFn fn;
+  };
+
+  // Delivers what a decision changed. Call with no lock held.
+  void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
+  void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
+  std::shared_ptr<EdgeSink> SinkFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
+
+  Store& store_;                  // not owned
+  const common::Clock& clock_;    // not owned
+  const RegistryOptions options_;
+
+  absl::Mutex mu_;
+  uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
+  absl::flat_hash_map<std::string, std::vector<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
+
+  // Orders presence delivery: events go out in revision order, read back from the store's log.
+  absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  uint64_t published_ ABSL_GUARDED_BY(publish_mu_);
+  uint64_t next_watch_id_ ABSL_GUARDED_BY(publish_mu_) = 1;
+  absl::flat_hash_map<uint64_t, Watcher> watchers_ ABSL_GUARDED_BY(publish_mu_);
+};
+
+}  // namespace tether::registry
+
+#endif  // TETHER_REGISTRY_SERVICE_CORE_REGISTRY_H_

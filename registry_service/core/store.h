@@ -1,0 +1,198 @@
+// Store: the registry's ownership decisions, run atomically where the state lives.
+//
+// The seam is the set of decisions (register, close, start/settle an invoke, expire, resync),
+// not get/put of records: with several registry replicas no replica's memory may decide who
+// owns a node, so each decision runs as one atomic step inside the store (in process for the
+// memory store, as a script for Redis). Every decision reports what it changed as Effects,
+// which the caller (Registry) turns into notifications after the decision returned.
+#ifndef TETHER_REGISTRY_SERVICE_CORE_STORE_H_
+#define TETHER_REGISTRY_SERVICE_CORE_STORE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "registry_service/core/types.h"
+
+namespace tether::registry {
+
+// Something the edge holding a connection must be told.
+struct EdgeCommand {
+  enum class Kind {
+    kSuperseded,  // the connection was replaced; close it after `grace_ms` at the latest
+    kClose,       // close it now, for `reason`
+    kCancel,      // stop working on `invoke_id` (it timed out or was cancelled)
+  };
+  Kind kind = Kind::kClose;
+  std::string edge_id;
+  std::string conn_id;
+  std::string node_id;
+  std::string reason;
+  std::string invoke_id;
+  int64_t grace_ms = 0;
+};
+
+// An invoke that ended during a decision.
+struct SettledInvoke {
+  Dispatch dispatch;
+  InvokeOutcome outcome;
+};
+
+// What a decision changed. Appended to, never cleared, by the store.
+struct Effects {
+  std::vector<PresenceEvent> presence;  // already in the presence log, in revision order
+  std::vector<SettledInvoke> settled;
+  std::vector<EdgeCommand> to_edges;
+};
+
+struct RegisterResult {
+  bool granted = false;
+  uint64_t generation = 0;
+  std::string device_token;  // the device's token, to hand to the node in hello-ok
+  // When refused: OpenClaw error code, message, details code and pairing request id.
+  std::string error_code;
+  std::string error_message;
+  std::string details_code;
+  std::string pairing_request_id;
+};
+
+struct CloseResult {
+  bool known = false;     // the connection was live in the table
+  bool was_owner = false;  // false: a stale close, which changed nothing about the owner
+  std::string node_id;
+};
+
+struct InvokeStart {
+  std::string invoke_id;  // fresh, chosen by the caller
+  std::string node_id;
+  std::string command;
+  std::string params_json;
+  std::string idempotency_key;  // never empty (the caller generates one)
+  int64_t timeout_ms = 0;       // already defaulted and clamped
+  int64_t deadline_ms = 0;      // absolute; min(now + timeout, the caller's deadline)
+};
+
+struct InvokeStartResult {
+  enum class Kind {
+    kDispatched,  // new: send `dispatch` to its edge
+    kJoined,      // the same key is in flight: wait for `dispatch.invoke_id`
+    kReplayed,    // the same key finished recently: `outcome` is its result
+    kFailed,      // ended at once: `outcome` (NOT_CONNECTED, COMMAND_NOT_ALLOWED)
+  };
+  Kind kind = Kind::kFailed;
+  Dispatch dispatch;
+  InvokeOutcome outcome;
+};
+
+struct LiveConnection {
+  ConnectionSpec spec;
+  uint64_t generation = 0;
+};
+
+struct ResyncResult {
+  int kept = 0;
+  int closed = 0;
+};
+
+struct NodeFilter {
+  enum class Connected { kAny, kOnly, kNot };
+  enum class Paired { kAny, kOnly, kNot };
+  Connected connected = Connected::kAny;
+  Paired paired = Paired::kAny;
+};
+
+struct NodePage {
+  std::vector<NodeView> nodes;
+  std::string next_page_token;
+};
+
+struct PresenceSnapshot {
+  std::vector<NodeView> nodes;  // connected ones
+  uint64_t revision = 0;
+};
+
+// Thread-safe: every method is one atomic decision or a consistent read.
+class Store {
+ public:
+  virtual ~Store() = default;
+
+  // --- Edges -------------------------------------------------------------------------------
+  // Creates or renews `edge_id`'s lease. A different epoch than the lease's means the edge
+  // restarted: every connection of the old epoch is closed at once (edge_lost).
+  virtual absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
+                                  int64_t now_ms, Effects* effects) = 0;
+  // Renews the lease; kFailedPrecondition when the lease is gone or has another epoch.
+  virtual absl::Status RenewLease(const std::string& edge_id, const std::string& epoch,
+                                  int64_t now_ms) = 0;
+  // The edge is shutting down: close its connections (edge_drain) and drop its lease.
+  virtual absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch,
+                                 int64_t now_ms, Effects* effects) = 0;
+  // The edge's link dropped: invokes in flight on it cannot be answered, fail them now.
+  virtual void FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
+                                 int64_t now_ms, Effects* effects) = 0;
+  // Reconciles the table with the connections an edge reports alive.
+  virtual absl::StatusOr<ResyncResult> Resync(const std::string& edge_id,
+                                              const std::string& epoch,
+                                              const std::vector<LiveConnection>& live,
+                                              int64_t now_ms, Effects* effects) = 0;
+
+  // --- Connections -------------------------------------------------------------------------
+  // Grants ownership of spec.node_id to spec.conn_id with a new, higher generation, or refuses
+  // (pairing, device token). `fresh_token` / `fresh_request_id` are used if a device token or
+  // pairing request must be created.
+  virtual absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec,
+                                                  const std::string& fresh_token,
+                                                  const std::string& fresh_request_id,
+                                                  int64_t now_ms, Effects* effects) = 0;
+  // The edge saw `conn_id` close. Only the owner's close changes presence.
+  virtual CloseResult Close(const std::string& edge_id, const std::string& conn_id,
+                            int64_t now_ms, Effects* effects) = 0;
+  // Marks the node of `conn_id` as seen now (frames arrived).
+  virtual void Touch(const std::string& conn_id, int64_t now_ms) = 0;
+
+  // --- Invokes -----------------------------------------------------------------------------
+  virtual InvokeStartResult StartInvoke(const InvokeStart& start, int64_t now_ms,
+                                        Effects* effects) = 0;
+  // A result arrived on `conn_id`. Returns true when it settled a pending invoke (invoke id,
+  // node id and connection all matched); false when it was ignored.
+  virtual bool SettleInvoke(const std::string& invoke_id, const std::string& node_id,
+                            const std::string& conn_id, const InvokeOutcome& outcome,
+                            int64_t now_ms, Effects* effects) = 0;
+  // Ends a pending invoke with `outcome` (caller cancelled, undeliverable). When `conn_id` is
+  // not empty it must match the dispatch. Returns false if it was no longer pending.
+  virtual bool FailInvoke(const std::string& invoke_id, const std::string& conn_id,
+                          const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) = 0;
+
+  // --- Time --------------------------------------------------------------------------------
+  // Expires invokes (TIMEOUT), edge leases (edge_lost) and superseded connections' grace.
+  virtual void Expire(int64_t now_ms, Effects* effects) = 0;
+
+  // --- Reads -------------------------------------------------------------------------------
+  virtual NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
+                             int page_size) = 0;
+  virtual absl::StatusOr<NodeView> GetNode(const std::string& node_id) = 0;
+  virtual PresenceSnapshot GetPresence() = 0;
+  // Events with revision > `after`, at most `max`. kOutOfRange when `after` is older than the
+  // retained history or newer than the head (the history was compacted or restarted).
+  virtual absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after,
+                                                                  size_t max) = 0;
+  virtual uint64_t HeadRevision() = 0;
+
+  // --- Pairing -----------------------------------------------------------------------------
+  virtual std::vector<PairingRequest> ListPairingRequests() = 0;
+  virtual std::vector<Device> ListDevices() = 0;
+  virtual absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
+                                                const std::string& approved_by,
+                                                int64_t now_ms) = 0;
+  virtual absl::Status RejectPairing(const std::string& request_id) = 0;
+  // Unpairs the device, invalidates its token and closes its connections (revoked).
+  virtual absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
+                                           Effects* effects) = 0;
+};
+
+}  // namespace tether::registry
+
+#endif  // TETHER_REGISTRY_SERVICE_CORE_STORE_H_

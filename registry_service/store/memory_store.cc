@@ -1,0 +1,666 @@
+#include "registry_service/store/memory_store.h"
+
+#include <algorithm>
+#include <utility>
+
+namespace tether::registry {
+namespace {
+
+InvokeOutcome Failure(InvokeCode code, std::string message) {
+  InvokeOutcome o;
+  o.code = code;
+  o.message = std::move(message);
+  return o;
+}
+
+bool Contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+}  // namespace
+
+MemoryStore::MemoryStore(const StoreOptions& options, int64_t start_ms)
+    : options_(options),
+      last_generation_(static_cast<uint64_t>(start_ms) * 1000),
+      head_revision_(static_cast<uint64_t>(start_ms) * 1000) {}
+
+std::string MemoryStore::IdemKey(const std::string& node_id, const std::string& key) {
+  std::string k = node_id;
+  k.push_back('\0');
+  k += key;
+  return k;
+}
+
+uint64_t MemoryStore::NextGeneration() {
+  last_generation_ += 1;
+  return last_generation_;
+}
+
+void MemoryStore::Publish(PresenceEvent event, int64_t now_ms, Effects* effects) {
+  event.revision = ++head_revision_;
+  event.time_ms = now_ms;
+  history_.push_back(event);
+  while (history_.size() > options_.presence_history) history_.pop_front();
+  effects->presence.push_back(std::move(event));
+}
+
+bool MemoryStore::Paired(const std::string& node_id) const {
+  return devices_.contains(node_id);
+}
+
+NodeView MemoryStore::View(const NodeRecord& node) const {
+  NodeView v;
+  v.node_id = node.node_id;
+  v.client = node.client;
+  v.public_key = node.public_key;
+  v.remote_addr = node.remote_addr;
+  v.connected = !node.owner.empty();
+  v.conn_id = node.owner;
+  v.edge_id = node.edge_id;
+  v.generation = node.generation;
+  v.connected_at_ms = node.connected_at_ms;
+  v.last_seen_ms = node.last_seen_ms;
+  v.paired = Paired(node.node_id);
+  return v;
+}
+
+void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms,
+                               Effects* effects) {
+  PresenceEvent event;
+  event.node_id = node.node_id;
+  event.kind = PresenceKind::kConnected;
+  if (!node.owner.empty()) {
+    auto old = conns_.find(node.owner);
+    if (old != conns_.end()) SupersedeConn(old->second, now_ms, effects);
+    event.kind = PresenceKind::kReplaced;
+  }
+  node.owner = conn.spec.conn_id;
+  node.edge_id = conn.spec.edge_id;
+  node.generation = conn.generation;
+  node.client = conn.spec.client;
+  node.public_key = conn.spec.public_key;
+  node.remote_addr = conn.spec.remote_addr;
+  node.connected_at_ms = now_ms;
+  node.last_seen_ms = now_ms;
+  event.conn_id = conn.spec.conn_id;
+  event.edge_id = conn.spec.edge_id;
+  event.generation = conn.generation;
+  Publish(std::move(event), now_ms, effects);
+}
+
+void MemoryStore::SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects) {
+  conn.superseded = true;
+  if (conn.pending.empty()) {
+    MaybeRetire(conn, effects);
+    return;
+  }
+  conn.retire_at_ms = now_ms + options_.superseded_grace_ms;
+  retire_at_.insert({conn.retire_at_ms, conn.spec.conn_id});
+  EdgeCommand cmd;
+  cmd.kind = EdgeCommand::Kind::kSuperseded;
+  cmd.edge_id = conn.spec.edge_id;
+  cmd.conn_id = conn.spec.conn_id;
+  cmd.node_id = conn.spec.node_id;
+  cmd.reason = kReasonSuperseded;
+  cmd.grace_ms = options_.superseded_grace_ms;
+  effects->to_edges.push_back(std::move(cmd));
+}
+
+void MemoryStore::MaybeRetire(Conn& conn, Effects* effects) {
+  if (!conn.superseded || conn.retire_sent || !conn.pending.empty()) return;
+  conn.retire_sent = true;
+  retire_at_.erase({conn.retire_at_ms, conn.spec.conn_id});
+  EdgeCommand cmd;
+  cmd.kind = EdgeCommand::Kind::kClose;
+  cmd.edge_id = conn.spec.edge_id;
+  cmd.conn_id = conn.spec.conn_id;
+  cmd.node_id = conn.spec.node_id;
+  cmd.reason = kReasonSuperseded;
+  effects->to_edges.push_back(std::move(cmd));
+}
+
+bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, int64_t now_ms,
+                         Effects* effects) {
+  auto it = pending_.find(invoke_id);
+  if (it == pending_.end()) return false;
+  Dispatch dispatch = std::move(it->second.dispatch);
+  pending_.erase(it);
+  deadlines_.erase({dispatch.deadline_ms, invoke_id});
+  const std::string key = IdemKey(dispatch.node_id, dispatch.idempotency_key);
+  inflight_keys_.erase(key);
+  outcome.conn_id = dispatch.conn_id;
+  outcome.generation = dispatch.generation;
+  finished_keys_[key] = Finished{outcome, invoke_id, now_ms + options_.idempotency_window_ms};
+  finished_order_.push_back({now_ms + options_.idempotency_window_ms, key});
+  auto conn = conns_.find(dispatch.conn_id);
+  if (conn != conns_.end()) {
+    conn->second.pending.erase(invoke_id);
+    MaybeRetire(conn->second, effects);
+  }
+  effects->settled.push_back(SettledInvoke{std::move(dispatch), std::move(outcome)});
+  return true;
+}
+
+CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::string& reason,
+                                    int64_t now_ms, Effects* effects) {
+  CloseResult result;
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return result;
+  result.known = true;
+  Conn& conn = it->second;
+  result.node_id = conn.spec.node_id;
+  conn.retire_sent = true;  // it is going away: no retirement command
+  retire_at_.erase({conn.retire_at_ms, conn_id});
+  auto pending = std::exchange(conn.pending, {});
+  for (const std::string& invoke_id : pending) {
+    Finish(invoke_id,
+           Failure(InvokeCode::kDisconnected, "connection closed (" + reason + ")"), now_ms,
+           effects);
+  }
+  auto node = nodes_.find(conn.spec.node_id);
+  if (node != nodes_.end() && node->second.owner == conn_id) {
+    result.was_owner = true;
+    node->second.owner.clear();
+    node->second.last_seen_ms = now_ms;
+    PresenceEvent event;
+    event.node_id = conn.spec.node_id;
+    event.kind = PresenceKind::kDisconnected;
+    event.reason = reason;
+    event.conn_id = conn_id;
+    event.edge_id = conn.spec.edge_id;
+    event.generation = conn.generation;
+    Publish(std::move(event), now_ms, effects);
+  }
+  auto lease = leases_.find(conn.spec.edge_id);
+  if (lease != leases_.end()) lease->second.conns.erase(conn_id);
+  conns_.erase(it);
+  return result;
+}
+
+// --- Edges -----------------------------------------------------------------------------------
+
+absl::Status MemoryStore::AttachEdge(const std::string& edge_id, const std::string& epoch,
+                                     int64_t now_ms, Effects* effects) {
+  if (edge_id.empty() || epoch.empty()) {
+    return absl::InvalidArgumentError("attach needs an edge id and an epoch");
+  }
+  absl::MutexLock lock(&mu_);
+  auto it = leases_.find(edge_id);
+  if (it != leases_.end() && it->second.epoch != epoch) {
+    // The edge restarted: its previous process's sockets are gone.
+    auto old = std::exchange(it->second.conns, {});
+    for (const std::string& conn_id : old) RemoveConn(conn_id, kReasonEdgeLost, now_ms, effects);
+  }
+  Lease& lease = leases_[edge_id];
+  lease.epoch = epoch;
+  lease.expires_ms = now_ms + options_.lease_ttl_ms;
+  return absl::OkStatus();
+}
+
+absl::Status MemoryStore::RenewLease(const std::string& edge_id, const std::string& epoch,
+                                     int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  auto it = leases_.find(edge_id);
+  if (it == leases_.end() || it->second.epoch != epoch) {
+    return absl::FailedPreconditionError("edge lease lapsed or replaced: attach again");
+  }
+  it->second.expires_ms = now_ms + options_.lease_ttl_ms;
+  return absl::OkStatus();
+}
+
+absl::Status MemoryStore::DrainEdge(const std::string& edge_id, const std::string& epoch,
+                                    int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  auto it = leases_.find(edge_id);
+  if (it == leases_.end() || it->second.epoch != epoch) {
+    return absl::FailedPreconditionError("edge not attached with this epoch");
+  }
+  auto conns = std::exchange(it->second.conns, {});
+  for (const std::string& conn_id : conns) {
+    RemoveConn(conn_id, kReasonEdgeDrain, now_ms, effects);
+  }
+  leases_.erase(edge_id);
+  return absl::OkStatus();
+}
+
+void MemoryStore::FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
+                                    int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> doomed;
+  for (const auto& [id, p] : pending_) {
+    if (p.dispatch.edge_id == edge_id) doomed.push_back(id);
+  }
+  for (const std::string& id : doomed) {
+    Finish(id, Failure(InvokeCode::kDisconnected, message), now_ms, effects);
+  }
+}
+
+absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
+                                                 const std::string& epoch,
+                                                 const std::vector<LiveConnection>& live,
+                                                 int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  auto lease_it = leases_.find(edge_id);
+  if (lease_it == leases_.end() || lease_it->second.epoch != epoch) {
+    return absl::FailedPreconditionError("resync before attach");
+  }
+  ResyncResult result;
+  absl::flat_hash_set<std::string> reported;
+  for (const LiveConnection& l : live) reported.insert(l.spec.conn_id);
+  // Connections we hold for this edge that it no longer has died while the link was down.
+  std::vector<std::string> gone;
+  for (const std::string& conn_id : lease_it->second.conns) {
+    if (!reported.contains(conn_id)) gone.push_back(conn_id);
+  }
+  for (const std::string& conn_id : gone) {
+    RemoveConn(conn_id, kReasonDisconnect, now_ms, effects);
+    ++result.closed;
+  }
+  for (const LiveConnection& l : live) {
+    auto close_it = [&](const char* reason) {
+      EdgeCommand cmd;
+      cmd.kind = EdgeCommand::Kind::kClose;
+      cmd.edge_id = edge_id;
+      cmd.conn_id = l.spec.conn_id;
+      cmd.node_id = l.spec.node_id;
+      cmd.reason = reason;
+      effects->to_edges.push_back(std::move(cmd));
+      ++result.closed;
+    };
+    auto known = conns_.find(l.spec.conn_id);
+    if (known != conns_.end()) {
+      if (known->second.spec.edge_id == edge_id) {
+        ++result.kept;
+      } else {
+        close_it(kReasonSuperseded);  // a conn id claimed by two edges: trust neither copy
+      }
+      continue;
+    }
+    last_generation_ = std::max(last_generation_, l.generation);
+    // The generation proves an earlier grant; after a restart of an in-memory registry that
+    // grant (and its pairing) is only known from the edge's report.
+    if (!Paired(l.spec.node_id)) {
+      if (l.generation == 0 || revoked_.contains(l.spec.node_id)) {
+        close_it(kReasonRevoked);
+        continue;
+      }
+      DeviceRecord& d = devices_[l.spec.node_id];
+      d.device.node_id = l.spec.node_id;
+      d.device.public_key = l.spec.public_key;
+      d.device.approved_at_ms = now_ms;
+      d.device.approved_by = "resync";
+    }
+    NodeRecord& node = nodes_[l.spec.node_id];
+    node.node_id = l.spec.node_id;
+    uint64_t newest = node.generation;
+    if (!node.owner.empty()) newest = conns_[node.owner].generation;
+    if (newest > l.generation) {
+      close_it(kReasonSuperseded);  // a newer connection was granted since
+      continue;
+    }
+    Conn& conn = conns_[l.spec.conn_id];
+    conn.spec = l.spec;
+    conn.spec.edge_id = edge_id;
+    conn.spec.edge_epoch = epoch;
+    conn.generation = l.generation;
+    lease_it->second.conns.insert(l.spec.conn_id);
+    InstallOwner(node, conn, now_ms, effects);
+    ++result.kept;
+  }
+  return result;
+}
+
+// --- Connections -----------------------------------------------------------------------------
+
+absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
+                                                     const std::string& fresh_token,
+                                                     const std::string& fresh_request_id,
+                                                     int64_t now_ms, Effects* effects) {
+  if (spec.conn_id.empty() || spec.node_id.empty()) {
+    return absl::InvalidArgumentError("register needs a conn id and a node id");
+  }
+  absl::MutexLock lock(&mu_);
+  auto lease = leases_.find(spec.edge_id);
+  if (lease == leases_.end() || lease->second.epoch != spec.edge_epoch) {
+    return absl::FailedPreconditionError("edge not attached with this epoch");
+  }
+  if (conns_.contains(spec.conn_id)) {
+    return absl::AlreadyExistsError("conn id already registered");
+  }
+  RegisterResult result;
+  auto device = devices_.find(spec.node_id);
+  if (!spec.shared_token_ok) {
+    if (device == devices_.end() || spec.device_token.empty() ||
+        device->second.token != spec.device_token) {
+      result.error_code = "INVALID_REQUEST";
+      result.error_message = "unauthorized: device token mismatch";
+      result.details_code = "AUTH_DEVICE_TOKEN_MISMATCH";
+      return result;
+    }
+  }
+  if (device == devices_.end()) {
+    if (options_.auto_approve_all || (options_.auto_approve_loopback && spec.loopback)) {
+      DeviceRecord& d = devices_[spec.node_id];
+      d.device = Device{spec.node_id, spec.public_key, now_ms, "auto"};
+      revoked_.erase(spec.node_id);
+      device = devices_.find(spec.node_id);
+    } else {
+      std::string request_id = fresh_request_id;
+      for (const auto& [id, req] : pairing_) {
+        if (req.node_id == spec.node_id) request_id = id;
+      }
+      PairingRequest& req = pairing_[request_id];
+      req.request_id = request_id;
+      req.node_id = spec.node_id;
+      req.public_key = spec.public_key;
+      req.display_name = spec.client.display_name;
+      req.platform = spec.client.platform;
+      req.commands = spec.client.commands;
+      req.remote_addr = spec.remote_addr;
+      if (req.created_at_ms == 0) req.created_at_ms = now_ms;
+      result.error_code = "NOT_PAIRED";
+      result.error_message = "pairing required";
+      result.details_code = "PAIRING_REQUIRED";
+      result.pairing_request_id = request_id;
+      return result;
+    }
+  }
+  if (device->second.token.empty()) device->second.token = fresh_token;
+
+  Conn& conn = conns_[spec.conn_id];
+  conn.spec = spec;
+  conn.generation = NextGeneration();
+  lease->second.conns.insert(spec.conn_id);
+  NodeRecord& node = nodes_[spec.node_id];
+  node.node_id = spec.node_id;
+  InstallOwner(node, conn, now_ms, effects);
+
+  result.granted = true;
+  result.generation = conn.generation;
+  result.device_token = device->second.token;
+  return result;
+}
+
+CloseResult MemoryStore::Close(const std::string& edge_id, const std::string& conn_id,
+                               int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end() || it->second.spec.edge_id != edge_id) return CloseResult{};
+  return RemoveConn(conn_id, kReasonDisconnect, now_ms, effects);
+}
+
+void MemoryStore::Touch(const std::string& conn_id, int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  auto it = conns_.find(conn_id);
+  if (it == conns_.end()) return;
+  auto node = nodes_.find(it->second.spec.node_id);
+  if (node != nodes_.end() && node->second.owner == conn_id) node->second.last_seen_ms = now_ms;
+}
+
+// --- Invokes ---------------------------------------------------------------------------------
+
+InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now_ms,
+                                           Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  InvokeStartResult result;
+  const std::string key = IdemKey(start.node_id, start.idempotency_key);
+  if (auto it = inflight_keys_.find(key); it != inflight_keys_.end()) {
+    result.kind = InvokeStartResult::Kind::kJoined;
+    result.dispatch = pending_.at(it->second).dispatch;
+    return result;
+  }
+  if (auto it = finished_keys_.find(key); it != finished_keys_.end() &&
+                                          it->second.expires_ms > now_ms) {
+    result.kind = InvokeStartResult::Kind::kReplayed;
+    result.dispatch.invoke_id = it->second.invoke_id;
+    result.outcome = it->second.outcome;
+    return result;
+  }
+  auto node = nodes_.find(start.node_id);
+  if (node == nodes_.end() || node->second.owner.empty()) {
+    result.outcome = Failure(InvokeCode::kNotConnected, "node is not connected");
+    return result;
+  }
+  Conn& conn = conns_.at(node->second.owner);
+  if (!Contains(conn.spec.client.commands, start.command)) {
+    result.outcome = Failure(InvokeCode::kCommandNotAllowed,
+                             "node did not declare command '" + start.command + "'");
+    return result;
+  }
+  Dispatch& d = result.dispatch;
+  d.invoke_id = start.invoke_id;
+  d.node_id = start.node_id;
+  d.conn_id = conn.spec.conn_id;
+  d.edge_id = conn.spec.edge_id;
+  d.generation = conn.generation;
+  d.command = start.command;
+  d.params_json = start.params_json;
+  d.idempotency_key = start.idempotency_key;
+  d.deadline_ms = start.deadline_ms;
+  d.timeout_ms = start.timeout_ms;
+  pending_[d.invoke_id] = Pending{d};
+  deadlines_.insert({d.deadline_ms, d.invoke_id});
+  conn.pending.insert(d.invoke_id);
+  inflight_keys_[key] = d.invoke_id;
+  result.kind = InvokeStartResult::Kind::kDispatched;
+  return result;
+}
+
+bool MemoryStore::SettleInvoke(const std::string& invoke_id, const std::string& node_id,
+                               const std::string& conn_id, const InvokeOutcome& outcome,
+                               int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  auto it = pending_.find(invoke_id);
+  if (it == pending_.end() || it->second.dispatch.node_id != node_id ||
+      it->second.dispatch.conn_id != conn_id) {
+    return false;
+  }
+  auto node = nodes_.find(node_id);
+  if (node != nodes_.end() && node->second.owner == conn_id) node->second.last_seen_ms = now_ms;
+  return Finish(invoke_id, outcome, now_ms, effects);
+}
+
+bool MemoryStore::FailInvoke(const std::string& invoke_id, const std::string& conn_id,
+                             const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  auto it = pending_.find(invoke_id);
+  if (it == pending_.end()) return false;
+  if (!conn_id.empty() && it->second.dispatch.conn_id != conn_id) return false;
+  const Dispatch d = it->second.dispatch;
+  if (!Finish(invoke_id, outcome, now_ms, effects)) return false;
+  if (outcome.code == InvokeCode::kCancelled) {
+    EdgeCommand cmd;
+    cmd.kind = EdgeCommand::Kind::kCancel;
+    cmd.edge_id = d.edge_id;
+    cmd.conn_id = d.conn_id;
+    cmd.node_id = d.node_id;
+    cmd.invoke_id = invoke_id;
+    effects->to_edges.push_back(std::move(cmd));
+  }
+  return true;
+}
+
+// --- Time ------------------------------------------------------------------------------------
+
+void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  while (!deadlines_.empty() && deadlines_.begin()->first <= now_ms) {
+    const std::string invoke_id = deadlines_.begin()->second;
+    const Dispatch d = pending_.at(invoke_id).dispatch;
+    Finish(invoke_id, Failure(InvokeCode::kTimeout, "node did not answer in time"), now_ms,
+           effects);
+    EdgeCommand cmd;
+    cmd.kind = EdgeCommand::Kind::kCancel;
+    cmd.edge_id = d.edge_id;
+    cmd.conn_id = d.conn_id;
+    cmd.node_id = d.node_id;
+    cmd.invoke_id = invoke_id;
+    effects->to_edges.push_back(std::move(cmd));
+  }
+  std::vector<std::string> lapsed;
+  for (const auto& [edge_id, lease] : leases_) {
+    if (lease.expires_ms <= now_ms) lapsed.push_back(edge_id);
+  }
+  for (const std::string& edge_id : lapsed) {
+    auto conns = std::exchange(leases_[edge_id].conns, {});
+    for (const std::string& conn_id : conns) {
+      RemoveConn(conn_id, kReasonEdgeLost, now_ms, effects);
+    }
+    leases_.erase(edge_id);
+  }
+  while (!retire_at_.empty() && retire_at_.begin()->first <= now_ms) {
+    const std::string conn_id = retire_at_.begin()->second;
+    retire_at_.erase(retire_at_.begin());
+    auto it = conns_.find(conn_id);
+    if (it == conns_.end() || it->second.retire_sent) continue;
+    it->second.retire_sent = true;
+    EdgeCommand cmd;
+    cmd.kind = EdgeCommand::Kind::kClose;
+    cmd.edge_id = it->second.spec.edge_id;
+    cmd.conn_id = conn_id;
+    cmd.node_id = it->second.spec.node_id;
+    cmd.reason = kReasonSuperseded;
+    effects->to_edges.push_back(std::move(cmd));
+  }
+  while (!finished_order_.empty() && finished_order_.front().first <= now_ms) {
+    auto it = finished_keys_.find(finished_order_.front().second);
+    if (it != finished_keys_.end() && it->second.expires_ms <= now_ms) finished_keys_.erase(it);
+    finished_order_.pop_front();
+  }
+}
+
+// --- Reads -----------------------------------------------------------------------------------
+
+NodePage MemoryStore::ListNodes(const NodeFilter& filter, const std::string& page_token,
+                                int page_size) {
+  if (page_size <= 0) page_size = 100;
+  page_size = std::min(page_size, 1000);
+  absl::MutexLock lock(&mu_);
+  NodePage page;
+  for (auto it = nodes_.upper_bound(page_token); it != nodes_.end(); ++it) {
+    const NodeRecord& n = it->second;
+    const bool connected = !n.owner.empty();
+    if (filter.connected == NodeFilter::Connected::kOnly && !connected) continue;
+    if (filter.connected == NodeFilter::Connected::kNot && connected) continue;
+    const bool paired = Paired(n.node_id);
+    if (filter.paired == NodeFilter::Paired::kOnly && !paired) continue;
+    if (filter.paired == NodeFilter::Paired::kNot && paired) continue;
+    if (static_cast<int>(page.nodes.size()) == page_size) {
+      page.next_page_token = page.nodes.back().node_id;
+      break;
+    }
+    page.nodes.push_back(View(n));
+  }
+  return page;
+}
+
+absl::StatusOr<NodeView> MemoryStore::GetNode(const std::string& node_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = nodes_.find(node_id);
+  if (it == nodes_.end()) return absl::NotFoundError("unknown node id");
+  return View(it->second);
+}
+
+PresenceSnapshot MemoryStore::GetPresence() {
+  absl::MutexLock lock(&mu_);
+  PresenceSnapshot snap;
+  for (const auto& [id, node] : nodes_) {
+    if (!node.owner.empty()) snap.nodes.push_back(View(node));
+  }
+  snap.revision = head_revision_;
+  return snap;
+}
+
+absl::StatusOr<std::vector<PresenceEvent>> MemoryStore::ReadPresence(uint64_t after,
+                                                                     size_t max) {
+  absl::MutexLock lock(&mu_);
+  if (after > head_revision_) {
+    return absl::OutOfRangeError(
+        "revision is ahead of the registry's history (the registry restarted): re-list");
+  }
+  const uint64_t first = history_.empty() ? head_revision_ + 1 : history_.front().revision;
+  if (after + 1 < first) {
+    return absl::OutOfRangeError("presence history compacted past that revision: re-list");
+  }
+  std::vector<PresenceEvent> out;
+  for (size_t i = after + 1 - first; i < history_.size() && out.size() < max; ++i) {
+    out.push_back(history_[i]);
+  }
+  return out;
+}
+
+uint64_t MemoryStore::HeadRevision() {
+  absl::MutexLock lock(&mu_);
+  return head_revision_;
+}
+
+// --- Pairing ---------------------------------------------------------------------------------
+
+std::vector<PairingRequest> MemoryStore::ListPairingRequests() {
+  absl::MutexLock lock(&mu_);
+  std::vector<PairingRequest> out;
+  for (const auto& [id, req] : pairing_) out.push_back(req);
+  return out;
+}
+
+std::vector<Device> MemoryStore::ListDevices() {
+  absl::MutexLock lock(&mu_);
+  std::vector<Device> out;
+  for (const auto& [id, d] : devices_) out.push_back(d.device);
+  std::sort(out.begin(), out.end(),
+            [](const Device& a, const Device& b) { return a.node_id < b.node_id; });
+  return out;
+}
+
+absl::StatusOr<Device> MemoryStore::ApprovePairing(const std::string& request_id,
+                                                   const std::string& approved_by,
+                                                   int64_t now_ms) {
+  absl::MutexLock lock(&mu_);
+  auto it = pairing_.find(request_id);
+  if (it == pairing_.end()) return absl::NotFoundError("unknown pairing request id");
+  DeviceRecord& d = devices_[it->second.node_id];
+  d.device = Device{it->second.node_id, it->second.public_key, now_ms, approved_by};
+  revoked_.erase(it->second.node_id);
+  pairing_.erase(it);
+  return d.device;
+}
+
+absl::Status MemoryStore::RejectPairing(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  if (pairing_.erase(request_id) == 0) return absl::NotFoundError("unknown pairing request id");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int> MemoryStore::RevokeDevice(const std::string& node_id, int64_t now_ms,
+                                              Effects* effects) {
+  absl::MutexLock lock(&mu_);
+  if (devices_.erase(node_id) == 0) return absl::NotFoundError("device is not paired");
+  revoked_.insert(node_id);
+  std::vector<std::pair<std::string, std::string>> doomed;  // (conn id, edge id)
+  for (const auto& [conn_id, conn] : conns_) {
+    if (conn.spec.node_id == node_id) doomed.push_back({conn_id, conn.spec.edge_id});
+  }
+  for (const auto& [conn_id, edge_id] : doomed) {
+    RemoveConn(conn_id, kReasonRevoked, now_ms, effects);
+    EdgeCommand cmd;
+    cmd.kind = EdgeCommand::Kind::kClose;
+    cmd.edge_id = edge_id;
+    cmd.conn_id = conn_id;
+    cmd.node_id = node_id;
+    cmd.reason = kReasonRevoked;
+    effects->to_edges.push_back(std::move(cmd));
+  }
+  return static_cast<int>(doomed.size());
+}
+
+size_t MemoryStore::ConnectionCountForTest() {
+  absl::MutexLock lock(&mu_);
+  return conns_.size();
+}
+
+size_t MemoryStore::PendingInvokeCountForTest() {
+  absl::MutexLock lock(&mu_);
+  return pending_.size();
+}
+
+}  // namespace tether::registry

@@ -1,0 +1,520 @@
+// Ownership rules of architecture.md, scenario by scenario (including the regression
+// scenarios of OpenClaw PR #78351, re-expressed against the registry core).
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "tests/testing/registry_harness.h"
+
+namespace tether::registry {
+namespace {
+
+using ::tether::testing::RegistryHarness;
+using Kind = EdgeCommand::Kind;
+
+TEST(Ownership, RegisterGrantsIncreasingGenerationsAndPublishesConnect) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  uint64_t g1 = h.Register("c1", "n1");
+  uint64_t g2 = h.Register("c2", "n1");
+  ASSERT_GT(g1, 0u);
+  EXPECT_GT(g2, g1);
+  EXPECT_EQ(h.Node("n1").conn_id, "c2");
+  EXPECT_EQ(h.Node("n1").generation, g2);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kConnected), 1);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kReplaced), 1);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 0);
+}
+
+// PR #78351: old and new connection, a pending invoke on the old one.
+TEST(Ownership, LateCloseOfOldConnectionKeepsNewSessionAndFailsOnlyOldInvoke) {
+  RegistryHarness h;
+  auto& edge = h.Attach("edgeA");
+  h.Register("old", "n1");
+  h.Invoke("on-old", "n1");
+  auto old_dispatch = h.LastInvokeTo("edgeA", "old");
+  ASSERT_TRUE(old_dispatch.has_value());
+
+  h.Register("new", "n1");
+  // The old connection is told it was replaced but keeps its own invoke until it settles.
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kSuperseded), 1);
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 0);
+  h.Invoke("on-new", "n1");
+  auto new_dispatch = h.LastInvokeTo("edgeA", "new");
+  ASSERT_TRUE(new_dispatch.has_value());
+
+  // A result for the old invoke arriving on the new connection is ignored.
+  EXPECT_FALSE(h.Result("new", *old_dispatch));
+  EXPECT_FALSE(h.results().count("on-old"));
+
+  // The old close is stale: nothing about the owner changes.
+  CloseResult stale = h.Close("edgeA", "old");
+  EXPECT_TRUE(stale.known);
+  EXPECT_FALSE(stale.was_owner);
+  EXPECT_TRUE(h.Node("n1").connected);
+  EXPECT_EQ(h.Node("n1").conn_id, "new");
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 0);
+  ASSERT_TRUE(h.results().count("on-old"));
+  EXPECT_EQ(h.results()["on-old"].outcome.code, InvokeCode::kDisconnected);
+  EXPECT_FALSE(h.results().count("on-new"));
+
+  // The new connection's invoke completes normally.
+  EXPECT_TRUE(h.Result("new", *new_dispatch));
+  EXPECT_EQ(h.results()["on-new"].outcome.code, InvokeCode::kOk);
+  EXPECT_EQ(h.results()["on-new"].outcome.conn_id, "new");
+  EXPECT_EQ(edge.InvokesTo("old"), 1);  // nothing new went to the superseded connection
+
+  // Then the owner closes: exactly one disconnect, and its invokes fail.
+  h.Invoke("last", "n1");
+  CloseResult owner = h.Close("edgeA", "new");
+  EXPECT_TRUE(owner.was_owner);
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 1);
+  EXPECT_EQ(h.results()["last"].outcome.code, InvokeCode::kDisconnected);
+  // A second close of the same connection changes nothing.
+  EXPECT_FALSE(h.Close("edgeA", "new").known);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 1);
+}
+
+TEST(Ownership, SupersededConnectionIsRetiredOnceItsInvokesSettle) {
+  RegistryHarness h;
+  auto& edge = h.Attach("edgeA");
+  h.Register("old", "n1");
+  h.Invoke("i", "n1");
+  auto d = h.LastInvokeTo("edgeA", "old");
+  h.Register("new", "n1");
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 0);
+  // Its own in-flight invoke may still settle from the old connection.
+  EXPECT_TRUE(h.Result("old", *d));
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kOk);
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 1);
+}
+
+TEST(Ownership, SupersededConnectionWithoutInvokesIsRetiredAtOnce) {
+  RegistryHarness h;
+  auto& edge = h.Attach("edgeA");
+  h.Register("old", "n1");
+  h.Register("new", "n1");
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 1);
+}
+
+TEST(Ownership, HalfOpenSupersededConnectionIsRetiredAfterGrace) {
+  RegistryHarness h;
+  auto& edge = h.Attach("edgeA");
+  h.Register("old", "n1");
+  h.Invoke("i", "n1", /*timeout_ms=*/60000);
+  h.Register("new", "n1");
+  h.Advance(9999);
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 0);
+  h.Advance(1);
+  EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 1);
+  // Retirement does not end its invoke; the close that follows does.
+  EXPECT_FALSE(h.results().count("i"));
+  h.Close("edgeA", "old");
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
+  EXPECT_TRUE(h.Node("n1").connected);
+}
+
+// Three generations A→B→C, with their closes in all six orders.
+TEST(Ownership, ThreeGenerationsClosedInEveryOrder) {
+  std::vector<std::string> order = {"A", "B", "C"};
+  do {
+    RegistryHarness h;
+    h.Attach("edgeA");
+    h.Register("A", "n1");
+    h.Register("B", "n1");
+    h.Register("C", "n1");
+    for (size_t i = 0; i < order.size(); ++i) {
+      h.Close("edgeA", order[i]);
+      const bool c_closed =
+          std::find(order.begin(), order.begin() + i + 1, "C") != order.begin() + i + 1;
+      SCOPED_TRACE("order " + order[0] + order[1] + order[2] + " step " + std::to_string(i));
+      EXPECT_EQ(h.Node("n1").connected, !c_closed);
+      EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), c_closed ? 1 : 0);
+      if (!c_closed) {
+        EXPECT_EQ(h.Node("n1").conn_id, "C");
+      }
+    }
+  } while (std::next_permutation(order.begin(), order.end()));
+}
+
+TEST(Ownership, SupersededConnectionNeverRegainsOwnership) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("A", "n1");
+  h.Register("B", "n1");
+  h.Close("edgeA", "B");
+  EXPECT_FALSE(h.Node("n1").connected);  // A does not come back
+  h.Invoke("i", "n1");
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kNotConnected);
+  EXPECT_EQ(h.Sink("edgeA").InvokesTo("A"), 0);
+}
+
+TEST(Invokes, DuplicateResultIsIgnored) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("i", "n1");
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  EXPECT_TRUE(h.Result("c1", *d, R"({"first":true})"));
+  EXPECT_FALSE(h.Result("c1", *d, R"({"second":true})"));
+  EXPECT_EQ(h.results()["i"].outcome.payload_json, R"({"first":true})");
+}
+
+TEST(Invokes, ResultMustMatchInvokeNodeAndConnection) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Register("c2", "n2");
+  h.Invoke("i", "n1");
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  InvokeOutcome ok;
+  EXPECT_FALSE(h.registry().AcceptResult("c1", d->invoke_id, "n2", ok));   // wrong node
+  EXPECT_FALSE(h.registry().AcceptResult("c2", d->invoke_id, "n1", ok));   // wrong conn
+  EXPECT_FALSE(h.registry().AcceptResult("c1", "no-such-id", "n1", ok));   // unknown id
+  EXPECT_FALSE(h.results().count("i"));
+  EXPECT_TRUE(h.registry().AcceptResult("c1", d->invoke_id, "n1", ok));
+}
+
+TEST(Invokes, ResultRacingTimeout) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("i", "n1", 1000);
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  h.Advance(1000);
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kTimeout);
+  EXPECT_EQ(h.Sink("edgeA").CommandsFor("c1", Kind::kCancel), 1);
+  EXPECT_FALSE(h.Result("c1", *d));  // too late
+  // And the other way round: the result first, then the deadline passes.
+  h.Invoke("j", "n1", 1000);
+  auto d2 = h.LastInvokeTo("edgeA", "c1");
+  EXPECT_TRUE(h.Result("c1", *d2));
+  h.Advance(2000);
+  EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kOk);
+}
+
+TEST(Invokes, ResultRacingClose) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("i", "n1");
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  h.Close("edgeA", "c1");
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
+  EXPECT_FALSE(h.Result("c1", *d));
+  // The edge forwards a result received before the close first: then it counts.
+  h.Register("c2", "n1");
+  h.Invoke("j", "n1");
+  auto d2 = h.LastInvokeTo("edgeA", "c2");
+  EXPECT_TRUE(h.Result("c2", *d2));
+  h.Close("edgeA", "c2");
+  EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kOk);
+}
+
+TEST(Invokes, TimeoutRacingClose) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("i", "n1", 1000);
+  h.clock().Advance(1000);   // deadline passed, not yet expired by a tick
+  h.Close("edgeA", "c1");    // the close is decided first
+  h.registry().Tick();
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
+  h.Register("c2", "n1");
+  h.Invoke("j", "n1", 1000);
+  h.Advance(1000);           // the timeout is decided first
+  h.Close("edgeA", "c2");
+  EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kTimeout);
+}
+
+TEST(Invokes, NotConnectedAndCommandNotAllowed) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Invoke("absent", "nobody");
+  EXPECT_EQ(h.results()["absent"].outcome.code, InvokeCode::kNotConnected);
+  h.Register("c1", "n1");
+  h.Invoke("undeclared", "n1", 1000, "", "rm.everything");
+  EXPECT_EQ(h.results()["undeclared"].outcome.code, InvokeCode::kCommandNotAllowed);
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 0u);
+}
+
+TEST(Invokes, TimeoutIsClampedAndRemainingTimeIsSent) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("dflt", "n1", 0);
+  h.Invoke("huge", "n1", 99'000'000);
+  EXPECT_EQ(h.Sink("edgeA").remaining()[0], 30000);
+  EXPECT_EQ(h.Sink("edgeA").remaining()[1], RegistryOptions{}.max_invoke_timeout_ms);
+  InvokeParams p;
+  p.node_id = "n1";
+  p.command = "system.which";
+  p.timeout_ms = 10000;
+  p.caller_deadline_ms = h.clock().NowMs() + 2500;  // the caller's gRPC deadline is sooner
+  h.registry().Invoke(p, [](const InvokeResult&) {});
+  EXPECT_EQ(h.Sink("edgeA").remaining()[2], 2500);
+}
+
+TEST(Invokes, IdempotencyKeyJoinsThenReplays) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  auto t1 = h.Invoke("first", "n1", 5000, "key-1");
+  auto t2 = h.Invoke("second", "n1", 5000, "key-1");
+  EXPECT_EQ(t1.invoke_id, t2.invoke_id);
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 1u);  // joined: sent once
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  EXPECT_TRUE(h.Result("c1", *d, R"({"v":7})"));
+  EXPECT_EQ(h.results()["first"].outcome.payload_json, R"({"v":7})");
+  EXPECT_EQ(h.results()["second"].outcome.payload_json, R"({"v":7})");
+  h.Invoke("third", "n1", 5000, "key-1");
+  EXPECT_TRUE(h.results()["third"].replayed);
+  EXPECT_EQ(h.results()["third"].outcome.payload_json, R"({"v":7})");
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 1u);
+  h.Advance(61'000);  // past the idempotency window: a new call
+  h.Invoke("fourth", "n1", 5000, "key-1");
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 2u);
+  EXPECT_FALSE(h.results().count("fourth"));
+}
+
+TEST(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  auto t1 = h.Invoke("a", "n1", 5000, "k");
+  h.Invoke("b", "n1", 5000, "k");
+  h.registry().CancelInvoke(t1);
+  EXPECT_EQ(h.results()["a"].outcome.code, InvokeCode::kCancelled);
+  EXPECT_EQ(h.Sink("edgeA").CommandsFor("c1", Kind::kCancel), 0);
+  auto d = h.LastInvokeTo("edgeA", "c1");
+  EXPECT_TRUE(h.Result("c1", *d));
+  EXPECT_EQ(h.results()["b"].outcome.code, InvokeCode::kOk);
+  // The last caller cancelling cancels the invoke and tells the node.
+  auto t3 = h.Invoke("c", "n1", 5000, "k2");
+  h.registry().CancelInvoke(t3);
+  EXPECT_EQ(h.results()["c"].outcome.code, InvokeCode::kCancelled);
+  EXPECT_EQ(h.Sink("edgeA").CommandsFor("c1", Kind::kCancel), 1);
+}
+
+TEST(Edges, LeaseExpiryClosesOwnedConnectionsWithEdgeLost) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1", "edgeA");
+  h.Register("c2", "n2", "edgeA");
+  h.Invoke("i", "n1", 60000);
+  h.Advance(9000, false);
+  EXPECT_TRUE(h.registry().Heartbeat("edgeA", "e1").ok());
+  h.Advance(9500, false);
+  EXPECT_TRUE(h.Node("n1").connected);
+  h.Advance(500, false);  // 10 s since the last renewal
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_FALSE(h.Node("n2").connected);
+  EXPECT_EQ(h.events().back().reason, "edge_lost");
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
+  EXPECT_FALSE(h.registry().Heartbeat("edgeA", "e1").ok());  // must attach again
+}
+
+TEST(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Attach("edgeB");
+  h.Register("a1", "n1", "edgeA");
+  h.Advance(5000, false);
+  EXPECT_TRUE(h.registry().Heartbeat("edgeB", "e1").ok());
+  h.Register("b1", "n1", "edgeB");  // the node moved before edge A's lease lapsed
+  h.Invoke("i", "n1", 60000);
+  h.Advance(5000, false);           // edge A's lease lapses
+  EXPECT_FALSE(h.registry().Heartbeat("edgeA", "e1").ok());
+  EXPECT_TRUE(h.Node("n1").connected);
+  EXPECT_EQ(h.Node("n1").conn_id, "b1");
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 0);
+  EXPECT_FALSE(h.results().count("i"));
+  EXPECT_EQ(h.LastInvokeTo("edgeB", "b1").has_value(), true);
+}
+
+TEST(Edges, NewEpochKillsOldEpochConnectionsAtOnce) {
+  RegistryHarness h;
+  h.Attach("edgeA", "epoch-1");
+  h.Register("c1", "n1", "edgeA");
+  h.Attach("edgeA", "epoch-2");
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.events().back().reason, "edge_lost");
+  // A registration that still carries the old epoch is refused.
+  auto r = h.registry().Register(RegistryHarness::Spec("c9", "n9", "edgeA", "epoch-1"));
+  EXPECT_FALSE(r.ok());
+}
+
+TEST(Edges, ResyncAfterLinkBlipChangesNothing) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  uint64_t g1 = h.Register("c1", "n1");
+  uint64_t g2 = h.Register("c2", "n2");
+  size_t events_before = h.events().size();
+  h.Detach("edgeA");
+  h.Attach("edgeA");  // same epoch: a blip
+  std::vector<LiveConnection> live = {
+      {RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1},
+      {RegistryHarness::Spec("c2", "n2", "edgeA", "e1"), g2}};
+  auto r = h.registry().Resync("edgeA", "e1", live);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->kept, 2);
+  EXPECT_EQ(r->closed, 0);
+  EXPECT_EQ(h.events().size(), events_before);
+  EXPECT_TRUE(h.Node("n1").connected);
+}
+
+TEST(Edges, ResyncDropsConnectionsThatDiedDuringTheBlip) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  uint64_t g1 = h.Register("c1", "n1");
+  h.Register("c2", "n2");
+  h.Attach("edgeA");
+  auto r = h.registry().Resync("edgeA", "e1",
+                               {{RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->closed, 1);
+  EXPECT_FALSE(h.Node("n2").connected);
+  EXPECT_TRUE(h.Node("n1").connected);
+}
+
+TEST(Edges, ResyncAfterRegistryRestartRebuildsOwnershipByHighestGeneration) {
+  // Life 1: two edges hold two connections of n1; B is the newer.
+  RegistryHarness life1;
+  life1.Attach("edgeA");
+  life1.Attach("edgeB");
+  uint64_t ga = life1.Register("a1", "n1", "edgeA");
+  uint64_t gb = life1.Register("b1", "n1", "edgeB");
+  uint64_t gx = life1.Register("x1", "n2", "edgeA");
+  // Life 2 (a new in-memory registry, later): edges resync in the "wrong" order.
+  RegistryHarness life2;
+  life2.clock().Set(life1.clock().NowMs() + 1000);
+  auto& a = life2.Attach("edgeA");
+  life2.Attach("edgeB");
+  ASSERT_TRUE(life2.registry()
+                  .Resync("edgeB", "e1",
+                          {{RegistryHarness::Spec("b1", "n1", "edgeB", "e1"), gb}})
+                  .ok());
+  auto r = life2.registry().Resync("edgeA", "e1",
+                                   {{RegistryHarness::Spec("a1", "n1", "edgeA", "e1"), ga},
+                                    {RegistryHarness::Spec("x1", "n2", "edgeA", "e1"), gx}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(life2.Node("n1").conn_id, "b1");
+  EXPECT_EQ(a.CommandsFor("a1", Kind::kClose), 1);  // the stale one is retired
+  EXPECT_TRUE(life2.Node("n2").connected);
+  EXPECT_EQ(life2.CountEvents("n1", PresenceKind::kDisconnected), 0);
+  // New grants are above every generation reported.
+  uint64_t g_new = life2.Register("a2", "n1", "edgeA");
+  EXPECT_GT(g_new, gb);
+}
+
+TEST(Edges, DetachFailsInFlightInvokesFastAndDrainPublishesEdgeDrain) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  h.Invoke("i", "n1", 60000);
+  h.Detach("edgeA");
+  EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
+  h.Invoke("j", "n1", 60000);  // no route to the edge: fails at once
+  EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kDisconnected);
+  h.Attach("edgeA");
+  ASSERT_TRUE(h.registry().DrainEdge("edgeA", "e1").ok());
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.events().back().reason, "edge_drain");
+}
+
+TEST(Pairing, UnpairedDeviceIsRefusedUntilApproved) {
+  StoreOptions o;
+  RegistryHarness h(o);
+  h.Attach("edgeA");
+  auto r = h.registry().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1"));
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->granted);
+  EXPECT_EQ(r->details_code, "PAIRING_REQUIRED");
+  auto pending = h.store().ListPairingRequests();
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending[0].request_id, r->pairing_request_id);
+  // A second attempt reuses the same request.
+  auto r2 = h.registry().Register(RegistryHarness::Spec("c2", "n1", "edgeA", "e1"));
+  EXPECT_EQ(r2->pairing_request_id, r->pairing_request_id);
+  ASSERT_TRUE(h.store().ApprovePairing(r->pairing_request_id, "tester", 0).ok());
+  auto r3 = h.registry().Register(RegistryHarness::Spec("c3", "n1", "edgeA", "e1"));
+  EXPECT_TRUE(r3->granted);
+  EXPECT_FALSE(r3->device_token.empty());
+  EXPECT_TRUE(h.Node("n1").paired);
+}
+
+TEST(Pairing, DeviceTokenAuthenticatesReconnectsAndRevokeEndsEverything) {
+  RegistryHarness h;
+  auto& edge = h.Attach("edgeA");
+  auto first = h.registry().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1"));
+  ASSERT_TRUE(first->granted);
+  auto spec = RegistryHarness::Spec("c2", "n1", "edgeA", "e1");
+  spec.shared_token_ok = false;
+  spec.device_token = "wrong";
+  auto bad = h.registry().Register(spec);
+  EXPECT_FALSE(bad->granted);
+  EXPECT_EQ(bad->details_code, "AUTH_DEVICE_TOKEN_MISMATCH");
+  spec.device_token = first->device_token;
+  auto good = h.registry().Register(spec);
+  EXPECT_TRUE(good->granted);
+  EXPECT_EQ(good->device_token, first->device_token);
+
+  auto closed = h.registry().RevokeDevice("n1");
+  ASSERT_TRUE(closed.ok());
+  EXPECT_EQ(*closed, 2);  // the owner and the superseded connection
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.events().back().reason, "revoked");
+  EXPECT_EQ(edge.CommandsFor("c2", Kind::kClose), 1);
+  spec.conn_id = "c3";
+  EXPECT_FALSE(h.registry().Register(spec)->granted);  // the token died with the pairing
+}
+
+TEST(Presence, WatchResumesFromRevisionAndRejectsCompactedHistory) {
+  StoreOptions o = RegistryHarness::DefaultOptions();
+  o.presence_history = 4;
+  RegistryHarness h(o);
+  h.Attach("edgeA");
+  const uint64_t start = h.store().HeadRevision();
+  h.Register("c1", "n1");  // start+1
+  h.Register("c2", "n2");  // start+2
+  h.Close("edgeA", "c1");  // start+3
+  std::vector<PresenceEvent> seen;
+  auto id = h.registry().Watch(start + 1, [&](const PresenceEvent& e) { seen.push_back(e); });
+  ASSERT_TRUE(id.ok());
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].revision, start + 2);
+  EXPECT_EQ(seen[1].revision, start + 3);
+  h.Register("c3", "n3");  // live: start+4
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_EQ(seen[2].revision, start + 4);
+  h.Register("c4", "n4");
+  h.Register("c5", "n5");  // history now holds start+3..start+6
+  auto old = h.registry().Watch(start + 1, [](const PresenceEvent&) {});
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kOutOfRange);
+  auto future = h.registry().Watch(start + 100, [](const PresenceEvent&) {});
+  EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
+}
+
+TEST(Nodes, ListFiltersAndPages) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  for (int i = 0; i < 5; ++i) h.Register("c" + std::to_string(i), "n" + std::to_string(i));
+  h.Close("edgeA", "c2");
+  NodeFilter connected;
+  connected.connected = NodeFilter::Connected::kOnly;
+  auto page1 = h.store().ListNodes(connected, "", 2);
+  ASSERT_EQ(page1.nodes.size(), 2u);
+  EXPECT_EQ(page1.nodes[0].node_id, "n0");
+  auto page2 = h.store().ListNodes(connected, page1.next_page_token, 2);
+  ASSERT_EQ(page2.nodes.size(), 2u);
+  EXPECT_EQ(page2.nodes[0].node_id, "n3");
+  EXPECT_TRUE(page2.next_page_token.empty());
+  NodeFilter gone;
+  gone.connected = NodeFilter::Connected::kNot;
+  EXPECT_EQ(h.store().ListNodes(gone, "", 10).nodes.size(), 1u);
+}
+
+}  // namespace
+}  // namespace tether::registry
