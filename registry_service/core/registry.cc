@@ -282,6 +282,11 @@ void Registry::PumpPresence() {
 
 // --- Plumbing --------------------------------------------------------------------------------
 
+absl::StatusOr<Device> Registry::ApprovePairing(const std::string& request_id,
+                                               const std::string& approved_by) {
+  return store_.ApprovePairing(request_id, approved_by, clock_.NowMs());
+}
+
 absl::StatusOr<int> Registry::RevokeDevice(const std::string& node_id) {
   Effects effects;
   auto result = store_.RevokeDevice(node_id, clock_.NowMs(), &effects);

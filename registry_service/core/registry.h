@@ -108,6 +108,8 @@ class Registry {
       ABSL_LOCKS_EXCLUDED(publish_mu_);
   void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
 
+  absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
+                                        const std::string& approved_by);
   absl::StatusOr<int> RevokeDevice(const std::string& node_id);
   Store& store() { return store_; }
 

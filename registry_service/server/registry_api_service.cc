@@ -1,0 +1,217 @@
+#include "registry_service/server/registry_api_service.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "absl/synchronization/mutex.h"
+#include "registry_service/server/convert.h"
+#include "registry_service/server/queued_write_reactor.h"
+
+namespace tether::registry {
+namespace {
+
+grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+// One InvokeNode call: finishes when the Registry ends the invoke, and turns the caller's
+// cancellation (or expired deadline) into CancelInvoke. Deletes itself in OnDone.
+class InvokeReactor final : public grpc::ServerUnaryReactor {
+ public:
+  InvokeReactor(Registry& registry, grpc::CallbackServerContext* ctx,
+                const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp)
+      : registry_(registry), ctx_(ctx), resp_(resp) {
+    InvokeParams p;
+    p.node_id = req->node_id();
+    p.command = req->command();
+    p.params_json = req->params_json();
+    p.timeout_ms = req->timeout_ms();
+    p.idempotency_key = req->idempotency_key();
+    const auto deadline = ctx->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      p.caller_deadline_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 deadline.time_since_epoch())
+                                 .count();
+    }
+    InvokeTicket ticket = registry_.Invoke(p, [this](const InvokeResult& r) { Complete(r); });
+    absl::MutexLock lock(&mu_);
+    ticket_ = ticket;
+    if (cancelled_) Cancel();
+  }
+
+  void OnCancel() override {
+    absl::MutexLock lock(&mu_);
+    cancelled_ = true;
+    if (!ticket_.invoke_id.empty()) Cancel();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  void Cancel() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    InvokeTicket t = ticket_;
+    mu_.Unlock();
+    registry_.CancelInvoke(t);  // runs Complete (if still waiting), which takes mu_
+    mu_.Lock();
+  }
+
+  void Complete(const InvokeResult& r) {
+    resp_->set_invoke_id(r.invoke_id);
+    resp_->set_idempotency_key(r.idempotency_key);
+    resp_->set_effective_timeout_ms(r.effective_timeout_ms);
+    resp_->set_replayed(r.replayed);
+    resp_->set_conn_id(r.outcome.conn_id);
+    resp_->set_generation(r.outcome.generation);
+    if (r.outcome.code == InvokeCode::kOk) {
+      resp_->set_payload_json(r.outcome.payload_json);
+      Finish(grpc::Status::OK);
+      return;
+    }
+    ctx_->AddTrailingMetadata("tether-error-code", InvokeCodeName(r.outcome.code));
+    ctx_->AddTrailingMetadata("tether-invoke-error-bin", ToInvokeError(r).SerializeAsString());
+    std::string message = std::string(InvokeCodeName(r.outcome.code)) + ": " + r.outcome.message;
+    if (!r.outcome.node_error_code.empty()) message += " (" + r.outcome.node_error_code + ")";
+    Finish(grpc::Status(InvokeStatusCode(r.outcome.code), message));
+  }
+
+  Registry& registry_;
+  grpc::CallbackServerContext* ctx_;
+  v1::InvokeNodeResponse* resp_;
+  absl::Mutex mu_;
+  InvokeTicket ticket_ ABSL_GUARDED_BY(mu_);
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+using WatchBase = grpc::ServerWriteReactor<v1::PresenceEvent>;
+
+// A slow watcher is cut off with RESOURCE_EXHAUSTED; it resumes from its last revision.
+constexpr size_t kMaxQueuedToWatcher = 100'000;
+
+// One WatchPresence stream. Deletes itself in OnDone, after unsubscribing.
+class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEvent> {
+ public:
+  WatchReactor(Registry& registry, uint64_t from_revision)
+      : QueuedWriteReactor(kMaxQueuedToWatcher), registry_(registry) {
+    auto id = registry_.Watch(from_revision, [this](const PresenceEvent& e) {
+      v1::PresenceEvent out;
+      ToProto(e, &out);
+      Enqueue(std::move(out));
+    });
+    if (!id.ok()) {
+      FinishAfterWrites(ToGrpc(id.status()));
+      return;
+    }
+    watch_id_ = *id;
+  }
+
+  void OnCancel() override { FinishAfterWrites(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    if (watch_id_ != 0) registry_.Unwatch(watch_id_);
+    delete this;
+  }
+
+ private:
+  Registry& registry_;
+  uint64_t watch_id_ = 0;
+};
+
+}  // namespace
+
+grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerContext* ctx,
+                                                        const v1::ListNodesRequest* req,
+                                                        v1::ListNodesResponse* resp) {
+  NodeFilter f;
+  if (req->connected() == v1::ListNodesRequest::CONNECTED_ONLY) {
+    f.connected = NodeFilter::Connected::kOnly;
+  } else if (req->connected() == v1::ListNodesRequest::DISCONNECTED_ONLY) {
+    f.connected = NodeFilter::Connected::kNot;
+  }
+  if (req->paired() == v1::ListNodesRequest::PAIRED_ONLY) {
+    f.paired = NodeFilter::Paired::kOnly;
+  } else if (req->paired() == v1::ListNodesRequest::UNPAIRED_ONLY) {
+    f.paired = NodeFilter::Paired::kNot;
+  }
+  if (req->page_size() < 0) {
+    return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative page_size"));
+  }
+  NodePage page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
+  for (const NodeView& n : page.nodes) ToProto(n, resp->add_nodes());
+  resp->set_next_page_token(page.next_page_token);
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContext* ctx,
+                                                      const v1::GetNodeRequest* req,
+                                                      v1::Node* resp) {
+  auto node = registry_.store().GetNode(req->node_id());
+  if (!node.ok()) return Done(ctx, ToGrpc(node.status()));
+  ToProto(*node, resp);
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerContext* ctx,
+                                                         const v1::InvokeNodeRequest* req,
+                                                         v1::InvokeNodeResponse* resp) {
+  return new InvokeReactor(registry_, ctx, req, resp);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,
+                                                          const v1::GetPresenceRequest*,
+                                                          v1::GetPresenceResponse* resp) {
+  PresenceSnapshot snap = registry_.store().GetPresence();
+  for (const NodeView& n : snap.nodes) ToProto(n, resp->add_nodes());
+  resp->set_revision(snap.revision);
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerWriteReactor<v1::PresenceEvent>* RegistryApiService::WatchPresence(
+    grpc::CallbackServerContext*, const v1::WatchPresenceRequest* req) {
+  return new WatchReactor(registry_, req->from_revision());
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::ListPairingRequests(
+    grpc::CallbackServerContext* ctx, const v1::ListPairingRequestsRequest*,
+    v1::ListPairingRequestsResponse* resp) {
+  for (const PairingRequest& r : registry_.store().ListPairingRequests()) {
+    ToProto(r, resp->add_requests());
+  }
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(
+    grpc::CallbackServerContext* ctx, const v1::ApprovePairingRequest* req,
+    v1::ApprovePairingResponse* resp) {
+  const std::string by = req->approved_by().empty() ? "api" : req->approved_by();
+  auto device = registry_.ApprovePairing(req->request_id(), by);
+  if (!device.ok()) return Done(ctx, ToGrpc(device.status()));
+  ToProto(*device, resp->mutable_device());
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::RejectPairing(grpc::CallbackServerContext* ctx,
+                                                            const v1::RejectPairingRequest* req,
+                                                            v1::RejectPairingResponse*) {
+  return Done(ctx, ToGrpc(registry_.store().RejectPairing(req->request_id())));
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::RevokeDevice(grpc::CallbackServerContext* ctx,
+                                                           const v1::RevokeDeviceRequest* req,
+                                                           v1::RevokeDeviceResponse* resp) {
+  auto closed = registry_.RevokeDevice(req->node_id());
+  if (!closed.ok()) return Done(ctx, ToGrpc(closed.status()));
+  resp->set_closed_connections(*closed);
+  return Done(ctx, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* RegistryApiService::ListDevices(grpc::CallbackServerContext* ctx,
+                                                          const v1::ListDevicesRequest*,
+                                                          v1::ListDevicesResponse* resp) {
+  for (const Device& d : registry_.store().ListDevices()) ToProto(d, resp->add_devices());
+  return Done(ctx, grpc::Status::OK);
+}
+
+}  // namespace tether::registry

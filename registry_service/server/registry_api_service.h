@@ -1,0 +1,51 @@
+// RegistryApiService: the public tether.v1.Registry gRPC API, a thin shell over Registry.
+#ifndef TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_API_SERVICE_H_
+#define TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_API_SERVICE_H_
+
+#include "proto/tether/v1/registry.grpc.pb.h"
+#include "registry_service/core/registry.h"
+
+namespace tether::registry {
+
+// Converts, delegates, finishes. Holds the Registry by reference (not owned; must outlive the
+// server). Thread-safe.
+class RegistryApiService final : public v1::Registry::CallbackService {
+ public:
+  explicit RegistryApiService(Registry& registry) : registry_(registry) {}
+
+  grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
+                                      const v1::ListNodesRequest* req,
+                                      v1::ListNodesResponse* resp) override;
+  grpc::ServerUnaryReactor* GetNode(grpc::CallbackServerContext* ctx,
+                                    const v1::GetNodeRequest* req, v1::Node* resp) override;
+  grpc::ServerUnaryReactor* InvokeNode(grpc::CallbackServerContext* ctx,
+                                       const v1::InvokeNodeRequest* req,
+                                       v1::InvokeNodeResponse* resp) override;
+  grpc::ServerUnaryReactor* GetPresence(grpc::CallbackServerContext* ctx,
+                                        const v1::GetPresenceRequest* req,
+                                        v1::GetPresenceResponse* resp) override;
+  grpc::ServerWriteReactor<v1::PresenceEvent>* WatchPresence(
+      grpc::CallbackServerContext* ctx, const v1::WatchPresenceRequest* req) override;
+  grpc::ServerUnaryReactor* ListPairingRequests(grpc::CallbackServerContext* ctx,
+                                                const v1::ListPairingRequestsRequest* req,
+                                                v1::ListPairingRequestsResponse* resp) override;
+  grpc::ServerUnaryReactor* ApprovePairing(grpc::CallbackServerContext* ctx,
+                                           const v1::ApprovePairingRequest* req,
+                                           v1::ApprovePairingResponse* resp) override;
+  grpc::ServerUnaryReactor* RejectPairing(grpc::CallbackServerContext* ctx,
+                                          const v1::RejectPairingRequest* req,
+                                          v1::RejectPairingResponse* resp) override;
+  grpc::ServerUnaryReactor* RevokeDevice(grpc::CallbackServerContext* ctx,
+                                         const v1::RevokeDeviceRequest* req,
+                                         v1::RevokeDeviceResponse* resp) override;
+  grpc::ServerUnaryReactor* ListDevices(grpc::CallbackServerContext* ctx,
+                                        const v1::ListDevicesRequest* req,
+                                        v1::ListDevicesResponse* resp) override;
+
+ private:
+  Registry& registry_;
+};
+
+}  // namespace tether::registry
+
+#endif  // TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_API_SERVICE_H_

@@ -1,0 +1,58 @@
+// RegistryServer: the registry process minus flag parsing: store, core, gRPC services, timer.
+#ifndef TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_SERVER_H_
+#define TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "common/clock.h"
+#include "registry_service/core/registry.h"
+#include "registry_service/core/store.h"
+#include "registry_service/server/edge_link_service.h"
+#include "registry_service/server/registry_api_service.h"
+#include "registry_service/store/store_options.h"
+
+namespace tether::registry {
+
+struct ServerOptions {
+  std::string listen = "127.0.0.1:0";  // port 0: pick a free port
+  StoreOptions store;
+  RegistryOptions registry;
+  int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
+};
+
+// Owns everything the registry process runs. Start once, Shutdown once (or destroy).
+// Thread-safe for Shutdown from a signal-watching thread.
+class RegistryServer {
+ public:
+  explicit RegistryServer(const ServerOptions& options);
+  ~RegistryServer();
+
+  // Builds the store and starts serving; returns the bound port.
+  absl::StatusOr<int> Start();
+  void Shutdown();
+  void Wait();
+
+  Registry& registry() { return *registry_; }
+  Store& store() { return *store_; }
+
+ private:
+  const ServerOptions options_;
+  common::RealClock clock_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<EdgeLinkService> edge_link_;
+  std::unique_ptr<RegistryApiService> api_;
+  std::unique_ptr<grpc::Server> server_;
+  std::atomic<bool> stopping_{false};
+  std::thread ticker_;
+};
+
+}  // namespace tether::registry
+
+#endif  // TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_SERVER_H_
