@@ -1,0 +1,58 @@
+// Fakes for the edge core's seams: a downstream that records frames and a link that records
+// messages.
+#ifndef TETHER_TESTS_TESTING_EDGE_FAKES_H_
+#define TETHER_TESTS_TESTING_EDGE_FAKES_H_
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "proto/tether/v1/edge_link.pb.h"
+#include "ws_edge/core/ports.h"
+
+namespace tether::testing {
+
+// Records what the core sent to each socket. Not thread-safe (the core is single-threaded).
+class FakeDownstream final : public edge::Downstream {
+ public:
+  struct Socket {
+    std::vector<std::string> frames;
+    bool closed = false;
+    int close_code = 0;
+    std::string close_reason;
+    size_t max_message_size = 0;
+    bool refuse_sends = false;  // behaves like a reader that stopped reading
+  };
+  bool Send(uint64_t socket, const std::string& text) override {
+    Socket& s = sockets[socket];
+    if (s.refuse_sends) return false;
+    s.frames.push_back(text);
+    return true;
+  }
+  void Close(uint64_t socket, int code, const std::string& reason) override {
+    Socket& s = sockets[socket];
+    s.closed = true;
+    s.close_code = code;
+    s.close_reason = reason;
+  }
+  void SetMaxMessageSize(uint64_t socket, size_t bytes) override {
+    sockets[socket].max_message_size = bytes;
+  }
+  std::map<uint64_t, Socket> sockets;
+};
+
+// Records what the core sent to the registry; `up` says whether a stream is attached.
+class FakeLink final : public edge::RegistryLink {
+ public:
+  bool Send(const v1::EdgeMessage& message) override {
+    if (!up) return false;
+    sent.push_back(message);
+    return true;
+  }
+  bool up = true;
+  std::vector<v1::EdgeMessage> sent;
+};
+
+}  // namespace tether::testing
+
+#endif  // TETHER_TESTS_TESTING_EDGE_FAKES_H_

@@ -1,0 +1,334 @@
+// The edge core against fake sockets and a fake registry link.
+#include "ws_edge/core/edge_core.h"
+
+#include <string>
+
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/edge_fakes.h"
+#include "ws_edge/client/connect_request.h"
+#include "ws_edge/protocol/device_identity.h"
+
+namespace tether::edge {
+namespace {
+
+using nlohmann::json;
+using ::tether::testing::FakeDownstream;
+using ::tether::testing::FakeLink;
+
+class EdgeCoreTest : public ::testing::Test {
+ protected:
+  EdgeCoreTest() : identity_(protocol::Ed25519Identity::Generate()) {
+    options_.edge_id = "edge-test";
+    options_.shared_token = "secret";
+    options_.tick_interval_ms = 1000;
+    core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
+    core_->OnLinkUp();
+    link_.sent.clear();
+  }
+
+  json Frame(uint64_t socket, size_t i) { return json::parse(down_.sockets[socket].frames.at(i)); }
+  json LastFrame(uint64_t socket) { return json::parse(down_.sockets[socket].frames.back()); }
+
+  // Opens `socket` and sends a valid signed connect; returns the Opened the core reported.
+  v1::ConnectionOpened Connect(uint64_t socket, const protocol::Ed25519Identity& id,
+                               std::optional<std::string> token = std::string("secret")) {
+    core_->OnOpen(socket, "127.0.0.1:5555", true);
+    json challenge = Frame(socket, 0);
+    EXPECT_EQ(challenge["event"], "connect.challenge");
+    auto ch = client::ParseChallenge(challenge["payload"]);
+    EXPECT_TRUE(ch.ok());
+    json req = {{"type", "req"},
+                {"id", "1:abc"},
+                {"method", "connect"},
+                {"params", client::BuildConnectParams(client::ConnectRequestOptions{}, id, *ch,
+                                                      token, std::nullopt)}};
+    core_->OnMessage(socket, req.dump());
+    EXPECT_FALSE(link_.sent.empty());
+    return link_.sent.empty() ? v1::ConnectionOpened() : link_.sent.back().opened();
+  }
+
+  void Grant(const v1::ConnectionOpened& opened, uint64_t generation) {
+    v1::RegistryMessage m;
+    auto* o = m.mutable_register_outcome();
+    o->set_request_id(opened.request_id());
+    o->set_conn_id(opened.conn_id());
+    o->set_granted(true);
+    o->set_generation(generation);
+    o->set_device_token("dtok");
+    core_->OnRegistryMessage(m);
+  }
+
+  v1::RegistryMessage Invoke(const std::string& conn_id, const std::string& node_id,
+                             const std::string& invoke_id) {
+    v1::RegistryMessage m;
+    auto* inv = m.mutable_invoke();
+    inv->set_invoke_id(invoke_id);
+    inv->set_node_id(node_id);
+    inv->set_conn_id(conn_id);
+    inv->set_command("system.which");
+    inv->set_params_json(R"({"bins":["ls"]})");
+    inv->set_timeout_ms(9987);
+    inv->set_idempotency_key("k1");
+    core_->OnRegistryMessage(m);
+    return m;
+  }
+
+  void NodeSends(uint64_t socket, const json& frame) { core_->OnMessage(socket, frame.dump()); }
+
+  static json Result(const std::string& invoke_id, const std::string& node_id) {
+    return {{"type", "req"},
+            {"id", "7:r"},
+            {"method", "node.invoke.result"},
+            {"params",
+             {{"id", invoke_id}, {"nodeId", node_id}, {"ok", true}, {"payloadJSON", "{\"x\":1}"}}}};
+  }
+
+  EdgeOptions options_;
+  common::FakeClock clock_;
+  FakeDownstream down_;
+  FakeLink link_;
+  std::unique_ptr<EdgeCore> core_;
+  protocol::Ed25519Identity identity_;
+};
+
+TEST_F(EdgeCoreTest, HelloOkOnlyAfterTheRegistryGrants) {
+  v1::ConnectionOpened opened = Connect(1, identity_);
+  EXPECT_EQ(opened.node_id(), identity_.device_id());
+  EXPECT_EQ(opened.conn_id().size(), 32u);
+  EXPECT_TRUE(opened.shared_token_ok());
+  EXPECT_TRUE(opened.loopback());
+  EXPECT_EQ(opened.client().client_id(), "node-host");
+  EXPECT_EQ(down_.sockets[1].frames.size(), 1u);  // nothing but the challenge yet
+  Grant(opened, 42);
+  json hello = LastFrame(1);
+  EXPECT_EQ(hello["type"], "res");
+  EXPECT_EQ(hello["id"], "1:abc");
+  EXPECT_EQ(hello["ok"], true);
+  EXPECT_EQ(hello["payload"]["type"], "hello-ok");
+  EXPECT_EQ(hello["payload"]["server"]["connId"], opened.conn_id());
+  EXPECT_EQ(hello["payload"]["auth"]["deviceToken"], "dtok");
+  EXPECT_EQ(hello["payload"]["policy"]["tickIntervalMs"], 1000);
+  EXPECT_EQ(down_.sockets[1].max_message_size, 26'214'400u);
+  EXPECT_EQ(core_->live_count(), 1u);
+}
+
+TEST_F(EdgeCoreTest, InvokeDeliveredAndResultForwardedWithTheSocketsConnId) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  json req = LastFrame(1);
+  EXPECT_EQ(req["type"], "event");
+  EXPECT_EQ(req["event"], "node.invoke.request");
+  EXPECT_EQ(req["payload"]["id"], "inv-1");
+  EXPECT_EQ(req["payload"]["nodeId"], opened.node_id());
+  EXPECT_EQ(req["payload"]["paramsJSON"], R"({"bins":["ls"]})");
+  EXPECT_EQ(req["payload"]["timeoutMs"], 9987);
+  EXPECT_EQ(req.count("seq"), 0u);
+
+  link_.sent.clear();
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  ASSERT_EQ(link_.sent.size(), 1u);
+  const v1::InvokeResult& r = link_.sent[0].result();
+  EXPECT_EQ(r.conn_id(), opened.conn_id());
+  EXPECT_EQ(r.invoke_id(), "inv-1");
+  EXPECT_EQ(r.payload_json(), "{\"x\":1}");
+  // The registry decides whether it counted; the node hears it.
+  v1::RegistryMessage ack;
+  ack.mutable_result_ack()->set_request_id(r.request_id());
+  ack.mutable_result_ack()->set_ignored(true);
+  core_->OnRegistryMessage(ack);
+  json res = LastFrame(1);
+  EXPECT_EQ(res["id"], "7:r");
+  EXPECT_EQ(res["payload"], json({{"ok", true}, {"ignored", true}}));
+}
+
+TEST_F(EdgeCoreTest, ResultForAnotherNodeIsRefusedAndNotForwarded) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  link_.sent.clear();
+  NodeSends(1, Result("inv-1", std::string(64, 'a')));
+  EXPECT_TRUE(link_.sent.empty());
+  json res = LastFrame(1);
+  EXPECT_EQ(res["ok"], false);
+  EXPECT_EQ(res["error"]["code"], "INVALID_REQUEST");
+  EXPECT_EQ(res["error"]["message"], "nodeId mismatch");
+  EXPECT_FALSE(down_.sockets[1].closed);
+}
+
+TEST_F(EdgeCoreTest, AResultReceivedBeforeTheCloseReachesTheRegistryFirst) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  link_.sent.clear();
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  core_->OnClose(1);
+  ASSERT_EQ(link_.sent.size(), 2u);
+  EXPECT_TRUE(link_.sent[0].has_result());
+  EXPECT_TRUE(link_.sent[1].has_closed());
+  EXPECT_EQ(link_.sent[1].closed().conn_id(), opened.conn_id());
+}
+
+TEST_F(EdgeCoreTest, SupersededConnectionIsClosedWithReplacedOnCommandOrAfterFallback) {
+  auto first = Connect(1, identity_);
+  Grant(first, 1);
+  v1::RegistryMessage close;
+  close.mutable_close()->set_conn_id(first.conn_id());
+  close.mutable_close()->set_reason("superseded");
+  core_->OnRegistryMessage(close);
+  EXPECT_EQ(down_.sockets[1].close_code, 4001);
+  EXPECT_EQ(down_.sockets[1].close_reason, "replaced");
+
+  // The registry went quiet after saying "superseded": the edge retires it by itself.
+  auto second = Connect(2, identity_);
+  Grant(second, 2);
+  v1::RegistryMessage sup;
+  sup.mutable_superseded()->set_conn_id(second.conn_id());
+  sup.mutable_superseded()->set_grace_ms(1000);
+  core_->OnRegistryMessage(sup);
+  clock_.Advance(1000 + options_.superseded_fallback_ms - 1);
+  core_->OnTimer();
+  EXPECT_FALSE(down_.sockets[2].closed);
+  clock_.Advance(1);
+  core_->OnTimer();
+  EXPECT_EQ(down_.sockets[2].close_code, 4001);
+}
+
+TEST_F(EdgeCoreTest, LinkDownRefusesNewHandshakesWithRetryableUnavailable) {
+  auto registering = Connect(1, identity_);
+  core_->OnLinkDown();
+  json refused = LastFrame(1);
+  EXPECT_EQ(refused["error"]["code"], "UNAVAILABLE");
+  EXPECT_EQ(refused["error"]["retryable"], true);
+  EXPECT_EQ(down_.sockets[1].close_code, 1013);
+
+  link_.up = false;
+  core_->OnOpen(2, "10.0.0.1:1", false);
+  auto ch = client::ParseChallenge(Frame(2, 0)["payload"]);
+  json req = {{"type", "req"}, {"id", "1:x"}, {"method", "connect"},
+              {"params", client::BuildConnectParams({}, identity_, *ch, std::string("secret"),
+                                                    std::nullopt)}};
+  NodeSends(2, req);
+  EXPECT_EQ(LastFrame(2)["error"]["code"], "UNAVAILABLE");
+  EXPECT_EQ(down_.sockets[2].close_code, 1013);
+}
+
+TEST_F(EdgeCoreTest, LinkUpResyncsEveryLiveConnectionWithItsGeneration) {
+  auto a = Connect(1, identity_);
+  Grant(a, 7);
+  auto other = protocol::Ed25519Identity::Generate();
+  auto b = Connect(2, other);
+  Grant(b, 9);
+  Connect(3, protocol::Ed25519Identity::Generate());  // still registering: not reported
+  core_->OnLinkDown();
+  link_.sent.clear();
+  core_->OnLinkUp();
+  ASSERT_EQ(link_.sent.size(), 1u);
+  const v1::Resync& r = link_.sent[0].resync();
+  ASSERT_EQ(r.connections_size(), 2);
+  std::map<std::string, uint64_t> gens;
+  for (const auto& l : r.connections()) gens[l.opened().conn_id()] = l.generation();
+  EXPECT_EQ(gens[a.conn_id()], 7u);
+  EXPECT_EQ(gens[b.conn_id()], 9u);
+}
+
+TEST_F(EdgeCoreTest, PairingRefusalBecomesNotPaired) {
+  auto opened = Connect(1, identity_);
+  v1::RegistryMessage m;
+  auto* o = m.mutable_register_outcome();
+  o->set_request_id(opened.request_id());
+  o->set_conn_id(opened.conn_id());
+  o->set_granted(false);
+  o->set_error_code("NOT_PAIRED");
+  o->set_details_code("PAIRING_REQUIRED");
+  o->set_pairing_request_id("req-9");
+  core_->OnRegistryMessage(m);
+  json res = LastFrame(1);
+  EXPECT_EQ(res["error"]["code"], "NOT_PAIRED");
+  EXPECT_EQ(res["error"]["details"]["code"], "PAIRING_REQUIRED");
+  EXPECT_EQ(res["error"]["details"]["requestId"], "req-9");
+  EXPECT_EQ(down_.sockets[1].close_code, 1008);
+}
+
+TEST_F(EdgeCoreTest, InvokeArrivingBeforeHelloIsHeldUntilAfterIt) {
+  auto opened = Connect(1, identity_);
+  Invoke(opened.conn_id(), opened.node_id(), "early");
+  EXPECT_EQ(down_.sockets[1].frames.size(), 1u);
+  Grant(opened, 1);
+  ASSERT_EQ(down_.sockets[1].frames.size(), 3u);
+  EXPECT_EQ(Frame(1, 1)["payload"]["type"], "hello-ok");
+  EXPECT_EQ(Frame(1, 2)["payload"]["id"], "early");
+}
+
+TEST_F(EdgeCoreTest, InvokeForAGoneConnectionIsReportedUndeliverable) {
+  link_.sent.clear();
+  Invoke("no-such-conn", "n", "inv-x");
+  ASSERT_EQ(link_.sent.size(), 1u);
+  EXPECT_EQ(link_.sent[0].undeliverable().invoke_id(), "inv-x");
+}
+
+TEST_F(EdgeCoreTest, SlowConsumerIsClosed) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  down_.sockets[1].refuse_sends = true;
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  EXPECT_EQ(down_.sockets[1].close_code, 1008);
+  EXPECT_EQ(down_.sockets[1].close_reason, "slow consumer");
+  EXPECT_EQ(core_->stats().slow_consumers_closed, 1u);
+}
+
+TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  core_->OnMessage(1, "{not json");
+  EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
+  NodeSends(1, {{"type", "event"}, {"event", "x"}});
+  EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
+  NodeSends(1, {{"type", "req"}, {"id", "9"}, {"method", "node.runnerInventory.update"},
+                {"params", json::object()}});
+  EXPECT_EQ(LastFrame(1)["error"]["message"], "unknown method: node.runnerInventory.update");
+  EXPECT_FALSE(down_.sockets[1].closed);
+}
+
+TEST_F(EdgeCoreTest, HandshakeTimeoutAndTicks) {
+  core_->OnOpen(1, "127.0.0.1:1", true);
+  clock_.Advance(options_.handshake_timeout_ms);
+  core_->OnTimer();
+  EXPECT_EQ(down_.sockets[1].close_code, 1000);
+
+  auto opened = Connect(2, identity_);
+  Grant(opened, 1);
+  clock_.Advance(1000);
+  core_->OnTimer();
+  json tick = LastFrame(2);
+  EXPECT_EQ(tick["event"], "tick");
+  EXPECT_EQ(tick["seq"], 1);
+  clock_.Advance(1000);
+  core_->OnTimer();
+  EXPECT_EQ(LastFrame(2)["seq"], 2);
+}
+
+TEST_F(EdgeCoreTest, BadSignatureIsRejectedBeforeTheRegistryHearsOfIt) {
+  core_->OnOpen(1, "127.0.0.1:1", true);
+  auto ch = client::ParseChallenge(Frame(1, 0)["payload"]);
+  json params = client::BuildConnectParams({}, identity_, *ch, std::string("secret"), std::nullopt);
+  params["device"]["nonce"] = "another-nonce";
+  NodeSends(1, {{"type", "req"}, {"id", "1"}, {"method", "connect"}, {"params", params}});
+  EXPECT_TRUE(link_.sent.empty());
+  EXPECT_EQ(LastFrame(1)["error"]["details"]["code"], "DEVICE_AUTH_NONCE_MISMATCH");
+  EXPECT_EQ(down_.sockets[1].close_code, 1008);
+}
+
+TEST_F(EdgeCoreTest, DrainTellsTheRegistryAndClosesWith1012) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  link_.sent.clear();
+  core_->Drain();
+  ASSERT_FALSE(link_.sent.empty());
+  EXPECT_TRUE(link_.sent[0].has_drain());
+  EXPECT_EQ(down_.sockets[1].close_code, 1012);
+}
+
+}  // namespace
+}  // namespace tether::edge

@@ -1,0 +1,493 @@
+#include "ws_edge/core/edge_core.h"
+
+#include <utility>
+
+#include "common/ids.h"
+#include "ws_edge/protocol/frame.h"
+#include "ws_edge/protocol/hello.h"
+
+namespace tether::edge {
+namespace {
+
+using nlohmann::json;
+using protocol::ErrorShape;
+
+constexpr int kCloseTryAgainLater = 1013;
+constexpr int kCloseServiceRestart = 1012;
+
+ErrorShape InvalidRequest(std::string message) {
+  ErrorShape e;
+  e.code = std::string(protocol::kInvalidRequest);
+  e.message = std::move(message);
+  return e;
+}
+
+}  // namespace
+
+EdgeCore::EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryLink& link,
+                   const common::Clock& clock)
+    : options_(options),
+      downstream_(downstream),
+      link_(link),
+      clock_(clock),
+      started_ms_(clock.NowMs()) {}
+
+EdgeCore::Conn* EdgeCore::Find(uint64_t socket) {
+  auto it = sockets_.find(socket);
+  return it == sockets_.end() ? nullptr : &it->second;
+}
+
+EdgeCore::Conn* EdgeCore::FindByConnId(const std::string& conn_id) {
+  auto it = by_conn_id_.find(conn_id);
+  return it == by_conn_id_.end() ? nullptr : Find(it->second);
+}
+
+size_t EdgeCore::live_count() const {
+  size_t n = 0;
+  for (const auto& [s, c] : sockets_) n += c.state == State::kLive;
+  return n;
+}
+
+bool EdgeCore::SendFrame(Conn& conn, const std::string& text) {
+  if (conn.state == State::kClosing) return false;
+  if (downstream_.Send(conn.socket, text)) return true;
+  CloseSlowConsumer(conn.socket);
+  return false;
+}
+
+void EdgeCore::CloseSlowConsumer(uint64_t socket) {
+  Conn* conn = Find(socket);
+  if (conn == nullptr || conn->state == State::kClosing) return;
+  ++stats_.slow_consumers_closed;
+  CloseConn(*conn, protocol::kClosePolicyViolation, "slow consumer");
+}
+
+void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
+  if (conn.state == State::kClosing) return;
+  // Whether the registry has heard of it is remembered in register_request.
+  conn.state = State::kClosing;
+  downstream_.Close(conn.socket, code, reason);
+}
+
+// --- Sockets ---------------------------------------------------------------------------------
+
+void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback) {
+  Conn& conn = sockets_[socket];
+  conn.socket = socket;
+  conn.conn_id = common::RandomHexId();  // ours, never the client's
+  conn.nonce = common::RandomUuid();
+  conn.opened_ms = clock_.NowMs();
+  conn.remote_addr = remote_addr;
+  conn.loopback = loopback;
+  by_conn_id_[conn.conn_id] = socket;
+  SendFrame(conn, protocol::EncodeEvent("connect.challenge",
+                                        protocol::BuildConnectChallenge(conn.nonce,
+                                                                        conn.opened_ms)));
+}
+
+void EdgeCore::OnMessage(uint64_t socket, const std::string& text) {
+  Conn* conn = Find(socket);
+  if (conn == nullptr) return;
+  switch (conn->state) {
+    case State::kAwaitConnect:
+      HandleConnect(*conn, text);
+      return;
+    case State::kRegistering: {
+      auto frame = protocol::ParseFrame(text);
+      if (frame.ok() && frame->type == protocol::FrameType::kRequest) {
+        SendFrame(*conn, protocol::EncodeResponseError(
+                             frame->id, InvalidRequest("handshake in progress: wait for hello")));
+      }
+      return;
+    }
+    case State::kLive:
+      HandleLiveFrame(*conn, text);
+      return;
+    case State::kClosing:
+      return;
+  }
+}
+
+void EdgeCore::OnClose(uint64_t socket) {
+  Conn* conn = Find(socket);
+  if (conn == nullptr) return;
+  // Results this socket delivered were forwarded as they arrived, so on the ordered stream
+  // they reach the registry before this close does.
+  if (conn->register_request != 0 && link_up_) {
+    v1::EdgeMessage m;
+    m.mutable_closed()->set_conn_id(conn->conn_id);
+    link_.Send(m);
+  }
+  by_conn_id_.erase(conn->conn_id);
+  sockets_.erase(socket);
+}
+
+void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection) {
+  ++stats_.handshakes_failed;
+  if (rejection.send_response) {
+    SendFrame(conn, protocol::EncodeResponseError(rejection.request_id, rejection.error));
+  }
+  CloseConn(conn, rejection.close_code, rejection.close_reason);
+}
+
+void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
+                                 const std::string& why) {
+  ++stats_.handshakes_failed;
+  ErrorShape e;
+  e.code = std::string(protocol::kUnavailable);
+  e.message = why;
+  e.retryable = true;
+  e.retry_after_ms = 1000;
+  SendFrame(conn, protocol::EncodeResponseError(request_id, e));
+  CloseConn(conn, kCloseTryAgainLater, "registry unavailable");
+}
+
+void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
+  protocol::HandshakeConfig config;
+  config.challenge_nonce = conn.nonce;
+  config.now_ms = clock_.NowMs();
+  if (options_.shared_token.has_value()) config.shared_token = *options_.shared_token;
+  protocol::HandshakeResult result = protocol::CheckHandshake(text, config);
+  if (auto* rejection = std::get_if<protocol::HandshakeRejection>(&result)) {
+    Reject(conn, *rejection);
+    return;
+  }
+  conn.accepted = std::move(std::get<protocol::HandshakeAccepted>(result));
+  if (!link_up_ || draining_) {
+    RefuseUnavailable(conn, conn.accepted->request_id,
+                      draining_ ? "edge is draining; reconnect" : "registry link is down");
+    return;
+  }
+  conn.state = State::kRegistering;
+  conn.register_request = next_request_++;
+  v1::EdgeMessage m;
+  FillOpened(conn, m.mutable_opened());
+  link_.Send(m);
+}
+
+void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
+  const protocol::HandshakeAccepted& a = *conn.accepted;
+  o->set_request_id(conn.register_request);
+  o->set_conn_id(conn.conn_id);
+  o->set_node_id(a.node_id);
+  o->set_public_key(a.public_key);
+  o->set_device_token(a.device_token);
+  o->set_shared_token_ok(a.token_check != protocol::TokenCheck::kDeviceTokenPending);
+  o->set_remote_addr(conn.remote_addr);
+  o->set_loopback(conn.loopback);
+  v1::ClientInfo* c = o->mutable_client();
+  const protocol::ClientInfo& ci = a.params.client;
+  c->set_client_id(ci.id);
+  c->set_display_name(ci.display_name.value_or(""));
+  c->set_version(ci.version);
+  c->set_platform(ci.platform);
+  c->set_device_family(ci.device_family.value_or(""));
+  c->set_mode(ci.mode);
+  c->set_instance_id(ci.instance_id.value_or(""));
+  for (const auto& x : a.params.caps) c->add_caps(x);
+  for (const auto& x : a.params.commands) c->add_commands(x);
+}
+
+void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
+  auto frame = protocol::ParseFrame(text);
+  if (!frame.ok()) {
+    SendFrame(conn, protocol::EncodeResponseError(
+                        "", InvalidRequest("invalid frame: " + std::string(frame.status().message()))));
+    return;
+  }
+  if (frame->type != protocol::FrameType::kRequest) {
+    SendFrame(conn, protocol::EncodeResponseError(
+                        frame->id, InvalidRequest("nodes may only send req frames")));
+    return;
+  }
+  const std::string& method = frame->method;
+  if (method == "node.invoke.result") {
+    HandleInvokeResult(conn, frame->id, frame->params);
+  } else if (method == "node.event") {
+    auto event = protocol::ParseNodeEventParams(frame->params);
+    if (!event.ok()) {
+      SendFrame(conn, protocol::EncodeResponseError(
+                          frame->id, InvalidRequest("invalid node.event params: " +
+                                                    std::string(event.status().message()))));
+      return;
+    }
+    v1::EdgeMessage m;
+    m.mutable_event()->set_conn_id(conn.conn_id);
+    m.mutable_event()->set_node_id(conn.accepted->node_id);
+    m.mutable_event()->set_event(event->event);
+    m.mutable_event()->set_payload_json(event->payload_json.value_or(""));
+    link_.Send(m);
+    SendFrame(conn, protocol::EncodeResponseOk(frame->id, json{{"ok", true}}));
+  } else if (method == "connect") {
+    SendFrame(conn, protocol::EncodeResponseError(frame->id, InvalidRequest("already connected")));
+  } else {
+    // What the node host expects from a gateway without the method: it stops asking.
+    SendFrame(conn,
+              protocol::EncodeResponseError(frame->id, InvalidRequest("unknown method: " + method)));
+  }
+}
+
+void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const json& params) {
+  auto result = protocol::ParseInvokeResultParams(params);
+  if (!result.ok()) {
+    SendFrame(conn, protocol::EncodeResponseError(
+                        frame_id, InvalidRequest("invalid node.invoke.result params: " +
+                                                 std::string(result.status().message()))));
+    return;
+  }
+  if (result->node_id != conn.accepted->node_id) {
+    SendFrame(conn, protocol::EncodeResponseError(frame_id, InvalidRequest("nodeId mismatch")));
+    return;
+  }
+  conn.invokes.erase(result->id);
+  if (!link_up_) {
+    SendFrame(conn, protocol::EncodeResponseOk(frame_id, json{{"ok", true}, {"ignored", true}}));
+    return;
+  }
+  const uint64_t request = next_request_++;
+  v1::EdgeMessage m;
+  v1::InvokeResult* r = m.mutable_result();
+  r->set_request_id(request);
+  r->set_invoke_id(result->id);
+  r->set_node_id(result->node_id);
+  r->set_conn_id(conn.conn_id);  // the socket it arrived on, never the payload
+  r->set_ok(result->ok);
+  r->set_payload_json(result->payload_json.value_or(""));
+  r->set_error_code(result->error_code.value_or(""));
+  r->set_error_message(result->error_message.value_or(""));
+  awaiting_ack_[request] = AwaitingAck{conn.socket, frame_id};
+  ++stats_.results_forwarded;
+  link_.Send(m);
+}
+
+// --- Registry --------------------------------------------------------------------------------
+
+void EdgeCore::OnLinkUp() {
+  link_up_ = true;
+  v1::EdgeMessage m;
+  v1::Resync* resync = m.mutable_resync();
+  for (const auto& [socket, conn] : sockets_) {
+    if (conn.state != State::kLive) continue;
+    v1::LiveConnection* l = resync->add_connections();
+    FillOpened(conn, l->mutable_opened());
+    l->set_generation(conn.generation);
+  }
+  link_.Send(m);
+}
+
+void EdgeCore::OnLinkDown() {
+  link_up_ = false;
+  for (auto& [socket, conn] : sockets_) {
+    if (conn.state == State::kRegistering) {
+      RefuseUnavailable(conn, conn.accepted->request_id, "registry link lost; reconnect");
+    }
+  }
+  // The registry fails invokes in flight on a lost link, so these results cannot count.
+  for (const auto& [request, ack] : awaiting_ack_) {
+    if (Conn* conn = Find(ack.socket)) {
+      SendFrame(*conn, protocol::EncodeResponseOk(ack.frame_id,
+                                                  json{{"ok", true}, {"ignored", true}}));
+    }
+  }
+  awaiting_ack_.clear();
+}
+
+void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
+  switch (m.msg_case()) {
+    case v1::RegistryMessage::kRegisterOutcome:
+      HandleRegisterOutcome(m.register_outcome());
+      return;
+    case v1::RegistryMessage::kInvoke: {
+      Conn* conn = FindByConnId(m.invoke().conn_id());
+      if (conn == nullptr || conn->state == State::kClosing) {
+        v1::EdgeMessage u;
+        u.mutable_undeliverable()->set_invoke_id(m.invoke().invoke_id());
+        u.mutable_undeliverable()->set_conn_id(m.invoke().conn_id());
+        u.mutable_undeliverable()->set_reason("connection closed on the edge");
+        link_.Send(u);
+        return;
+      }
+      DeliverInvoke(*conn, m.invoke());
+      return;
+    }
+    case v1::RegistryMessage::kCancel: {
+      Conn* conn = FindByConnId(m.cancel().conn_id());
+      if (conn == nullptr || conn->invokes.erase(m.cancel().invoke_id()) == 0) return;
+      SendFrame(*conn, protocol::EncodeEvent("node.invoke.cancel",
+                                             json{{"invokeId", m.cancel().invoke_id()},
+                                                  {"nodeId", m.cancel().node_id()}}));
+      return;
+    }
+    case v1::RegistryMessage::kClose: {
+      Conn* conn = FindByConnId(m.close().conn_id());
+      if (conn == nullptr) return;
+      const std::string& reason = m.close().reason();
+      if (reason == "superseded") {
+        ++stats_.superseded_closed;
+        CloseConn(*conn, kCloseReplaced, "replaced");
+      } else if (reason == "revoked") {
+        CloseConn(*conn, protocol::kClosePolicyViolation, "device revoked");
+      } else {
+        CloseConn(*conn, kCloseServiceRestart, reason);
+      }
+      return;
+    }
+    case v1::RegistryMessage::kSuperseded: {
+      Conn* conn = FindByConnId(m.superseded().conn_id());
+      if (conn == nullptr) return;
+      conn->superseded = true;
+      conn->retire_at_ms =
+          clock_.NowMs() + m.superseded().grace_ms() + options_.superseded_fallback_ms;
+      return;
+    }
+    case v1::RegistryMessage::kResultAck:
+      AnswerAck(m.result_ack().request_id(), m.result_ack().ignored());
+      return;
+    case v1::RegistryMessage::kEvent: {
+      Conn* conn = FindByConnId(m.event().conn_id());
+      if (conn != nullptr && conn->state == State::kLive) {
+        SendFrame(*conn, protocol::EncodeEventRaw(m.event().event(),
+                                                  m.event().payload_json().empty()
+                                                      ? "null"
+                                                      : m.event().payload_json()));
+      }
+      return;
+    }
+    case v1::RegistryMessage::kAttachAck:
+    case v1::RegistryMessage::kResyncAck:
+    case v1::RegistryMessage::MSG_NOT_SET:
+      return;
+  }
+}
+
+void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
+  Conn* conn = FindByConnId(o.conn_id());
+  if (conn == nullptr || conn->state != State::kRegistering ||
+      conn->register_request != o.request_id()) {
+    return;  // the socket went away meanwhile; its close is already on its way
+  }
+  const protocol::HandshakeAccepted& a = *conn->accepted;
+  if (!o.granted()) {
+    if (o.details_code() == "PAIRING_REQUIRED") {
+      Reject(*conn, protocol::PairingRequiredRejection(a.request_id, o.pairing_request_id(),
+                                                       "not-paired"));
+    } else if (o.details_code() == "AUTH_DEVICE_TOKEN_MISMATCH") {
+      Reject(*conn, protocol::DeviceTokenRejection(a));
+    } else if (o.error_code() == "UNAVAILABLE" || o.error_code().empty()) {
+      RefuseUnavailable(*conn, a.request_id, "registry refused: " + o.error_message());
+    } else {
+      protocol::HandshakeRejection r;
+      r.request_id = a.request_id;
+      r.error.code = o.error_code();
+      r.error.message = o.error_message();
+      if (!o.details_code().empty()) r.error.details = json{{"code", o.details_code()}};
+      r.close_reason = protocol::TruncateCloseReason(o.error_message());
+      Reject(*conn, r);
+    }
+    return;
+  }
+  const int64_t now = clock_.NowMs();
+  conn->state = State::kLive;
+  conn->generation = o.generation();
+  protocol::HelloOkOptions hello;
+  hello.server_version = options_.version;
+  hello.conn_id = conn->conn_id;
+  hello.uptime_ms = now - started_ms_;
+  hello.auth_method =
+      a.token_check == protocol::TokenCheck::kDeviceTokenPending ? "device-token" : "token";
+  hello.device_token = o.device_token();
+  hello.issued_at_ms = now;
+  hello.max_payload = options_.max_payload;
+  hello.max_buffered_bytes = options_.max_buffered_bytes;
+  hello.tick_interval_ms = options_.tick_interval_ms;
+  ++stats_.handshakes_ok;
+  if (!SendFrame(*conn, protocol::EncodeResponseOk(a.request_id, protocol::BuildHelloOk(hello)))) {
+    return;
+  }
+  downstream_.SetMaxMessageSize(conn->socket, static_cast<size_t>(options_.max_payload));
+  conn->next_tick_ms = now + options_.tick_interval_ms;
+  auto queued = std::exchange(conn->queued, {});
+  for (const v1::InvokeRequest& inv : queued) DeliverInvoke(*conn, inv);
+}
+
+void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
+  if (conn.state == State::kRegistering) {
+    conn.queued.push_back(inv);  // hello-ok must reach the node first
+    return;
+  }
+  protocol::InvokeRequest req;
+  req.id = inv.invoke_id();
+  req.node_id = inv.node_id();
+  req.command = inv.command();
+  if (!inv.params_json().empty()) req.params_json = inv.params_json();
+  req.timeout_ms = inv.timeout_ms();
+  req.idempotency_key = inv.idempotency_key();
+  // If the send fails the socket is closed as a slow consumer; its close fails the invoke.
+  if (SendFrame(conn, protocol::EncodeEventRaw("node.invoke.request",
+                                               protocol::InvokeRequestPayloadJson(req)))) {
+    conn.invokes.insert(inv.invoke_id());
+    ++stats_.invokes_delivered;
+  }
+}
+
+void EdgeCore::AnswerAck(uint64_t request_id, bool ignored) {
+  auto it = awaiting_ack_.find(request_id);
+  if (it == awaiting_ack_.end()) return;
+  AwaitingAck ack = std::move(it->second);
+  awaiting_ack_.erase(it);
+  Conn* conn = Find(ack.socket);
+  if (conn == nullptr) return;
+  json payload = ignored ? json{{"ok", true}, {"ignored", true}} : json{{"ok", true}};
+  SendFrame(*conn, protocol::EncodeResponseOk(ack.frame_id, payload));
+}
+
+// --- Timer and shutdown ----------------------------------------------------------------------
+
+void EdgeCore::OnTimer() {
+  const int64_t now = clock_.NowMs();
+  std::vector<uint64_t> sockets;
+  sockets.reserve(sockets_.size());
+  for (const auto& [socket, conn] : sockets_) sockets.push_back(socket);
+  for (uint64_t socket : sockets) {
+    Conn* conn = Find(socket);
+    if (conn == nullptr) continue;
+    const int64_t age = now - conn->opened_ms;
+    switch (conn->state) {
+      case State::kAwaitConnect:
+        // As the Gateway does: a plain close, no reason.
+        if (age >= options_.handshake_timeout_ms) CloseConn(*conn, protocol::kCloseNormal, "");
+        break;
+      case State::kRegistering:
+        if (age >= options_.handshake_timeout_ms) {
+          RefuseUnavailable(*conn, conn->accepted->request_id, "registry did not answer in time");
+        }
+        break;
+      case State::kLive:
+        if (conn->superseded && now >= conn->retire_at_ms) {
+          ++stats_.superseded_closed;
+          CloseConn(*conn, kCloseReplaced, "replaced");
+          break;
+        }
+        if (now >= conn->next_tick_ms) {
+          conn->next_tick_ms = now + options_.tick_interval_ms;
+          SendFrame(*conn, protocol::EncodeEvent("tick", json{{"ts", now}}, ++conn->seq));
+        }
+        break;
+      case State::kClosing:
+        break;
+    }
+  }
+}
+
+void EdgeCore::Drain() {
+  if (draining_) return;
+  draining_ = true;
+  if (link_up_) {
+    v1::EdgeMessage m;
+    m.mutable_drain();
+    link_.Send(m);
+  }
+  for (auto& [socket, conn] : sockets_) CloseConn(conn, kCloseServiceRestart, "service restart");
+}
+
+}  // namespace tether::edge

@@ -1,0 +1,135 @@
+// EdgeCore: the edge's connection table and forwarding logic, with no sockets and no gRPC.
+#ifndef TETHER_WS_EDGE_CORE_EDGE_CORE_H_
+#define TETHER_WS_EDGE_CORE_EDGE_CORE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "common/clock.h"
+#include "proto/tether/v1/edge_link.pb.h"
+#include "ws_edge/core/ports.h"
+#include "ws_edge/protocol/handshake.h"
+
+namespace tether::edge {
+
+struct EdgeOptions {
+  std::string edge_id;
+  std::string version = "tether-edge/0.1";
+  std::optional<std::string> shared_token;  // nullopt: no token required
+  int64_t handshake_timeout_ms = 10'000;
+  int64_t tick_interval_ms = 30'000;        // advertised; ticks are sent at this period
+  int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
+  int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound
+  int64_t superseded_fallback_ms = 15'000;  // close a replaced socket after grace + this at most
+};
+
+// Counters for metrics and tests.
+struct EdgeStats {
+  uint64_t handshakes_ok = 0;
+  uint64_t handshakes_failed = 0;
+  uint64_t invokes_delivered = 0;
+  uint64_t results_forwarded = 0;
+  uint64_t superseded_closed = 0;
+  uint64_t slow_consumers_closed = 0;
+};
+
+// Owns every node connection's protocol state: the handshake, registration with the registry,
+// invoke delivery and result forwarding, ticks and retirement of replaced connections.
+// Borrows the downstream, the link and the clock (not owned; must outlive it).
+// Not thread-safe: the event loop that owns the sockets calls every method.
+class EdgeCore {
+ public:
+  EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryLink& link,
+           const common::Clock& clock);
+  EdgeCore(const EdgeCore&) = delete;
+  EdgeCore& operator=(const EdgeCore&) = delete;
+
+  // --- From the sockets ---
+  void OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback);
+  void OnMessage(uint64_t socket, const std::string& text);
+  // The socket is gone (closed by either side). `slow_consumer`: the transport dropped it for
+  // not reading.
+  void OnClose(uint64_t socket);
+
+  // --- From the registry link ---
+  void OnLinkUp();    // attached: report every live connection (resync)
+  void OnLinkDown();  // the stream broke; the link reconnects by itself
+  void OnRegistryMessage(const v1::RegistryMessage& message);
+
+  // --- From the loop's timer ---
+  void OnTimer();
+
+  // Shutdown: tell the registry (edge_drain) and close every socket with 1012.
+  void Drain();
+
+  size_t connection_count() const { return sockets_.size(); }
+  size_t live_count() const;
+  const EdgeStats& stats() const { return stats_; }
+  // Closes `socket` as a slow consumer (1008).
+  void CloseSlowConsumer(uint64_t socket);
+
+ private:
+  enum class State { kAwaitConnect, kRegistering, kLive, kClosing };
+
+  struct Conn {
+    uint64_t socket = 0;
+    std::string conn_id;
+    State state = State::kAwaitConnect;
+    std::string nonce;
+    int64_t opened_ms = 0;
+    std::string remote_addr;
+    bool loopback = false;
+    std::optional<protocol::HandshakeAccepted> accepted;
+    uint64_t register_request = 0;
+    uint64_t generation = 0;
+    bool superseded = false;
+    int64_t retire_at_ms = 0;
+    int64_t next_tick_ms = 0;
+    int64_t seq = 0;
+    absl::flat_hash_set<std::string> invokes;  // delivered, not yet answered or cancelled
+    std::vector<v1::InvokeRequest> queued;     // arrived before hello-ok went out
+  };
+  struct AwaitingAck {
+    uint64_t socket = 0;
+    std::string frame_id;
+  };
+
+  Conn* Find(uint64_t socket);
+  Conn* FindByConnId(const std::string& conn_id);
+  bool SendFrame(Conn& conn, const std::string& text);
+  void CloseConn(Conn& conn, int code, const std::string& reason);
+  void Reject(Conn& conn, const protocol::HandshakeRejection& rejection);
+  void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why);
+  void HandleConnect(Conn& conn, const std::string& text);
+  void HandleLiveFrame(Conn& conn, const std::string& text);
+  void HandleInvokeResult(Conn& conn, const std::string& frame_id, const nlohmann::json& params);
+  void HandleRegisterOutcome(const v1::RegisterOutcome& outcome);
+  void DeliverInvoke(Conn& conn, const v1::InvokeRequest& invoke);
+  void MaybeRetire(Conn& conn);
+  void FillOpened(const Conn& conn, v1::ConnectionOpened* opened) const;
+  void AnswerAck(uint64_t request_id, bool ignored);
+
+  const EdgeOptions options_;
+  Downstream& downstream_;       // not owned
+  RegistryLink& link_;           // not owned
+  const common::Clock& clock_;   // not owned
+  const int64_t started_ms_;
+  bool link_up_ = false;
+  bool draining_ = false;
+  uint64_t next_request_ = 1;
+  absl::flat_hash_map<uint64_t, Conn> sockets_;
+  absl::flat_hash_map<std::string, uint64_t> by_conn_id_;
+  absl::flat_hash_map<uint64_t, AwaitingAck> awaiting_ack_;  // result request id -> frame
+  EdgeStats stats_;
+};
+
+// Close codes the edge uses beyond RFC 6455's.
+inline constexpr int kCloseReplaced = 4001;
+
+}  // namespace tether::edge
+
+#endif  // TETHER_WS_EDGE_CORE_EDGE_CORE_H_
