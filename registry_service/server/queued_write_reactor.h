@@ -23,54 +23,79 @@ class QueuedWriteReactor : public Base {
   // False when the stream is finishing or the reader is too slow (the queue is full); then
   // the stream is finished with RESOURCE_EXHAUSTED.
   bool Enqueue(Msg msg) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    if (finishing_) return false;
-    if (queue_.size() >= max_queue_) {
-      FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                "stream reader too slow; reconnect"));
-      return false;
+    Msg* start = nullptr;
+    bool ok = true;
+    {
+      absl::MutexLock lock(&mu_);
+      if (finishing_) return false;
+      if (queue_.size() >= max_queue_) {
+        finish_now_ = BeginFinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                                     "stream reader too slow; reconnect"));
+        ok = false;
+      } else {
+        queue_.push_back(std::move(msg));
+        if (!writing_) {
+          writing_ = true;
+          start = &queue_.front();
+        }
+      }
     }
-    queue_.push_back(std::move(msg));
-    if (!writing_) {
-      writing_ = true;
-      this->StartWrite(&queue_.front());
-    }
-    return true;
+    // gRPC may run OnWriteDone inline from StartWrite: never call it with mu_ held.
+    if (start != nullptr) this->StartWrite(start);
+    if (!ok) MaybeFinish();
+    return ok;
   }
 
   void FinishAfterWrites(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    FinishLocked(status);
+    {
+      absl::MutexLock lock(&mu_);
+      finish_now_ = BeginFinishLocked(status);
+    }
+    MaybeFinish();
   }
 
  protected:
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    queue_.pop_front();
-    writing_ = false;
-    if (!ok) {
-      queue_.clear();
-      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
-      return;
+    Msg* next = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      writing_ = false;
+      if (!ok) {
+        queue_.clear();
+        finish_now_ = BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+      } else if (!queue_.empty()) {
+        writing_ = true;
+        next = &queue_.front();
+      } else if (finishing_ && !finished_) {
+        finished_ = true;
+        finish_now_ = true;
+      }
     }
-    if (!queue_.empty()) {
-      writing_ = true;
-      this->StartWrite(&queue_.front());
-    } else if (finishing_ && !finished_) {
-      finished_ = true;
-      this->Finish(final_);
-    }
+    if (next != nullptr) this->StartWrite(next);
+    MaybeFinish();
   }
 
  private:
-  void FinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finishing_) return;
+  // Marks the stream finishing; true when Finish may be called now (no write in flight).
+  bool BeginFinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finishing_) return false;
     finishing_ = true;
     final_ = status;
-    if (!writing_) {
-      finished_ = true;
-      this->Finish(final_);
+    if (writing_ || finished_) return false;
+    finished_ = true;
+    return true;
+  }
+
+  void MaybeFinish() ABSL_LOCKS_EXCLUDED(mu_) {
+    grpc::Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!finish_now_) return;
+      finish_now_ = false;
+      status = final_;
     }
+    this->Finish(status);
   }
 
   const size_t max_queue_;
@@ -80,6 +105,7 @@ class QueuedWriteReactor : public Base {
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status final_ ABSL_GUARDED_BY(mu_);
+  bool finish_now_ ABSL_GUARDED_BY(mu_) = false;  // Finish is due, outside the lock
 };
 
 }  // namespace tether::registry

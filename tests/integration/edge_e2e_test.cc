@@ -1,0 +1,357 @@
+// End to end over real sockets: registry and edge processes on 127.0.0.1 and node clients
+// speaking the OpenClaw node protocol.
+#include <csignal>
+#include <future>
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/cluster.h"
+#include "ws_edge/client/connect_request.h"
+
+namespace tether {
+namespace {
+
+using edge::client::DeviceCredentials;
+using edge::client::InvokeReply;
+using edge::client::NodeClient;
+using nlohmann::json;
+using testing::Cluster;
+using testing::Eventually;
+using testing::PresenceWatcher;
+
+class EdgeE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_.StartRegistry({"--auto_approve", "--superseded_grace_ms=1000", "--lease_ttl_ms=2000"});
+    c_.StartEdge("edgeA", {"--max_send_buffer_bytes=262144", "--tick_interval_ms=1000"});
+  }
+
+  // A node whose invokes are never answered (they stay in flight on its connection).
+  std::unique_ptr<NodeClient> SilentNode(DeviceCredentials& creds) {
+    auto node = c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+      o.on_invoke = [](const edge::protocol::InvokeRequest&) { return InvokeReply::Deferred(); };
+    });
+    EXPECT_TRUE(node->Connect(absl::Seconds(10)).ok());
+    return node;
+  }
+
+  Cluster c_;
+};
+
+// OpenClaw PR #78351, live: the node reconnects while its old socket is open; the old socket's
+// close arrives late. The new session must survive it.
+TEST_F(EdgeE2ETest, LateCloseOfTheOldSocketDoesNotUnregisterTheNewSession) {
+  DeviceCredentials creds;
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  auto old_socket = SilentNode(creds);
+  auto pending = std::async(std::launch::async, [&] { return c_.Invoke(creds.node_id(), 20000); });
+  ASSERT_TRUE(old_socket->WaitForInvokeCount(1, absl::Seconds(5)).ok());
+
+  auto new_socket = c_.ReadyNode(creds, "edgeA");
+  ASSERT_TRUE(Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == new_socket->conn_id(); }));
+  ASSERT_TRUE(old_socket->Close(1000, "late").ok());  // the late close
+  auto failed = pending.get();
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::ABORTED);
+  EXPECT_EQ(failed.error_code, "DISCONNECTED");
+
+  auto ok = c_.Invoke(creds.node_id());
+  ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(ok.response.conn_id(), new_socket->conn_id());
+  EXPECT_EQ(ok.response.payload_json(), R"({"ok":true})");
+  EXPECT_EQ(old_socket->invoke_requests_received(), 1);  // nothing after the reconnect
+  EXPECT_EQ(new_socket->invoke_requests_received(), 1);
+  EXPECT_TRUE(c_.Connected(creds.node_id()));
+  ASSERT_TRUE(watch.WaitFor(creds.node_id(), v1::PresenceEvent::REPLACED));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+}
+
+TEST_F(EdgeE2ETest, HalfOpenOldSocketIsRetiredAsReplaced) {
+  DeviceCredentials creds;
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  auto old_socket = SilentNode(creds);
+  auto pending = std::async(std::launch::async, [&] { return c_.Invoke(creds.node_id(), 20000); });
+  ASSERT_TRUE(old_socket->WaitForInvokeCount(1, absl::Seconds(5)).ok());
+  auto new_socket = c_.ReadyNode(creds, "edgeA");
+  // The old socket never closes by itself: after the grace (1 s) the edge closes it.
+  auto closed = old_socket->WaitForClose(absl::Seconds(10));
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->code, 4001);
+  EXPECT_EQ(closed->reason, "replaced");
+  EXPECT_EQ(pending.get().error_code, "DISCONNECTED");
+  EXPECT_TRUE(c_.Connected(creds.node_id()));
+  EXPECT_EQ(c_.GetNode(creds.node_id())->conn_id(), new_socket->conn_id());
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+
+  // An idle replaced socket is retired at once.
+  auto third = c_.ReadyNode(creds, "edgeA");
+  auto closed2 = new_socket->WaitForClose(absl::Seconds(5));
+  ASSERT_TRUE(closed2.ok());
+  EXPECT_EQ(closed2->code, 4001);
+  EXPECT_TRUE(c_.Connected(creds.node_id()));
+}
+
+// Opens a raw socket and returns it with its challenge.
+std::pair<std::unique_ptr<NodeClient>, edge::client::Challenge> RawSocket(
+    Cluster& c, DeviceCredentials& creds) {
+  auto node = c.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+    o.auto_connect = false;
+  });
+  auto ch = node->WaitForChallenge(absl::Seconds(5));
+  EXPECT_TRUE(ch.ok()) << ch.status();
+  return {std::move(node), ch.ok() ? *ch : edge::client::Challenge{}};
+}
+
+// Sends `params` as connect and returns (error details code, close code).
+std::pair<std::string, int> Refusal(NodeClient& node, const json& params) {
+  auto id = node.SendConnect(params);
+  EXPECT_TRUE(id.ok());
+  auto res = node.WaitForResponse(*id, absl::Seconds(5));
+  std::string code;
+  if (res.ok() && res->error.has_value()) {
+    const json& d = res->error->details;
+    code = d.is_object() && d.contains("code") ? d["code"].get<std::string>() : res->error->code;
+  }
+  auto closed = node.WaitForClose(absl::Seconds(5));
+  return {code, closed.ok() ? closed->code : 0};
+}
+
+TEST_F(EdgeE2ETest, HostileHandshakesGetTheDocumentedErrorsAndHarmNoOne) {
+  DeviceCredentials honest_creds;
+  auto honest = c_.ReadyNode(honest_creds, "edgeA");
+  const std::optional<std::string> token = std::string(testing::kTestToken);
+  DeviceCredentials mallory;
+  edge::client::ConnectRequestOptions opts;
+
+  {  // Spoofed device id: the honest node's id with mallory's key.
+    auto [s, ch] = RawSocket(c_, mallory);
+    json p = edge::client::BuildConnectParams(opts, mallory.identity(), ch, token, std::nullopt);
+    p["device"]["id"] = honest_creds.node_id();
+    EXPECT_EQ(Refusal(*s, p), std::make_pair(std::string("DEVICE_AUTH_DEVICE_ID_MISMATCH"), 1008));
+  }
+  {  // Bad signature.
+    auto [s, ch] = RawSocket(c_, mallory);
+    json p = edge::client::BuildConnectParams(opts, mallory.identity(), ch, token, std::nullopt);
+    std::string sig = p["device"]["signature"];
+    sig[5] = sig[5] == 'A' ? 'B' : 'A';
+    p["device"]["signature"] = sig;
+    EXPECT_EQ(Refusal(*s, p), std::make_pair(std::string("DEVICE_AUTH_SIGNATURE_INVALID"), 1008));
+  }
+  {  // Replayed nonce: a proof made for another socket's challenge.
+    auto [s1, ch1] = RawSocket(c_, mallory);
+    auto [s2, ch2] = RawSocket(c_, mallory);
+    json p = edge::client::BuildConnectParams(opts, mallory.identity(), ch1, token, std::nullopt);
+    EXPECT_EQ(Refusal(*s2, p), std::make_pair(std::string("DEVICE_AUTH_NONCE_MISMATCH"), 1008));
+  }
+  {  // Stale signedAt (10 minutes old, correctly signed).
+    auto [s, ch] = RawSocket(c_, mallory);
+    edge::client::Challenge old = ch;
+    old.ts_ms -= 600'000;
+    json p = edge::client::BuildConnectParams(opts, mallory.identity(), old, token, std::nullopt);
+    EXPECT_EQ(Refusal(*s, p), std::make_pair(std::string("DEVICE_AUTH_SIGNATURE_EXPIRED"), 1008));
+  }
+  {  // No token at all.
+    auto [s, ch] = RawSocket(c_, mallory);
+    json p = edge::client::BuildConnectParams(opts, mallory.identity(), ch, std::nullopt,
+                                              std::nullopt);
+    EXPECT_EQ(Refusal(*s, p), std::make_pair(std::string("AUTH_TOKEN_MISSING"), 1008));
+  }
+  {  // An operator is pointed at the gRPC API.
+    auto [s, ch] = RawSocket(c_, mallory);
+    edge::client::ConnectRequestOptions op = opts;
+    op.role = "operator";
+    op.client_mode = "cli";
+    op.client_id = "cli";
+    json p = edge::client::BuildConnectParams(op, mallory.identity(), ch, token, std::nullopt);
+    auto id = s->SendConnect(p);
+    auto res = s->WaitForResponse(*id, absl::Seconds(5));
+    ASSERT_TRUE(res.ok());
+    EXPECT_NE(res->error->message.find("gRPC"), std::string::npos) << res->error->message;
+  }
+  {  // 100 KiB before the handshake.
+    auto [s, ch] = RawSocket(c_, mallory);
+    ASSERT_TRUE(s->SendText(std::string(100 * 1024, 'x')).ok());
+    auto closed = s->WaitForClose(absl::Seconds(5));
+    ASSERT_TRUE(closed.ok());
+    EXPECT_EQ(closed->code, 1009);
+  }
+  {  // Garbage bytes.
+    auto [s, ch] = RawSocket(c_, mallory);
+    ASSERT_TRUE(s->SendText("\x01\x02 not json").ok());
+    auto closed = s->WaitForClose(absl::Seconds(5));
+    ASSERT_TRUE(closed.ok());
+    EXPECT_TRUE(s->error_responses().empty());
+  }
+  // None of it reached the registry, and the honest node is still served.
+  grpc::ClientContext ctx;
+  v1::ListNodesResponse list;
+  ASSERT_TRUE(c_.api().ListNodes(&ctx, {}, &list).ok());
+  ASSERT_EQ(list.nodes_size(), 1);
+  EXPECT_EQ(list.nodes(0).node_id(), honest_creds.node_id());
+  auto ok = c_.Invoke(honest_creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+}
+
+TEST_F(EdgeE2ETest, AResultForAnotherNodesInvokeChangesNothing) {
+  DeviceCredentials victim_creds, mallory_creds;
+  auto victim = SilentNode(victim_creds);
+  auto mallory = c_.ReadyNode(mallory_creds, "edgeA");
+  auto pending = std::async(std::launch::async, [&] { return c_.Invoke(victim_creds.node_id(), 3000); });
+  ASSERT_TRUE(victim->WaitForInvokeCount(1, absl::Seconds(5)).ok());
+  edge::protocol::InvokeRequest stolen = victim->invoke_requests()[0];
+  // Claiming the victim's node id is refused outright.
+  auto id = mallory->SendRequest("node.invoke.result", json{{"id", stolen.id},
+                                                           {"nodeId", victim_creds.node_id()},
+                                                           {"ok", true},
+                                                           {"payloadJSON", "\"pwned\""}});
+  auto res = mallory->WaitForResponse(*id, absl::Seconds(5));
+  ASSERT_TRUE(res.ok());
+  EXPECT_EQ(res->error->message, "nodeId mismatch");
+  // With its own id it is answered "ignored" (wrong node and connection for that invoke).
+  auto id2 = mallory->SendRequest("node.invoke.result", json{{"id", stolen.id},
+                                                            {"nodeId", mallory_creds.node_id()},
+                                                            {"ok", true},
+                                                            {"payloadJSON", "\"pwned\""}});
+  auto res2 = mallory->WaitForResponse(*id2, absl::Seconds(5));
+  ASSERT_TRUE(res2.ok());
+  EXPECT_EQ(res2->payload, json({{"ok", true}, {"ignored", true}}));
+  EXPECT_EQ(mallory->state(), NodeClient::State::kReady);
+  // The victim's own answer is the one that counts.
+  auto id3 = victim->SendInvokeResult(stolen, InvokeReply::Ok(std::string("\"real\"")));
+  auto res3 = victim->WaitForResponse(*id3, absl::Seconds(5));
+  ASSERT_TRUE(res3.ok());
+  EXPECT_EQ(res3->payload, json({{"ok", true}}));
+  auto outcome = pending.get();
+  ASSERT_TRUE(outcome.status.ok());
+  EXPECT_EQ(outcome.response.payload_json(), "\"real\"");
+}
+
+TEST_F(EdgeE2ETest, AClientThatNeverReadsIsClosedAndItsInvokesFail) {
+  DeviceCredentials slow_creds, other_creds;
+  auto slow = c_.ReadyNode(slow_creds, "edgeA");
+  auto other = c_.ReadyNode(other_creds, "edgeA");
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  slow->PauseReading();
+  const std::string big = "\"" + std::string(200 * 1024, 'p') + "\"";
+  std::vector<std::future<testing::InvokeOutcome>> calls;
+  for (int i = 0; i < 40 && c_.Connected(slow_creds.node_id()); ++i) {
+    calls.push_back(std::async(std::launch::async, [&, big] {
+      return c_.Invoke(slow_creds.node_id(), 20000, "system.which", big);
+    }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(Eventually([&] { return !c_.Connected(slow_creds.node_id()); }, absl::Seconds(20)));
+  for (auto& f : calls) {
+    auto r = f.get();
+    EXPECT_FALSE(r.status.ok());
+    EXPECT_TRUE(r.error_code == "DISCONNECTED" || r.error_code == "NOT_CONNECTED") << r.error_code;
+  }
+  // Everyone else is fine.
+  auto fine = c_.Invoke(other_creds.node_id());
+  EXPECT_TRUE(fine.status.ok()) << fine.error_code << " " << fine.status.error_message();
+  // Only the slow node went away, as an ordinary disconnect (not edge_lost).
+  for (const auto& e : watch.events()) {
+    EXPECT_EQ(e.node_id(), slow_creds.node_id());
+    EXPECT_EQ(e.reason(), "disconnect");
+  }
+}
+
+TEST_F(EdgeE2ETest, DeviceTokenReconnectAndRevocation) {
+  DeviceCredentials creds;
+  {
+    auto first = c_.ReadyNode(creds, "edgeA");
+    ASSERT_TRUE(creds.device_token().has_value());
+  }
+  // Without the shared token, the device token from hello-ok lets it back in.
+  auto again = c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+    o.shared_token.reset();
+  });
+  ASSERT_TRUE(again->Connect(absl::Seconds(10)).ok());
+  EXPECT_EQ((*again->hello())["auth"]["method"], "device-token");
+  // Revoke: the live socket is closed and the token stops working.
+  grpc::ClientContext ctx;
+  v1::RevokeDeviceRequest req;
+  req.set_node_id(creds.node_id());
+  v1::RevokeDeviceResponse resp;
+  ASSERT_TRUE(c_.api().RevokeDevice(&ctx, req, &resp).ok());
+  auto closed = again->WaitForClose(absl::Seconds(5));
+  ASSERT_TRUE(closed.ok());
+  EXPECT_EQ(closed->code, 1008);
+  auto third = c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+    o.shared_token.reset();
+  });
+  EXPECT_FALSE(third->Connect(absl::Seconds(10)).ok());
+  ASSERT_TRUE(third->connect_error().has_value());
+  EXPECT_EQ(third->connect_error()->details["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
+}
+
+TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreIsHealedByResync) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  const int port = std::stoi(c_.registry().Log().substr(c_.registry().Log().find("port ") + 5));
+  auto before = c_.GetNode(creds.node_id());
+  ASSERT_TRUE(before.has_value());
+  const uint64_t old_revision = c_.Revision();
+  c_.StopRegistry(SIGKILL);
+  c_.StartRegistry({"--auto_approve", "--lease_ttl_ms=2000"}, port);
+  // The edge re-attaches and resyncs; the node never left.
+  ASSERT_TRUE(Eventually([&] { return c_.Connected(creds.node_id()); }, absl::Seconds(15)));
+  auto after = c_.GetNode(creds.node_id());
+  EXPECT_EQ(after->conn_id(), before->conn_id());
+  EXPECT_EQ(after->generation(), before->generation());
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  auto ok = c_.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);  // its socket never noticed
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past a lease TTL
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_TRUE(c_.Connected(creds.node_id()));
+  // A watcher resuming from the old registry's revision is told to re-list.
+  PresenceWatcher stale(c_.api(), old_revision);
+  ASSERT_TRUE(Eventually([&] { return stale.status().error_code() == grpc::StatusCode::OUT_OF_RANGE; }));
+}
+
+TEST_F(EdgeE2ETest, KilledEdgeLosesItsNodesWithinTheLeaseAndInvokesFailFast) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  const auto start = std::chrono::steady_clock::now();
+  c_.StopEdge("edgeA", SIGKILL);
+  auto r = c_.Invoke(creds.node_id(), 20000);
+  EXPECT_FALSE(r.status.ok());
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  ASSERT_TRUE(watch.WaitFor(creds.node_id(), v1::PresenceEvent::DISCONNECTED, 1, absl::Seconds(6)));
+  EXPECT_EQ(watch.events().back().reason(), "edge_lost");
+}
+
+class PairingE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    c_.StartRegistry({});
+    c_.StartEdge("edgeA");
+  }
+  Cluster c_;
+};
+
+TEST_F(PairingE2ETest, UnknownDeviceWaitsForApprovalThroughTheApi) {
+  DeviceCredentials creds;
+  auto first = c_.Node(creds, "edgeA");
+  EXPECT_FALSE(first->Connect(absl::Seconds(10)).ok());
+  ASSERT_TRUE(first->connect_error().has_value());
+  EXPECT_EQ(first->connect_error()->code, "NOT_PAIRED");
+  EXPECT_EQ(first->connect_error()->details["code"], "PAIRING_REQUIRED");
+  const std::string request_id = first->connect_error()->details["requestId"];
+  grpc::ClientContext ctx;
+  v1::ApprovePairingRequest req;
+  req.set_request_id(request_id);
+  v1::ApprovePairingResponse resp;
+  ASSERT_TRUE(c_.api().ApprovePairing(&ctx, req, &resp).ok());
+  auto second = c_.ReadyNode(creds, "edgeA");
+  EXPECT_TRUE(c_.Connected(creds.node_id()));
+  EXPECT_TRUE(c_.GetNode(creds.node_id())->paired());
+}
+
+}  // namespace
+}  // namespace tether

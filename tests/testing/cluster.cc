@@ -1,0 +1,178 @@
+#include "tests/testing/cluster.h"
+
+#include <chrono>
+
+#include "gtest/gtest.h"
+
+namespace tether::testing {
+
+constexpr char kRegistryBinary[] = "registry_service/server/registry_service";
+constexpr char kEdgeBinary[] = "ws_edge/ws_edge";
+
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (absl::Now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return done();
+}
+
+PresenceWatcher::PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision) {
+  v1::WatchPresenceRequest req;
+  req.set_from_revision(from_revision);
+  reader_ = std::thread([this, &api, req] {
+    auto stream = api.WatchPresence(&ctx_, req);
+    v1::PresenceEvent e;
+    while (stream->Read(&e)) {
+      absl::MutexLock lock(&mu_);
+      events_.push_back(e);
+    }
+    grpc::Status s = stream->Finish();
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+    status_ = s;
+  });
+}
+
+PresenceWatcher::~PresenceWatcher() {
+  ctx_.TryCancel();
+  reader_.join();
+}
+
+std::vector<v1::PresenceEvent> PresenceWatcher::events() {
+  absl::MutexLock lock(&mu_);
+  return events_;
+}
+
+int PresenceWatcher::Count(const std::string& node_id, v1::PresenceEvent::Kind kind) {
+  absl::MutexLock lock(&mu_);
+  int n = 0;
+  for (const auto& e : events_) n += e.node_id() == node_id && e.kind() == kind;
+  return n;
+}
+
+bool PresenceWatcher::WaitFor(const std::string& node_id, v1::PresenceEvent::Kind kind,
+                              int count, absl::Duration timeout) {
+  return Eventually([&] { return Count(node_id, kind) >= count; }, timeout);
+}
+
+grpc::Status PresenceWatcher::status() {
+  absl::MutexLock lock(&mu_);
+  return status_;
+}
+
+Cluster::Cluster() : loop_(std::make_unique<edge::client::ClientLoop>()) {}
+
+Cluster::~Cluster() {
+  loop_.reset();  // node clients must be gone already (tests own them)
+  edges_.clear();
+  registry_.reset();
+}
+
+int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
+  std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20"};
+  args.insert(args.end(), flags.begin(), flags.end());
+  registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
+  auto p = registry_->WaitForPort(absl::Seconds(20));
+  EXPECT_TRUE(p.ok()) << p.status();
+  registry_port_ = p.ok() ? *p : 0;
+  api_ = v1::Registry::NewStub(grpc::CreateChannel(
+      "127.0.0.1:" + std::to_string(registry_port_), grpc::InsecureChannelCredentials()));
+  return registry_port_;
+}
+
+void Cluster::StopRegistry(int sig) {
+  registry_->Signal(sig);
+  registry_->Wait(absl::Seconds(10));
+}
+
+int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
+  std::vector<std::string> args = {"--listen=127.0.0.1:0",
+                                   "--registry=127.0.0.1:" + std::to_string(registry_port_),
+                                   "--edge_id=" + edge_id};
+  args.insert(args.end(), flags.begin(), flags.end());
+  auto proc = std::make_unique<ChildProcess>(
+      kEdgeBinary, args, std::vector<std::string>{std::string("TETHER_SHARED_TOKEN=") + kTestToken});
+  auto p = proc->WaitForPort(absl::Seconds(20));
+  EXPECT_TRUE(p.ok()) << p.status();
+  edges_[edge_id] = std::move(proc);
+  edge_ports_[edge_id] = p.ok() ? *p : 0;
+  // A node can only register through an attached edge.
+  ChildProcess* edge = edges_[edge_id].get();
+  EXPECT_TRUE(Eventually([edge] { return edge->Log().find("link up") != std::string::npos; }))
+      << edge->Log();
+  return edge_ports_[edge_id];
+}
+
+void Cluster::StopEdge(const std::string& edge_id, int sig) {
+  edges_.at(edge_id)->Signal(sig);
+  edges_.at(edge_id)->Wait(absl::Seconds(15));
+}
+
+std::unique_ptr<edge::client::NodeClient> Cluster::Node(
+    edge::client::DeviceCredentials& creds, const std::string& edge_id,
+    std::function<void(edge::client::NodeClientOptions&)> tweak) {
+  edge::client::NodeClientOptions o;
+  o.port = static_cast<uint16_t>(edge_ports_.at(edge_id));
+  o.shared_token = kTestToken;
+  o.auto_connect = true;
+  if (tweak) tweak(o);
+  auto node = std::make_unique<edge::client::NodeClient>(*loop_, creds, o);
+  node->Start();
+  return node;
+}
+
+std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNode(
+    edge::client::DeviceCredentials& creds, const std::string& edge_id) {
+  auto node = Node(creds, edge_id, [](edge::client::NodeClientOptions& o) {
+    o.on_invoke = [](const edge::protocol::InvokeRequest&) {
+      return edge::client::InvokeReply::Ok(std::string(R"({"ok":true})"));
+    };
+  });
+  absl::Status s = node->Connect(absl::Seconds(10));
+  EXPECT_TRUE(s.ok()) << s;
+  return node;
+}
+
+std::optional<v1::Node> Cluster::GetNode(const std::string& node_id) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  v1::GetNodeRequest req;
+  req.set_node_id(node_id);
+  v1::Node node;
+  if (!api_->GetNode(&ctx, req, &node).ok()) return std::nullopt;
+  return node;
+}
+
+bool Cluster::Connected(const std::string& node_id) {
+  auto n = GetNode(node_id);
+  return n.has_value() && n->connected();
+}
+
+InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
+                              const std::string& command, const std::string& params_json) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(timeout_ms + 5000));
+  v1::InvokeNodeRequest req;
+  req.set_node_id(node_id);
+  req.set_command(command);
+  req.set_params_json(params_json);
+  req.set_timeout_ms(timeout_ms);
+  InvokeOutcome out;
+  out.status = api_->InvokeNode(&ctx, req, &out.response);
+  auto md = ctx.GetServerTrailingMetadata();
+  auto it = md.find("tether-error-code");
+  if (it != md.end()) out.error_code = std::string(it->second.data(), it->second.size());
+  return out;
+}
+
+uint64_t Cluster::Revision() {
+  grpc::ClientContext ctx;
+  v1::GetPresenceResponse resp;
+  EXPECT_TRUE(api_->GetPresence(&ctx, {}, &resp).ok());
+  return resp.revision();
+}
+
+}  // namespace tether::testing

@@ -1,0 +1,101 @@
+// Cluster: real registry and edge processes on 127.0.0.1 for end-to-end tests, with a public
+// API client, presence watchers and node clients.
+#ifndef TETHER_TESTS_TESTING_CLUSTER_H_
+#define TETHER_TESTS_TESTING_CLUSTER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "proto/tether/v1/registry.grpc.pb.h"
+#include "tests/testing/process.h"
+#include "ws_edge/client/client_loop.h"
+#include "ws_edge/client/node_client.h"
+
+namespace tether::testing {
+
+inline constexpr char kTestToken[] = "test-shared-token";
+
+// Polls `done` until it holds or `timeout` passes.
+bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));
+
+// Streams WatchPresence into a list on its own thread. Thread-safe.
+class PresenceWatcher {
+ public:
+  PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision);
+  ~PresenceWatcher();
+  std::vector<v1::PresenceEvent> events();
+  int Count(const std::string& node_id, v1::PresenceEvent::Kind kind);
+  bool WaitFor(const std::string& node_id, v1::PresenceEvent::Kind kind, int count = 1,
+               absl::Duration timeout = absl::Seconds(10));
+  grpc::Status status();  // after the stream ended
+
+ private:
+  grpc::ClientContext ctx_;
+  std::thread reader_;
+  absl::Mutex mu_;
+  std::vector<v1::PresenceEvent> events_ ABSL_GUARDED_BY(mu_);
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);
+};
+
+struct InvokeOutcome {
+  grpc::Status status;
+  v1::InvokeNodeResponse response;
+  std::string error_code;  // tether-error-code trailer
+};
+
+// Owns the processes it starts (killed on destruction) and a node client loop. Not
+// thread-safe; tests drive it from their main thread.
+class Cluster {
+ public:
+  Cluster();
+  ~Cluster();
+
+  // Starts the registry (on `port`, 0 = any) with extra flags; returns its port.
+  int StartRegistry(const std::vector<std::string>& flags = {"--auto_approve"}, int port = 0);
+  ChildProcess& registry() { return *registry_; }
+  void StopRegistry(int sig);  // signal and reap
+  // Starts an edge attached to the registry; returns its WebSocket port.
+  int StartEdge(const std::string& edge_id, const std::vector<std::string>& flags = {});
+  ChildProcess& edge(const std::string& edge_id) { return *edges_.at(edge_id); }
+  void StopEdge(const std::string& edge_id, int sig);
+  int edge_port(const std::string& edge_id) { return edge_ports_.at(edge_id); }
+
+  v1::Registry::Stub& api() { return *api_; }
+  edge::client::ClientLoop& loop() { return *loop_; }
+
+  // A node client on `edge_id` using `creds`; started (not yet waited for).
+  std::unique_ptr<edge::client::NodeClient> Node(
+      edge::client::DeviceCredentials& creds, const std::string& edge_id,
+      std::function<void(edge::client::NodeClientOptions&)> tweak = nullptr);
+  // A node client that answers every invoke with {"ok":true,"by":<conn id>} and is connected.
+  std::unique_ptr<edge::client::NodeClient> ReadyNode(edge::client::DeviceCredentials& creds,
+                                                     const std::string& edge_id);
+
+  std::optional<v1::Node> GetNode(const std::string& node_id);
+  bool Connected(const std::string& node_id);
+  InvokeOutcome Invoke(const std::string& node_id, int64_t timeout_ms = 5000,
+                       const std::string& command = "system.which",
+                       const std::string& params_json = R"({"bins":["sh"]})");
+  uint64_t Revision();
+
+ private:
+  std::unique_ptr<ChildProcess> registry_;
+  int registry_port_ = 0;
+  std::map<std::string, std::unique_ptr<ChildProcess>> edges_;
+  std::map<std::string, int> edge_ports_;
+  std::unique_ptr<v1::Registry::Stub> api_;
+  std::unique_ptr<edge::client::ClientLoop> loop_;
+};
+
+}  // namespace tether::testing
+
+#endif  // TETHER_TESTS_TESTING_CLUSTER_H_

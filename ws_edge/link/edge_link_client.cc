@@ -1,0 +1,222 @@
+#include "ws_edge/link/edge_link_client.h"
+
+#include <algorithm>
+#include <chrono>
+#include <deque>
+
+namespace tether::edge {
+
+// One EdgeLink call: one write in flight with a queue in front, reads delivered to the client.
+class EdgeLinkClient::Stream final
+    : public grpc::ClientBidiReactor<v1::EdgeMessage, v1::RegistryMessage> {
+ public:
+  Stream(EdgeLinkClient* owner, v1::EdgeLink::Stub* stub, const v1::EdgeMessage& attach)
+      : owner_(owner) {
+    stub->async()->Connect(&ctx_, this);
+    Enqueue(attach);
+    StartRead(&in_);
+    StartCall();
+  }
+
+  void Enqueue(const v1::EdgeMessage& m) ABSL_LOCKS_EXCLUDED(mu_) {
+    v1::EdgeMessage* start = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      if (done_) return;
+      queue_.push_back(m);
+      if (!writing_) {
+        writing_ = true;
+        start = &queue_.front();
+      }
+    }
+    // gRPC may run OnWriteDone inline from StartWrite: never call it with mu_ held.
+    if (start != nullptr) StartWrite(start);
+  }
+
+  // Waits up to `timeout` for queued writes to go out (for a clean drain).
+  void Flush(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    auto flushed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() || done_; };
+    mu_.AwaitWithTimeout(absl::Condition(&flushed), timeout);
+  }
+
+  void Cancel() { ctx_.TryCancel(); }
+
+  void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
+    v1::EdgeMessage* next = nullptr;
+    {
+      absl::MutexLock lock(&mu_);
+      queue_.pop_front();
+      writing_ = false;
+      if (ok && !queue_.empty()) {
+        writing_ = true;
+        next = &queue_.front();
+      }
+    }
+    if (next != nullptr) StartWrite(next);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // OnDone follows
+    if (in_.has_attach_ack()) {
+      owner_->heartbeat_from_ack_ = in_.attach_ack().heartbeat_interval_ms();
+      owner_->OnAttached(this);
+    } else {
+      v1::RegistryMessage copy = in_;
+      owner_->callbacks_.post(
+          [owner = owner_, copy = std::move(copy)] { owner->callbacks_.on_message(copy); });
+    }
+    StartRead(&in_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    {
+      absl::MutexLock lock(&mu_);
+      done_ = true;
+      queue_.clear();
+    }
+    status_ = status;
+    owner_->OnStreamDone(this);
+  }
+
+ private:
+  EdgeLinkClient* owner_;
+  grpc::ClientContext ctx_;
+  v1::RegistryMessage in_;
+  grpc::Status status_;
+  absl::Mutex mu_;
+  std::deque<v1::EdgeMessage> queue_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool done_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+EdgeLinkClient::EdgeLinkClient(const LinkOptions& options, LinkCallbacks callbacks)
+    : options_(options), callbacks_(std::move(callbacks)), rng_(std::random_device{}()) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 5'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2'000);
+  args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
+  channel_ = grpc::CreateCustomChannel(options_.target, grpc::InsecureChannelCredentials(), args);
+  stub_ = v1::EdgeLink::NewStub(channel_);
+}
+
+EdgeLinkClient::~EdgeLinkClient() { Stop(); }
+
+void EdgeLinkClient::Start() { supervisor_ = std::thread([this] { Supervise(); }); }
+
+void EdgeLinkClient::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  Stream* s = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    s = stream_.get();
+  }
+  if (s != nullptr) s->Flush(absl::Seconds(2));
+  {
+    absl::MutexLock lock(&mu_);
+    if (stream_ != nullptr) stream_->Cancel();
+  }
+  if (supervisor_.joinable()) supervisor_.join();
+}
+
+bool EdgeLinkClient::Send(const v1::EdgeMessage& message) {
+  absl::MutexLock lock(&mu_);
+  if (!attached_ || stream_ == nullptr) return false;
+  stream_->Enqueue(message);
+  return true;
+}
+
+bool EdgeLinkClient::attached() {
+  absl::MutexLock lock(&mu_);
+  return attached_;
+}
+
+uint64_t EdgeLinkClient::reconnects() {
+  absl::MutexLock lock(&mu_);
+  return reconnects_;
+}
+
+void EdgeLinkClient::OnAttached(Stream* stream) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (stream_.get() != stream) return;
+    attached_ = true;
+    just_attached_ = true;  // wakes the supervisor to heartbeat at the registry's interval
+    heartbeat_ms_ = std::max<int64_t>(heartbeat_from_ack_, 50);
+  }
+  callbacks_.post([this] { callbacks_.on_up(); });
+}
+
+void EdgeLinkClient::OnStreamDone(Stream* stream) {
+  bool was_attached = false;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stream_.get() != stream) return;
+    was_attached = attached_;
+    attached_ = false;
+    stream_done_ = true;
+  }
+  if (was_attached) callbacks_.post([this] { callbacks_.on_down(); });
+}
+
+void EdgeLinkClient::Supervise() {
+  int64_t backoff = options_.backoff_initial_ms;
+  v1::EdgeMessage attach;
+  attach.mutable_attach()->set_edge_id(options_.edge_id);
+  attach.mutable_attach()->set_epoch(options_.epoch);
+  attach.mutable_attach()->set_version(options_.version);
+  v1::EdgeMessage heartbeat;
+  heartbeat.mutable_heartbeat();
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_) break;
+      stream_done_ = false;
+      stream_ = std::make_unique<Stream>(this, stub_.get(), attach);
+    }
+    // While the stream lives: heartbeat at the registry's interval.
+    bool ever_attached = false;
+    for (;;) {
+      absl::MutexLock lock(&mu_);
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stream_done_ || stopping_ || just_attached_;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&wake), absl::Milliseconds(heartbeat_ms_));
+      if (stream_done_) break;
+      if (just_attached_) {
+        just_attached_ = false;
+        continue;
+      }
+      if (stopping_) {
+        mu_.Await(absl::Condition(&stream_done_));
+        break;
+      }
+      if (attached_) {
+        ever_attached = true;
+        stream_->Enqueue(heartbeat);
+      }
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      ever_attached = ever_attached || attached_;
+      stream_.reset();
+      if (stopping_) break;
+      ++reconnects_;
+    }
+    if (ever_attached) backoff = options_.backoff_initial_ms;
+    // Full jitter: edges that lost the registry together do not come back in lockstep.
+    const int64_t sleep_ms = std::uniform_int_distribution<int64_t>(backoff / 2, backoff)(rng_);
+    backoff = std::min(backoff * 2, options_.backoff_max_ms);
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(&stopping_), absl::Milliseconds(sleep_ms));
+  }
+}
+
+}  // namespace tether::edge

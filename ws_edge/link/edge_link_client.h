@@ -1,0 +1,80 @@
+// EdgeLinkClient: the edge's one EdgeLink stream to the registry (the only gRPC code in the edge).
+#ifndef TETHER_WS_EDGE_LINK_EDGE_LINK_CLIENT_H_
+#define TETHER_WS_EDGE_LINK_EDGE_LINK_CLIENT_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "absl/synchronization/mutex.h"
+#include "proto/tether/v1/edge_link.grpc.pb.h"
+#include "ws_edge/core/ports.h"
+
+namespace tether::edge {
+
+struct LinkOptions {
+  std::string target;  // registry address, host:port
+  std::string edge_id;
+  std::string epoch;   // fresh per process
+  std::string version = "tether-edge/0.1";
+  int64_t backoff_initial_ms = 200;
+  int64_t backoff_max_ms = 5'000;
+};
+
+// What the link reports, delivered on the edge's loop through `post`.
+struct LinkCallbacks {
+  std::function<void(std::function<void()>)> post;  // runs a task on the edge loop
+  std::function<void()> on_up;                      // attached (send the resync now)
+  std::function<void()> on_down;                    // the stream broke
+  std::function<void(const v1::RegistryMessage&)> on_message;
+};
+
+// Keeps one attached stream alive: attach with edge id and epoch, heartbeats at the interval
+// the registry asks for, and reconnection with exponential backoff and full jitter. Owns its
+// channel, the current stream and a supervisor thread. Thread-safe.
+class EdgeLinkClient final : public RegistryLink {
+ public:
+  EdgeLinkClient(const LinkOptions& options, LinkCallbacks callbacks);
+  ~EdgeLinkClient() override;
+
+  void Start();
+  // Flushes what is queued (bounded wait), then ends the stream and the thread.
+  void Stop();
+  // Queues on the attached stream; false when none is attached.
+  bool Send(const v1::EdgeMessage& message) override ABSL_LOCKS_EXCLUDED(mu_);
+  bool attached() ABSL_LOCKS_EXCLUDED(mu_);
+  uint64_t reconnects() ABSL_LOCKS_EXCLUDED(mu_);
+
+  class Stream;  // one call's reactor; defined in the .cc
+
+ private:
+  void Supervise();
+  void OnAttached(Stream* stream) ABSL_LOCKS_EXCLUDED(mu_);
+  void OnStreamDone(Stream* stream) ABSL_LOCKS_EXCLUDED(mu_);
+
+  const LinkOptions options_;
+  const LinkCallbacks callbacks_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::EdgeLink::Stub> stub_;
+
+  absl::Mutex mu_;
+  std::unique_ptr<Stream> stream_ ABSL_GUARDED_BY(mu_);
+  bool attached_ ABSL_GUARDED_BY(mu_) = false;
+  bool stream_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool just_attached_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t heartbeat_ms_ ABSL_GUARDED_BY(mu_) = 2'500;
+  std::atomic<int64_t> heartbeat_from_ack_{2'500};  // written by the stream's read path
+  uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  std::thread supervisor_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace tether::edge
+
+#endif  // TETHER_WS_EDGE_LINK_EDGE_LINK_CLIENT_H_

@@ -1,0 +1,181 @@
+// ws_edge: terminates node WebSockets and forwards their lifecycle to the registry.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/clock.h"
+#include "common/env_flags.h"
+#include "common/ids.h"
+#include "ws_edge/core/edge_core.h"
+#include "ws_edge/link/edge_link_client.h"
+#include "ws_edge/transport/ws_server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:18789", "WebSocket listen address host:port (port 0: any)");
+ABSL_FLAG(std::string, registry, "127.0.0.1:7000", "registry gRPC address");
+ABSL_FLAG(std::string, edge_id, "", "this edge's stable id (default: edge-<hostname>)");
+ABSL_FLAG(std::string, shared_token_file, "",
+          "file holding the shared gateway token nodes must present (or set TETHER_SHARED_TOKEN "
+          "or OPENCLAW_GATEWAY_TOKEN in the environment)");
+ABSL_FLAG(bool, allow_no_token, false,
+          "development only: accept nodes without a shared token when none is configured");
+ABSL_FLAG(int64_t, handshake_timeout_ms, 10'000, "close sockets that do not finish the handshake");
+ABSL_FLAG(int64_t, tick_interval_ms, 30'000, "tick event period (advertised in hello-ok)");
+ABSL_FLAG(int64_t, max_payload, 26'214'400, "largest frame accepted after the handshake");
+ABSL_FLAG(int64_t, max_send_buffer_bytes, 52'428'800,
+          "unsent bytes per socket before it is closed as a slow consumer (1008)");
+ABSL_FLAG(int64_t, ping_interval_ms, 25'000, "WebSocket ping period");
+ABSL_FLAG(int64_t, pong_timeout_ms, 25'000, "a socket silent this long after a ping is dropped");
+ABSL_FLAG(int64_t, drain_timeout_ms, 5'000, "on SIGTERM, wait this long for sockets to close");
+ABSL_FLAG(std::string, port_file, "", "if set, write the bound port here once listening");
+
+namespace {
+
+std::string ReadFileTrimmed(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return std::string(absl::StripAsciiWhitespace(ss.str()));
+}
+
+std::string Hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof(buf) - 1);
+  return buf;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("Tether WebSocket edge. Flags also read TETHER_<FLAG> env vars.");
+  std::vector<char*> args = tether::common::ArgsWithEnvFlags(argc, argv);
+  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+
+  std::vector<std::string> hp = absl::StrSplit(absl::GetFlag(FLAGS_listen), ':');
+  int port = -1;
+  if (hp.size() != 2 || !absl::SimpleAtoi(hp[1], &port) || port < 0 || port > 65535) {
+    std::fprintf(stderr, "ws_edge: --listen must be host:port\n");
+    return 2;
+  }
+  tether::edge::EdgeOptions eo;
+  eo.edge_id = absl::GetFlag(FLAGS_edge_id);
+  if (eo.edge_id.empty()) eo.edge_id = "edge-" + Hostname();
+  std::string token;
+  if (const std::string f = absl::GetFlag(FLAGS_shared_token_file); !f.empty()) {
+    token = ReadFileTrimmed(f);
+    if (token.empty()) {
+      std::fprintf(stderr, "ws_edge: --shared_token_file %s is empty or unreadable\n", f.c_str());
+      return 2;
+    }
+  } else if (const char* t = std::getenv("TETHER_SHARED_TOKEN"); t != nullptr && *t) {
+    token = t;
+  } else if (const char* t2 = std::getenv("OPENCLAW_GATEWAY_TOKEN"); t2 != nullptr && *t2) {
+    token = t2;
+  }
+  if (!token.empty()) {
+    eo.shared_token = token;
+  } else if (!absl::GetFlag(FLAGS_allow_no_token)) {
+    std::fprintf(stderr,
+                 "ws_edge: no shared token configured (TETHER_SHARED_TOKEN or "
+                 "--shared_token_file); pass --allow_no_token for local development\n");
+    return 2;
+  } else {
+    std::fprintf(stderr, "ws_edge: WARNING --allow_no_token: nodes connect without a token\n");
+  }
+  eo.handshake_timeout_ms = absl::GetFlag(FLAGS_handshake_timeout_ms);
+  eo.tick_interval_ms = absl::GetFlag(FLAGS_tick_interval_ms);
+  eo.max_payload = absl::GetFlag(FLAGS_max_payload);
+  eo.max_buffered_bytes = absl::GetFlag(FLAGS_max_send_buffer_bytes);
+  if (eo.tick_interval_ms < 100 || eo.handshake_timeout_ms < 100 || eo.max_payload < 1024) {
+    std::fprintf(stderr, "ws_edge: --tick_interval_ms, --handshake_timeout_ms >= 100 and "
+                         "--max_payload >= 1024 required\n");
+    return 2;
+  }
+
+  tether::edge::WsServerOptions wo;
+  wo.host = hp[0];
+  wo.port = port;
+  wo.max_send_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_send_buffer_bytes));
+  wo.ping_interval_ms = absl::GetFlag(FLAGS_ping_interval_ms);
+  wo.pong_timeout_ms = absl::GetFlag(FLAGS_pong_timeout_ms);
+
+  sigset_t stop;
+  sigemptyset(&stop);
+  sigaddset(&stop, SIGTERM);
+  sigaddset(&stop, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  tether::common::RealClock clock;
+  tether::edge::WsServer server(wo);
+  tether::edge::EdgeCore* core_ptr = nullptr;
+  tether::edge::LinkOptions lo;
+  lo.target = absl::GetFlag(FLAGS_registry);
+  lo.edge_id = eo.edge_id;
+  lo.epoch = tether::common::RandomHexId();
+  tether::edge::LinkCallbacks cb;
+  cb.post = [&server](std::function<void()> fn) { server.Post(std::move(fn)); };
+  cb.on_up = [&core_ptr] {
+    std::fprintf(stderr, "ws_edge: registry link up (attached, resyncing)\n");
+    core_ptr->OnLinkUp();
+  };
+  cb.on_down = [&core_ptr] {
+    std::fprintf(stderr, "ws_edge: registry link down (reconnecting)\n");
+    core_ptr->OnLinkDown();
+  };
+  cb.on_message = [&core_ptr](const tether::v1::RegistryMessage& m) {
+    core_ptr->OnRegistryMessage(m);
+  };
+  tether::edge::EdgeLinkClient link(lo, cb);
+  tether::edge::EdgeCore core(eo, server, link, clock);
+  core_ptr = &core;
+  server.set_core(&core);
+
+  auto bound = server.Listen();
+  if (!bound.ok()) {
+    std::fprintf(stderr, "ws_edge: %s\n", std::string(bound.status().message()).c_str());
+    return 1;
+  }
+  link.Start();
+  std::printf("ws_edge %s listening on %s:%d (registry %s)\n", eo.edge_id.c_str(), wo.host.c_str(),
+              *bound, lo.target.c_str());
+  std::fflush(stdout);
+  if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {
+    std::ofstream(f) << *bound << "\n";
+  }
+
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&stop, &sig);
+    std::fprintf(stderr, "ws_edge: signal %d, draining\n", sig);
+    server.Post([&] {
+      server.StopListening();
+      core.Drain();
+    });
+    const int64_t deadline = clock.NowMs() + absl::GetFlag(FLAGS_drain_timeout_ms);
+    while (clock.NowMs() < deadline) {
+      std::atomic<size_t> left{1};
+      std::atomic<bool> done{false};
+      server.Post([&] {
+        left = core.connection_count();
+        done = true;
+      });
+      while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (left == 0) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    link.Stop();
+    server.Stop();
+  });
+  server.Run();
+  signals.join();
+  return 0;
+}
