@@ -1,0 +1,308 @@
+// tetherctl: the operator's command line for the registry's public gRPC API.
+//
+// Exit codes a script can rely on: 0 ok; 1 other error; 2 usage; 3 NOT_CONNECTED; 4 TIMEOUT;
+// 5 DISCONNECTED; 6 COMMAND_NOT_ALLOWED; 7 NODE_ERROR; 8 not found; 9 registry unreachable.
+#include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "proto/tether/v1/registry.grpc.pb.h"
+
+ABSL_FLAG(std::string, registry, "127.0.0.1:7000", "registry gRPC address (env TETHER_REGISTRY)");
+ABSL_FLAG(bool, json, false, "print JSON instead of tables");
+ABSL_FLAG(int64_t, timeout_ms, 0, "invoke: timeout (0: the registry's default, 30 s)");
+ABSL_FLAG(std::string, idempotency_key, "", "invoke: idempotency key");
+ABSL_FLAG(uint64_t, from, 0, "watch: resume after this revision (0: from now)");
+ABSL_FLAG(bool, connected, false, "nodes: only connected ones");
+ABSL_FLAG(bool, disconnected, false, "nodes: only disconnected ones");
+ABSL_FLAG(int64_t, max_events, 0, "watch: stop after this many events (0: never)");
+
+namespace {
+
+using tether::v1::Registry;
+
+constexpr char kUsage[] = R"(tetherctl [flags] COMMAND [ARGS]
+
+commands:
+  nodes [--connected|--disconnected]     list nodes
+  get NODE_ID                            describe one node
+  invoke NODE_ID COMMAND [PARAMS_JSON]   invoke a command on a node (--timeout_ms, --idempotency_key)
+  presence                               connected nodes and the current revision
+  watch [--from=REVISION]                stream presence changes; resumes after registry blips
+  pairing list | approve REQUEST_ID | reject REQUEST_ID
+  devices                                paired devices
+  revoke NODE_ID                         unpair a device and close its connections
+
+exit codes: 0 ok, 1 error, 2 usage, 3 NOT_CONNECTED, 4 TIMEOUT, 5 DISCONNECTED,
+            6 COMMAND_NOT_ALLOWED, 7 NODE_ERROR, 8 not found, 9 registry unreachable)";
+
+std::string Json(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+int Fail(const grpc::Status& s) {
+  std::fprintf(stderr, "tetherctl: %s\n", s.error_message().c_str());
+  if (s.error_code() == grpc::StatusCode::NOT_FOUND) return 8;
+  if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return 9;
+  return 1;
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx(int64_t timeout_ms = 10'000) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
+  return ctx;
+}
+
+std::string Ago(int64_t ms) {
+  if (ms == 0) return "-";
+  const int64_t now = absl::ToUnixMillis(absl::Now());
+  return absl::StrCat((now - ms) / 1000, "s ago");
+}
+
+void PrintNodeRow(const tether::v1::Node& n) {
+  std::printf("%-16.16s %-9s %-20.20s %-8.8s %-12.12s %-12.12s %s\n", n.node_id().c_str(),
+              n.connected() ? "connected" : "-", n.display_name().c_str(),
+              n.platform().c_str(), n.edge_id().c_str(), n.conn_id().c_str(),
+              Ago(n.last_seen_ms()).c_str());
+}
+
+int Nodes(Registry::Stub& api) {
+  tether::v1::ListNodesRequest req;
+  if (absl::GetFlag(FLAGS_connected)) req.set_connected(tether::v1::ListNodesRequest::CONNECTED_ONLY);
+  if (absl::GetFlag(FLAGS_disconnected)) {
+    req.set_connected(tether::v1::ListNodesRequest::DISCONNECTED_ONLY);
+  }
+  req.set_page_size(1000);
+  if (!absl::GetFlag(FLAGS_json)) {
+    std::printf("%-16s %-9s %-20s %-8s %-12s %-12s %s\n", "NODE", "STATE", "NAME", "PLATFORM",
+                "EDGE", "CONN", "LAST SEEN");
+  }
+  for (;;) {
+    tether::v1::ListNodesResponse resp;
+    grpc::Status s = api.ListNodes(Ctx().get(), req, &resp);
+    if (!s.ok()) return Fail(s);
+    for (const auto& n : resp.nodes()) {
+      if (absl::GetFlag(FLAGS_json)) {
+        std::printf("%s\n", Json(n).c_str());
+      } else {
+        PrintNodeRow(n);
+      }
+    }
+    if (resp.next_page_token().empty()) return 0;
+    req.set_page_token(resp.next_page_token());
+  }
+}
+
+int Get(Registry::Stub& api, const std::string& node_id) {
+  tether::v1::GetNodeRequest req;
+  req.set_node_id(node_id);
+  tether::v1::Node n;
+  grpc::Status s = api.GetNode(Ctx().get(), req, &n);
+  if (!s.ok()) return Fail(s);
+  std::printf("%s\n", Json(n).c_str());
+  return 0;
+}
+
+int Invoke(Registry::Stub& api, const std::string& node_id, const std::string& command,
+           const std::string& params) {
+  tether::v1::InvokeNodeRequest req;
+  req.set_node_id(node_id);
+  req.set_command(command);
+  req.set_params_json(params);
+  req.set_timeout_ms(absl::GetFlag(FLAGS_timeout_ms));
+  req.set_idempotency_key(absl::GetFlag(FLAGS_idempotency_key));
+  const int64_t wait = (req.timeout_ms() > 0 ? req.timeout_ms() : 300'000) + 5'000;
+  auto ctx = Ctx(wait);
+  tether::v1::InvokeNodeResponse resp;
+  grpc::Status s = api.InvokeNode(ctx.get(), req, &resp);
+  if (s.ok()) {
+    if (absl::GetFlag(FLAGS_json)) {
+      std::printf("%s\n", Json(resp).c_str());
+    } else {
+      std::printf("%s\n", resp.payload_json().c_str());
+    }
+    return 0;
+  }
+  std::string code;
+  const auto& md = ctx->GetServerTrailingMetadata();
+  if (auto it = md.find("tether-error-code"); it != md.end()) {
+    code = std::string(it->second.data(), it->second.size());
+  }
+  std::fprintf(stderr, "tetherctl: %s\n", s.error_message().c_str());
+  if (code == "NOT_CONNECTED") return 3;
+  if (code == "TIMEOUT") return 4;
+  if (code == "DISCONNECTED") return 5;
+  if (code == "COMMAND_NOT_ALLOWED") return 6;
+  if (code == "NODE_ERROR") return 7;
+  return s.error_code() == grpc::StatusCode::UNAVAILABLE ? 9 : 1;
+}
+
+int Presence(Registry::Stub& api) {
+  tether::v1::GetPresenceResponse resp;
+  grpc::Status s = api.GetPresence(Ctx().get(), {}, &resp);
+  if (!s.ok()) return Fail(s);
+  if (absl::GetFlag(FLAGS_json)) {
+    std::printf("%s\n", Json(resp).c_str());
+    return 0;
+  }
+  std::printf("revision %llu, %d connected\n", static_cast<unsigned long long>(resp.revision()),
+              resp.nodes_size());
+  for (const auto& n : resp.nodes()) PrintNodeRow(n);
+  return 0;
+}
+
+const char* KindName(tether::v1::PresenceEvent::Kind k) {
+  switch (k) {
+    case tether::v1::PresenceEvent::CONNECTED:
+      return "connected";
+    case tether::v1::PresenceEvent::REPLACED:
+      return "replaced";
+    case tether::v1::PresenceEvent::DISCONNECTED:
+      return "disconnected";
+    default:
+      return "?";
+  }
+}
+
+// Streams presence; on a broken stream it reconnects and resumes after the last revision
+// seen. If that revision is no longer in the registry's history it says so and goes on from
+// the current one (the caller should re-list).
+int Watch(Registry::Stub& api) {
+  uint64_t after = absl::GetFlag(FLAGS_from);
+  const int64_t max_events = absl::GetFlag(FLAGS_max_events);
+  int64_t seen = 0;
+  for (;;) {
+    grpc::ClientContext ctx;
+    tether::v1::WatchPresenceRequest req;
+    req.set_from_revision(after);
+    auto stream = api.WatchPresence(&ctx, req);
+    tether::v1::PresenceEvent e;
+    while (stream->Read(&e)) {
+      after = e.revision();
+      if (absl::GetFlag(FLAGS_json)) {
+        std::printf("%s\n", Json(e).c_str());
+      } else {
+        std::printf("%llu %s %s conn=%s edge=%s gen=%llu%s%s\n",
+                    static_cast<unsigned long long>(e.revision()), KindName(e.kind()),
+                    e.node_id().c_str(), e.conn_id().c_str(), e.edge_id().c_str(),
+                    static_cast<unsigned long long>(e.generation()),
+                    e.reason().empty() ? "" : " reason=", e.reason().c_str());
+      }
+      std::fflush(stdout);
+      if (max_events > 0 && ++seen >= max_events) {
+        ctx.TryCancel();
+        return 0;
+      }
+    }
+    grpc::Status s = stream->Finish();
+    if (s.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
+      std::fprintf(stderr, "tetherctl: %s; continuing from now (re-list with 'nodes')\n",
+                   s.error_message().c_str());
+      after = 0;
+      continue;
+    }
+    std::fprintf(stderr, "tetherctl: watch interrupted (%s); resuming after %llu\n",
+                 s.error_message().c_str(), static_cast<unsigned long long>(after));
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+int Pairing(Registry::Stub& api, const std::vector<char*>& args) {
+  const std::string verb = args.size() > 2 ? args[2] : "list";
+  if (verb == "list") {
+    tether::v1::ListPairingRequestsResponse resp;
+    grpc::Status s = api.ListPairingRequests(Ctx().get(), {}, &resp);
+    if (!s.ok()) return Fail(s);
+    for (const auto& r : resp.requests()) {
+      if (absl::GetFlag(FLAGS_json)) {
+        std::printf("%s\n", Json(r).c_str());
+      } else {
+        std::printf("%s %s %s %s %s\n", r.request_id().c_str(), r.node_id().c_str(),
+                    r.display_name().c_str(), r.platform().c_str(), r.remote_addr().c_str());
+      }
+    }
+    return 0;
+  }
+  if (args.size() != 4) return 2;
+  if (verb == "approve") {
+    tether::v1::ApprovePairingRequest req;
+    req.set_request_id(args[3]);
+    req.set_approved_by("tetherctl");
+    tether::v1::ApprovePairingResponse resp;
+    grpc::Status s = api.ApprovePairing(Ctx().get(), req, &resp);
+    if (!s.ok()) return Fail(s);
+    std::printf("approved %s\n", resp.device().node_id().c_str());
+    return 0;
+  }
+  if (verb == "reject") {
+    tether::v1::RejectPairingRequest req;
+    req.set_request_id(args[3]);
+    tether::v1::RejectPairingResponse resp;
+    grpc::Status s = api.RejectPairing(Ctx().get(), req, &resp);
+    return s.ok() ? 0 : Fail(s);
+  }
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(kUsage);
+  if (const char* r = std::getenv("TETHER_REGISTRY"); r != nullptr && *r) {
+    absl::SetFlag(&FLAGS_registry, r);
+  }
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() < 2) {
+    std::fprintf(stderr, "%s\n", kUsage);
+    return 2;
+  }
+  auto channel =
+      grpc::CreateChannel(absl::GetFlag(FLAGS_registry), grpc::InsecureChannelCredentials());
+  auto api = Registry::NewStub(channel);
+  const std::string cmd = args[1];
+  int rc = 2;
+  if (cmd == "nodes") {
+    rc = Nodes(*api);
+  } else if (cmd == "get" && args.size() == 3) {
+    rc = Get(*api, args[2]);
+  } else if (cmd == "invoke" && (args.size() == 4 || args.size() == 5)) {
+    rc = Invoke(*api, args[2], args[3], args.size() == 5 ? args[4] : "");
+  } else if (cmd == "presence") {
+    rc = Presence(*api);
+  } else if (cmd == "watch") {
+    rc = Watch(*api);
+  } else if (cmd == "pairing") {
+    rc = Pairing(*api, args);
+  } else if (cmd == "devices") {
+    tether::v1::ListDevicesResponse resp;
+    grpc::Status s = api->ListDevices(Ctx().get(), {}, &resp);
+    if (!s.ok()) return Fail(s);
+    for (const auto& d : resp.devices()) std::printf("%s\n", Json(d).c_str());
+    rc = 0;
+  } else if (cmd == "revoke" && args.size() == 3) {
+    tether::v1::RevokeDeviceRequest req;
+    req.set_node_id(args[2]);
+    tether::v1::RevokeDeviceResponse resp;
+    grpc::Status s = api->RevokeDevice(Ctx().get(), req, &resp);
+    if (!s.ok()) return Fail(s);
+    std::printf("revoked; closed %d connection(s)\n", resp.closed_connections());
+    rc = 0;
+  }
+  if (rc == 2) std::fprintf(stderr, "%s\n", kUsage);
+  return rc;
+}
