@@ -2,6 +2,7 @@
 
 #include <openssl/rand.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +24,23 @@ std::string RandomHexId() {
   Fill(b, sizeof(b));
   return absl::BytesToHexString(
       absl::string_view(reinterpret_cast<const char*>(b), sizeof(b)));
+}
+
+std::string UniqueId() {
+  static const uint64_t prefix = [] {
+    uint64_t p = 0;
+    Fill(reinterpret_cast<uint8_t*>(&p), sizeof(p));
+    return p;
+  }();
+  static std::atomic<uint64_t> counter{0};
+  const uint64_t n = counter.fetch_add(1, std::memory_order_relaxed);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(32, '0');
+  for (int i = 0; i < 16; ++i) {
+    out[i] = kHex[(prefix >> (60 - 4 * i)) & 0xf];
+    out[16 + i] = kHex[(n >> (60 - 4 * i)) & 0xf];
+  }
+  return out;
 }
 
 std::string RandomUuid() {

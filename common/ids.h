@@ -9,6 +9,11 @@ namespace tether::common {
 // 128 random bits as 32 lowercase hex characters. Thread-safe.
 std::string RandomHexId();
 
+// A process-unique id, unique across processes too (a random 64-bit prefix drawn once per
+// process, then a counter), as 32 lowercase hex characters. Much cheaper than RandomHexId; for
+// ids that must be unique but need not be unguessable (conn ids, invoke ids). Thread-safe.
+std::string UniqueId();
+
 // A random RFC 4122 version-4 UUID string (as OpenClaw uses for nonces and invoke ids).
 std::string RandomUuid();
 

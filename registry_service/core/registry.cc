@@ -62,8 +62,7 @@ absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& 
 
 absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
   Effects effects;
-  auto result =
-      store_.Register(spec, common::RandomToken(), common::RandomUuid(), clock_.NowMs(), &effects);
+  auto result = store_.Register(spec, clock_.NowMs(), &effects);
   Apply(effects);
   return result;
 }
@@ -110,7 +109,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   const int64_t now = clock_.NowMs();
   InvokeResult base;
   base.idempotency_key =
-      params.idempotency_key.empty() ? common::RandomUuid() : params.idempotency_key;
+      params.idempotency_key.empty() ? common::UniqueId() : params.idempotency_key;
   int64_t timeout =
       params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
   timeout = std::min(timeout, options_.max_invoke_timeout_ms);
@@ -124,11 +123,12 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   if (params.caller_deadline_ms > 0) deadline = std::min(deadline, params.caller_deadline_ms);
 
   InvokeStart start;
-  start.invoke_id = common::RandomUuid();
+  start.invoke_id = common::UniqueId();
   start.node_id = params.node_id;
   start.command = params.command;
   start.params_json = params.params_json;
   start.idempotency_key = base.idempotency_key;
+  start.remember_outcome = !params.idempotency_key.empty();
   start.timeout_ms = timeout;
   start.deadline_ms = deadline;
 

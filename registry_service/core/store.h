@@ -71,6 +71,7 @@ struct InvokeStart {
   std::string command;
   std::string params_json;
   std::string idempotency_key;  // never empty (the caller generates one)
+  bool remember_outcome = false;  // keep the outcome for replays (the key came from the user)
   int64_t timeout_ms = 0;       // already defaulted and clamped
   int64_t deadline_ms = 0;      // absolute; min(now + timeout, the caller's deadline)
 };
@@ -141,12 +142,9 @@ class Store {
 
   // --- Connections -------------------------------------------------------------------------
   // Grants ownership of spec.node_id to spec.conn_id with a new, higher generation, or refuses
-  // (pairing, device token). `fresh_token` / `fresh_request_id` are used if a device token or
-  // pairing request must be created.
-  virtual absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec,
-                                                  const std::string& fresh_token,
-                                                  const std::string& fresh_request_id,
-                                                  int64_t now_ms, Effects* effects) = 0;
+  // (pairing, device token).
+  virtual absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec, int64_t now_ms,
+                                                  Effects* effects) = 0;
   // The edge saw `conn_id` close. Only the owner's close changes presence.
   virtual CloseResult Close(const std::string& edge_id, const std::string& conn_id,
                             int64_t now_ms, Effects* effects) = 0;

@@ -104,9 +104,13 @@ struct Dispatch {
   std::string command;
   std::string params_json;
   std::string idempotency_key;
+  bool remember_outcome = false;  // the caller chose the key: replay the outcome for a while
   int64_t deadline_ms = 0;
   int64_t timeout_ms = 0;  // effective timeout from the start of the call
 };
+
+// Outcomes larger than this are not kept for idempotent replay (memory stays bounded).
+inline constexpr size_t kMaxRememberedPayloadBytes = 1 << 20;
 
 struct Device {
   std::string node_id;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/ids.h"
+
 namespace tether::registry {
 namespace {
 
@@ -130,8 +132,10 @@ bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, in
   inflight_keys_.erase(key);
   outcome.conn_id = dispatch.conn_id;
   outcome.generation = dispatch.generation;
-  finished_keys_[key] = Finished{outcome, invoke_id, now_ms + options_.idempotency_window_ms};
-  finished_order_.push_back({now_ms + options_.idempotency_window_ms, key});
+  if (dispatch.remember_outcome && outcome.payload_json.size() <= kMaxRememberedPayloadBytes) {
+    finished_keys_[key] = Finished{outcome, invoke_id, now_ms + options_.idempotency_window_ms};
+    finished_order_.push_back({now_ms + options_.idempotency_window_ms, key});
+  }
   auto conn = conns_.find(dispatch.conn_id);
   if (conn != conns_.end()) {
     conn->second.pending.erase(invoke_id);
@@ -313,8 +317,6 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
 // --- Connections -----------------------------------------------------------------------------
 
 absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
-                                                     const std::string& fresh_token,
-                                                     const std::string& fresh_request_id,
                                                      int64_t now_ms, Effects* effects) {
   if (spec.conn_id.empty() || spec.node_id.empty()) {
     return absl::InvalidArgumentError("register needs a conn id and a node id");
@@ -345,10 +347,11 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
       revoked_.erase(spec.node_id);
       device = devices_.find(spec.node_id);
     } else {
-      std::string request_id = fresh_request_id;
+      std::string request_id;
       for (const auto& [id, req] : pairing_) {
         if (req.node_id == spec.node_id) request_id = id;
       }
+      if (request_id.empty()) request_id = common::RandomUuid();
       PairingRequest& req = pairing_[request_id];
       req.request_id = request_id;
       req.node_id = spec.node_id;
@@ -365,7 +368,7 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
       return result;
     }
   }
-  if (device->second.token.empty()) device->second.token = fresh_token;
+  if (device->second.token.empty()) device->second.token = common::RandomToken();
 
   Conn& conn = conns_[spec.conn_id];
   conn.spec = spec;
@@ -436,6 +439,7 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   d.command = start.command;
   d.params_json = start.params_json;
   d.idempotency_key = start.idempotency_key;
+  d.remember_outcome = start.remember_outcome;
   d.deadline_ms = start.deadline_ms;
   d.timeout_ms = start.timeout_ms;
   pending_[d.invoke_id] = Pending{d};

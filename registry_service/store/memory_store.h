@@ -40,9 +40,7 @@ class MemoryStore final : public Store {
   absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                       const std::vector<LiveConnection>& live, int64_t now_ms,
                                       Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec,
-                                          const std::string& fresh_token,
-                                          const std::string& fresh_request_id, int64_t now_ms,
+  absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec, int64_t now_ms,
                                           Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   CloseResult Close(const std::string& edge_id, const std::string& conn_id, int64_t now_ms,
                     Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);

@@ -43,6 +43,12 @@ TEST(Ids, UniqueAndWellFormed) {
     ASSERT_EQ(id.size(), 32u);
     EXPECT_TRUE(seen.insert(id).second);
   }
+  std::set<std::string> unique;
+  for (int i = 0; i < 1000; ++i) {
+    std::string id = UniqueId();
+    ASSERT_EQ(id.size(), 32u);
+    EXPECT_TRUE(unique.insert(id).second);
+  }
   std::string uuid = RandomUuid();
   ASSERT_EQ(uuid.size(), 36u);
   EXPECT_EQ(uuid[14], '4');

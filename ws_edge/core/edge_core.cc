@@ -74,7 +74,7 @@ void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
 void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback) {
   Conn& conn = sockets_[socket];
   conn.socket = socket;
-  conn.conn_id = common::RandomHexId();  // ours, never the client's
+  conn.conn_id = common::UniqueId();  // ours, never the client's
   conn.nonce = common::RandomUuid();
   conn.opened_ms = clock_.NowMs();
   conn.remote_addr = remote_addr;

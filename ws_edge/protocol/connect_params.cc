@@ -16,12 +16,23 @@ namespace {
 
 using nlohmann::json;
 
-constexpr absl::string_view kClientIds[] = {
-    "webchat-ui",      "openclaw-control-ui", "openclaw-browser-copilot", "openclaw-tui",
-    "webchat",         "cli",                 "gateway-client",           "openclaw-macos",
-    "openclaw-linux",  "openclaw-ios",        "openclaw-watchos",         "openclaw-android",
-    "node-host",       "openclaw-worker",     "test",                     "fingerprint",
-    "openclaw-probe"};
+constexpr absl::string_view kClientIds[] = {"webchat-ui",
+                                            "openclaw-control-ui",
+                                            "openclaw-browser-copilot",
+                                            "openclaw-tui",
+                                            "webchat",
+                                            "cli",
+                                            "gateway-client",
+                                            "openclaw-macos",
+                                            "openclaw-linux",
+                                            "openclaw-ios",
+                                            "openclaw-watchos",
+                                            "openclaw-android",
+                                            "node-host",
+                                            "openclaw-worker",
+                                            "test",
+                                            "fingerprint",
+                                            "openclaw-probe"};
 constexpr absl::string_view kClientModes[] = {"webchat", "cli",    "ui",    "backend",
                                               "node",    "worker", "probe", "test"};
 
@@ -70,8 +81,8 @@ absl::Status CheckKeys(const json& obj, absl::string_view path,
       return std::find(keys.begin(), keys.end(), key) != keys.end();
     };
     if (!known(required) && !known(optional)) {
-      return Invalid(path, absl::StrCat("unexpected property '",
-                                        absl::string_view(key).substr(0, 64), "'"));
+      return Invalid(
+          path, absl::StrCat("unexpected property '", absl::string_view(key).substr(0, 64), "'"));
     }
   }
   return absl::OkStatus();
@@ -89,16 +100,16 @@ absl::Status CheckString(const json& v, absl::string_view path, StrRule rule) {
   return absl::OkStatus();
 }
 
-absl::Status GetString(const json& obj, absl::string_view path, const char* key,
-                       StrRule rule, std::string* out) {
+absl::Status GetString(const json& obj, absl::string_view path, const char* key, StrRule rule,
+                       std::string* out) {
   const json& v = *obj.find(key);  // presence checked by CheckKeys
   if (auto s = CheckString(v, Child(path, key), rule); !s.ok()) return s;
   *out = v.get_ref<const std::string&>();
   return absl::OkStatus();
 }
 
-absl::Status GetOptString(const json& obj, absl::string_view path, const char* key,
-                          StrRule rule, std::optional<std::string>* out) {
+absl::Status GetOptString(const json& obj, absl::string_view path, const char* key, StrRule rule,
+                          std::optional<std::string>* out) {
   auto it = obj.find(key);
   if (it == obj.end()) return absl::OkStatus();
   if (auto s = CheckString(*it, Child(path, key), rule); !s.ok()) return s;
@@ -123,8 +134,8 @@ absl::Status GetOptStringArray(const json& obj, absl::string_view path, const ch
   return absl::OkStatus();
 }
 
-absl::Status GetInteger(const json& obj, absl::string_view path, const char* key,
-                        int64_t minimum, int64_t* out) {
+absl::Status GetInteger(const json& obj, absl::string_view path, const char* key, int64_t minimum,
+                        int64_t* out) {
   const std::string p = Child(path, key);
   std::optional<int64_t> v = JsonInteger(*obj.find(key));
   if (!v.has_value()) return Invalid(p, "must be integer");
@@ -136,9 +147,9 @@ absl::Status GetInteger(const json& obj, absl::string_view path, const char* key
 absl::Status ParseClient(const json& v, ClientInfo* out) {
   constexpr absl::string_view path = "/client";
   if (auto s = RequireObject(v, path); !s.ok()) return s;
-  if (auto s = CheckKeys(v, path, {"id", "version", "platform", "mode"},
-                         {"displayName", "buildId", "deviceFamily", "modelIdentifier",
-                          "timeZone", "instanceId"});
+  if (auto s = CheckKeys(
+          v, path, {"id", "version", "platform", "mode"},
+          {"displayName", "buildId", "deviceFamily", "modelIdentifier", "timeZone", "instanceId"});
       !s.ok()) {
     return s;
   }
@@ -218,14 +229,14 @@ absl::Status ParsePermissions(const json& v, std::map<std::string, bool>* out) {
 // {agentId?, shortId, slugHint?}, all non-empty strings.
 absl::Status CheckModelCatalog(const json& v) {
   constexpr absl::string_view path = "/modelCatalog";
-  const absl::Status mismatch = Invalid(path, "must match a schema in anyOf");
-  if (!v.is_object()) return mismatch;
+  const auto mismatch = [&] { return Invalid(path, "must match a schema in anyOf"); };
+  if (!v.is_object()) return mismatch();
   const bool by_short_id = v.find("shortId") != v.end();
   absl::Status s = by_short_id ? CheckKeys(v, path, {"shortId"}, {"agentId", "slugHint"})
                                : CheckKeys(v, path, {}, {"agentId", "sessionKey"});
-  if (!s.ok()) return mismatch;
+  if (!s.ok()) return mismatch();
   for (const auto& item : v.items()) {
-    if (!CheckString(item.value(), path, kNonEmpty).ok()) return mismatch;
+    if (!CheckString(item.value(), path, kNonEmpty).ok()) return mismatch();
   }
   return absl::OkStatus();
 }
@@ -243,10 +254,10 @@ bool IsKnownClientMode(const std::string& mode) {
 
 absl::StatusOr<ConnectParams> ParseConnectParams(const json& params) {
   if (auto s = RequireObject(params, ""); !s.ok()) return s;
-  if (auto s = CheckKeys(params, "", {"minProtocol", "maxProtocol", "client"},
-                         {"caps", "commands", "computerUse", "workerRuns", "permissions",
-                          "pathEnv", "role", "scopes", "modelCatalog", "device", "auth",
-                          "locale", "userAgent"});
+  if (auto s =
+          CheckKeys(params, "", {"minProtocol", "maxProtocol", "client"},
+                    {"caps", "commands", "computerUse", "workerRuns", "permissions", "pathEnv",
+                     "role", "scopes", "modelCatalog", "device", "auth", "locale", "userAgent"});
       !s.ok()) {
     return s;
   }

@@ -145,14 +145,13 @@ std::string BuildSignaturePayloadV3(const SignatureFields& f) {
     return absl::AsciiStrToLower(absl::StripAsciiWhitespace(s));
   };
   return absl::StrCat("v3|", f.device_id, "|", f.client_id, "|", f.client_mode, "|", f.role, "|",
-                      absl::StrJoin(f.scopes, ","), "|", f.signed_at_ms, "|", f.token, "|",
-                      f.nonce, "|", normalize(f.platform), "|", normalize(f.device_family));
+                      absl::StrJoin(f.scopes, ","), "|", f.signed_at_ms, "|", f.token, "|", f.nonce,
+                      "|", normalize(f.platform), "|", normalize(f.device_family));
 }
 
 bool VerifyEd25519(absl::string_view raw_public_key, absl::string_view message,
                    absl::string_view raw_signature) {
-  if (raw_public_key.size() != kEd25519KeyBytes ||
-      raw_signature.size() != kEd25519SignatureBytes) {
+  if (raw_public_key.size() != kEd25519KeyBytes || raw_signature.size() != kEd25519SignatureBytes) {
     return false;
   }
   PkeyPtr key(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, Bytes(raw_public_key),
@@ -185,7 +184,8 @@ Ed25519Identity::Ed25519Identity(std::string seed, std::string public_key_raw)
 
 Ed25519Identity Ed25519Identity::Generate() {
   std::string seed(kEd25519KeyBytes, '\0');
-  if (RAND_bytes(reinterpret_cast<unsigned char*>(seed.data()), seed.size()) != 1) {
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(seed.data()), static_cast<int>(seed.size())) !=
+      1) {
     Die("RAND_bytes");
   }
   absl::StatusOr<Ed25519Identity> identity = FromSeed(seed);

@@ -236,13 +236,27 @@ void AppendJsonString(absl::string_view s, std::string* out) {
     }
     flush(i);
     switch (c) {
-      case '"': out->append("\\\""); break;
-      case '\\': out->append("\\\\"); break;
-      case '\b': out->append("\\b"); break;
-      case '\f': out->append("\\f"); break;
-      case '\n': out->append("\\n"); break;
-      case '\r': out->append("\\r"); break;
-      case '\t': out->append("\\t"); break;
+      case '"':
+        out->append("\\\"");
+        break;
+      case '\\':
+        out->append("\\\\");
+        break;
+      case '\b':
+        out->append("\\b");
+        break;
+      case '\f':
+        out->append("\\f");
+        break;
+      case '\n':
+        out->append("\\n");
+        break;
+      case '\r':
+        out->append("\\r");
+        break;
+      case '\t':
+        out->append("\\t");
+        break;
       default:
         if (c < 0x20) {
           out->append("\\u00");
@@ -294,8 +308,7 @@ std::string EncodeResponseError(absl::string_view id, const ErrorShape& error) {
   return out;
 }
 
-std::string EncodeEvent(absl::string_view event, const json& payload,
-                        std::optional<int64_t> seq) {
+std::string EncodeEvent(absl::string_view event, const json& payload, std::optional<int64_t> seq) {
   return EventFrame(event, payload.is_null() ? std::string() : DumpJson(payload), seq);
 }
 

@@ -161,21 +161,19 @@ bool ProtocolAdmitted(int64_t min_protocol, int64_t max_protocol, absl::string_v
       kMinNodeProtocolVersion <= max_protocol) {
     return true;
   }
-  return client_mode == "probe" &&
-         std::max(min_protocol, kMinProbeProtocolVersion) <=
-             std::min(max_protocol, kProtocolVersion);
+  return client_mode == "probe" && std::max(min_protocol, kMinProbeProtocolVersion) <=
+                                       std::min(max_protocol, kProtocolVersion);
 }
 
-HandshakeResult CheckHandshake(absl::string_view first_frame_text,
-                               const HandshakeConfig& config) {
+HandshakeResult CheckHandshake(absl::string_view first_frame_text, const HandshakeConfig& config) {
   absl::StatusOr<json> value = ParseJson(first_frame_text);
   if (!value.ok()) return CloseOnly(kCloseNormal, "");
   absl::StatusOr<Frame> frame = FrameFromJson(*std::move(value));
   if (!frame.ok()) return CloseOnly(kClosePolicyViolation, "invalid request frame");
-  return CheckHandshakeFrame(*std::move(frame), config);
+  return CheckHandshakeFrame(*frame, config);
 }
 
-HandshakeResult CheckHandshakeFrame(Frame frame, const HandshakeConfig& config) {
+HandshakeResult CheckHandshakeFrame(const Frame& frame, const HandshakeConfig& config) {
   if (frame.type != FrameType::kRequest) {
     return CloseOnly(kClosePolicyViolation, "invalid request frame");
   }

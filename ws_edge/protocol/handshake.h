@@ -65,8 +65,8 @@ using HandshakeResult = std::variant<HandshakeAccepted, HandshakeRejection>;
 // no response and close 1008.
 HandshakeResult CheckHandshake(absl::string_view first_frame_text, const HandshakeConfig& config);
 
-// The same for a frame that already parsed (consumed: the params are moved out).
-HandshakeResult CheckHandshakeFrame(Frame frame, const HandshakeConfig& config);
+// The same for a frame that already parsed.
+HandshakeResult CheckHandshakeFrame(const Frame& frame, const HandshakeConfig& config);
 
 // The admission rule of section 2: v4, the legacy node window 3..3, or a probe meeting 3..4.
 bool ProtocolAdmitted(int64_t min_protocol, int64_t max_protocol, absl::string_view role,

@@ -14,9 +14,9 @@
 
 namespace tether::edge::protocol {
 
-inline constexpr int64_t kMaxPayloadBytes = 26'214'400;           // frames after the handshake
-inline constexpr int64_t kMaxHandshakePayloadBytes = 64 * 1024;   // frames before it
-inline constexpr int64_t kMaxBufferedBytes = 52'428'800;          // send buffer: slow consumer
+inline constexpr int64_t kMaxPayloadBytes = 26'214'400;          // frames after the handshake
+inline constexpr int64_t kMaxHandshakePayloadBytes = 64 * 1024;  // frames before it
+inline constexpr int64_t kMaxBufferedBytes = 52'428'800;         // send buffer: slow consumer
 inline constexpr int64_t kDefaultTickIntervalMs = 30'000;
 inline constexpr int64_t kDefaultInvokeTimeoutMs = 30'000;
 

@@ -11,15 +11,14 @@ namespace tether::edge::protocol {
 namespace {
 
 using ::nlohmann::json;
+using ::testing::HasSubstr;
 using ::tether::testing::IsOk;
 using ::tether::testing::StatusIs;
-using ::testing::HasSubstr;
 
 void ExpectInvalid(absl::string_view text, absl::string_view message_part) {
   absl::StatusOr<Frame> frame = ParseFrame(text);
   EXPECT_THAT(frame, StatusIs(absl::StatusCode::kInvalidArgument)) << text;
-  EXPECT_THAT(std::string(frame.status().message()), HasSubstr(std::string(message_part)))
-      << text;
+  EXPECT_THAT(std::string(frame.status().message()), HasSubstr(std::string(message_part))) << text;
 }
 
 TEST(ParseFrameTest, Request) {
@@ -48,9 +47,9 @@ TEST(ParseFrameTest, ResponseOk) {
 }
 
 TEST(ParseFrameTest, ResponseError) {
-  absl::StatusOr<Frame> f = ParseFrame(
-      R"({"type":"res","id":"9","ok":false,"error":{"code":"NOT_PAIRED","message":"m",)"
-      R"("details":{"code":"PAIRING_REQUIRED"},"retryable":true,"retryAfterMs":500}})");
+  absl::StatusOr<Frame> f =
+      ParseFrame(R"({"type":"res","id":"9","ok":false,"error":{"code":"NOT_PAIRED","message":"m",)"
+                 R"("details":{"code":"PAIRING_REQUIRED"},"retryable":true,"retryAfterMs":500}})");
   ASSERT_THAT(f, IsOk());
   EXPECT_FALSE(f->ok);
   ASSERT_TRUE(f->error.has_value());
@@ -111,8 +110,7 @@ TEST(ParseFrameTest, ErrorPaths) {
 
 TEST(ParseJsonTest, DepthLimitIgnoresBracketsInStrings) {
   EXPECT_THAT(ParseJson("\"" + std::string(2000, '[') + "\""), IsOk());
-  EXPECT_THAT(ParseJson(std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']')),
-              IsOk());
+  EXPECT_THAT(ParseJson(std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']')), IsOk());
   EXPECT_THAT(ParseJson(std::string(kMaxJsonDepth + 1, '{')),
               StatusIs(absl::StatusCode::kInvalidArgument));
 }
@@ -121,8 +119,7 @@ TEST(JsonIntegerTest, IntegersAsJavaScriptSeesThem) {
   EXPECT_EQ(JsonInteger(json(5)), 5);
   EXPECT_EQ(JsonInteger(json(-5)), -5);
   EXPECT_EQ(JsonInteger(json(2.0)), 2);
-  EXPECT_EQ(JsonInteger(json::parse("18446744073709551615")),
-            std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(JsonInteger(json::parse("18446744073709551615")), std::numeric_limits<int64_t>::max());
   EXPECT_EQ(JsonInteger(json(1e300)), std::numeric_limits<int64_t>::max());
   EXPECT_EQ(JsonInteger(json(-1e300)), std::numeric_limits<int64_t>::min());
   EXPECT_FALSE(JsonInteger(json(2.5)).has_value());
@@ -178,8 +175,13 @@ TEST(EncodeTest, StringEscapingAndInvalidUtf8) {
   AppendJsonString("h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", &out);  // valid UTF-8 passes
   EXPECT_EQ(out, "\"h\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\"");
   out.clear();
-  AppendJsonString("a\xff" "b\xc3", &out);  // invalid bytes become U+FFFD
-  EXPECT_EQ(out, "\"a\xEF\xBF\xBD" "b\xEF\xBF\xBD\"");
+  AppendJsonString(
+      "a\xff"
+      "b\xc3",
+      &out);  // invalid bytes become U+FFFD
+  EXPECT_EQ(out,
+            "\"a\xEF\xBF\xBD"
+            "b\xEF\xBF\xBD\"");
   out.clear();
   AppendJsonString("\xed\xa0\x80", &out);  // a UTF-16 surrogate is not valid UTF-8
   EXPECT_EQ(out, "\"\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD\"");
