@@ -15,6 +15,9 @@
 #include "absl/strings/strip.h"
 #include "common/clock.h"
 #include "common/env_flags.h"
+#include "common/http_server.h"
+#include "common/log.h"
+#include "common/metrics.h"
 #include "common/ids.h"
 #include "ws_edge/core/edge_core.h"
 #include "ws_edge/link/edge_link_client.h"
@@ -37,6 +40,10 @@ ABSL_FLAG(int64_t, ping_interval_ms, 25'000, "WebSocket ping period");
 ABSL_FLAG(int64_t, pong_timeout_ms, 25'000, "a socket silent this long after a ping is dropped");
 ABSL_FLAG(int64_t, drain_timeout_ms, 5'000, "on SIGTERM, wait this long for sockets to close");
 ABSL_FLAG(std::string, port_file, "", "if set, write the bound port here once listening");
+ABSL_FLAG(int, metrics_port, -1,
+          "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address the metrics listener binds");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 
 namespace {
 
@@ -103,6 +110,13 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  tether::common::LogLevel level;
+  if (!tether::common::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::fprintf(stderr, "ws_edge: --log_level must be debug, info, warn or error\n");
+    return 2;
+  }
+  tether::common::SetLogLevel(level);
+
   tether::edge::WsServerOptions wo;
   wo.host = hp[0];
   wo.port = port;
@@ -127,11 +141,13 @@ int main(int argc, char** argv) {
   tether::edge::LinkCallbacks cb;
   cb.post = [&server](std::function<void()> fn) { server.Post(std::move(fn)); };
   cb.on_up = [&core_ptr] {
-    std::fprintf(stderr, "ws_edge: registry link up (attached, resyncing)\n");
+    tether::common::Log(tether::common::LogLevel::kInfo, "registry_link_up",
+                        {{"detail", "attached, resyncing"}});
     core_ptr->OnLinkUp();
   };
   cb.on_down = [&core_ptr] {
-    std::fprintf(stderr, "ws_edge: registry link down (reconnecting)\n");
+    tether::common::Log(tether::common::LogLevel::kWarn, "registry_link_down",
+                        {{"detail", "reconnecting"}});
     core_ptr->OnLinkDown();
   };
   cb.on_message = [&core_ptr](const tether::v1::RegistryMessage& m) {
@@ -147,6 +163,56 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ws_edge: %s\n", std::string(bound.status().message()).c_str());
     return 1;
   }
+  std::atomic<bool> draining{false};
+  tether::common::MetricsRegistry metrics;
+  tether::common::HttpServer http;
+  if (const int mport = absl::GetFlag(FLAGS_metrics_port); mport >= 0) {
+    const tether::edge::EdgeStats& s = core.stats();
+    auto expose = [&metrics](const std::string& name, const std::string& help,
+                             const tether::common::Counter& c) { metrics.Expose(name, help, &c); };
+    expose("tether_edge_handshakes_total{outcome=\"ok\"}", "Node handshakes by outcome",
+           s.handshakes_ok);
+    expose("tether_edge_handshakes_total{outcome=\"rejected\"}", "", s.handshakes_rejected);
+    expose("tether_edge_handshakes_total{outcome=\"unavailable\"}", "",
+           s.handshakes_unavailable);
+    expose("tether_edge_invokes_delivered_total", "Invoke requests written to node sockets",
+           s.invokes_delivered);
+    expose("tether_edge_invokes_undeliverable_total",
+           "Invokes for connections already gone on this edge", s.invokes_undeliverable);
+    expose("tether_edge_results_forwarded_total", "Invoke results forwarded to the registry",
+           s.results_forwarded);
+    expose("tether_edge_superseded_closed_total", "Replaced connections closed with 4001",
+           s.superseded_closed);
+    expose("tether_edge_send_queue_drops_total",
+           "Sockets closed as slow consumers (send queue over its bound)", s.slow_consumers_closed);
+    metrics.AddGauge("tether_edge_connections", "Open node sockets (any state)",
+                     [&s] { return static_cast<double>(s.sockets.load()); });
+    metrics.AddGauge("tether_edge_live_connections", "Sockets past hello-ok",
+                     [&s] { return static_cast<double>(s.live.load()); });
+    metrics.AddGauge("tether_edge_link_reconnects_total", "EdgeLink stream reconnects",
+                     [&link] { return static_cast<double>(link.reconnects()); });
+    metrics.AddGauge("tether_edge_link_attached", "1 when the registry link is attached",
+                     [&link] { return link.attached() ? 1.0 : 0.0; });
+    http.Handle("/metrics", [&metrics] {
+      return tether::common::HttpResponse{200, "text/plain; version=0.0.4", metrics.Render()};
+    });
+    http.Handle("/healthz", [] { return tether::common::HttpResponse{200, "text/plain", "ok\n"}; });
+    // Ready to take new nodes: attached to the registry and not draining.
+    http.Handle("/readyz", [&link, &draining] {
+      if (draining.load()) return tether::common::HttpResponse{503, "text/plain", "draining\n"};
+      if (!link.attached()) {
+        return tether::common::HttpResponse{503, "text/plain", "registry link down\n"};
+      }
+      return tether::common::HttpResponse{200, "text/plain", "ready\n"};
+    });
+    auto bound_metrics = http.Start(absl::GetFlag(FLAGS_metrics_host), mport);
+    if (!bound_metrics.ok()) {
+      std::fprintf(stderr, "ws_edge: %s\n", std::string(bound_metrics.status().message()).c_str());
+      return 1;
+    }
+    std::printf("ws_edge metrics on http://%s:%d/metrics\n",
+                absl::GetFlag(FLAGS_metrics_host).c_str(), *bound_metrics);
+  }
   link.Start();
   std::printf("ws_edge %s listening on %s:%d (registry %s)\n", eo.edge_id.c_str(), wo.host.c_str(),
               *bound, lo.target.c_str());
@@ -159,6 +225,7 @@ int main(int argc, char** argv) {
     int sig = 0;
     sigwait(&stop, &sig);
     std::fprintf(stderr, "ws_edge: signal %d, draining\n", sig);
+    draining = true;
     server.Post([&] {
       server.StopListening();
       core.Drain();
@@ -177,6 +244,7 @@ int main(int argc, char** argv) {
     }
     link.Stop();
     server.Stop();
+    http.Stop();
   });
   server.Run();
   signals.join();

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/ids.h"
+#include "common/log.h"
 #include "common/status_macros.h"
 
 namespace tether::registry {
@@ -32,7 +34,9 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
   {
     absl::MutexLock lock(&mu_);
     routes_[edge_id] = Route{epoch, std::move(sink)};
+    stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
   }
+  common::Log(common::LogLevel::kInfo, "edge_attached", {{"edge_id", edge_id}, {"epoch", epoch}});
   Apply(effects);
   return absl::OkStatus();
 }
@@ -43,7 +47,9 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
     auto it = routes_.find(edge_id);
     if (it == routes_.end() || it->second.sink.get() != sink) return;
     routes_.erase(it);
+    stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
   }
+  common::Log(common::LogLevel::kWarn, "edge_link_lost", {{"edge_id", edge_id}});
   Effects effects;
   store_.FailInvokesOnEdge(edge_id, "edge link lost", clock_.NowMs(), &effects);
   Apply(effects);
@@ -56,6 +62,7 @@ absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& 
 absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {
   Effects effects;
   absl::Status status = store_.DrainEdge(edge_id, epoch, clock_.NowMs(), &effects);
+  common::Log(common::LogLevel::kInfo, "edge_draining", {{"edge_id", edge_id}});
   Apply(effects);
   return status;
 }
@@ -63,6 +70,20 @@ absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& 
 absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
   Effects effects;
   auto result = store_.Register(spec, clock_.NowMs(), &effects);
+  if (result.ok() && result->granted) {
+    stats_.registrations_granted.Add();
+    if (common::LogEnabled(common::LogLevel::kDebug)) {
+      const std::string gen = absl::StrCat(result->generation);
+      common::Log(common::LogLevel::kDebug, "registered",
+                  {{"node_id", spec.node_id}, {"conn_id", spec.conn_id},
+                   {"edge_id", spec.edge_id}, {"generation", gen}});
+    }
+  } else {
+    stats_.registrations_refused.Add();
+    common::Log(common::LogLevel::kInfo, "register_refused",
+                {{"node_id", spec.node_id}, {"conn_id", spec.conn_id}, {"edge_id", spec.edge_id},
+                 {"reason", result.ok() ? result->details_code : result.status().message()}});
+  }
   Apply(effects);
   return result;
 }
@@ -70,6 +91,14 @@ absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
 CloseResult Registry::Close(const std::string& edge_id, const std::string& conn_id) {
   Effects effects;
   CloseResult result = store_.Close(edge_id, conn_id, clock_.NowMs(), &effects);
+  if (result.was_owner) {
+    stats_.closes_of_owner.Add();
+  } else if (result.known) {
+    // The bug family Tether exists for: a replaced socket's late close changes nothing.
+    stats_.stale_closes_ignored.Add();
+    common::Log(common::LogLevel::kInfo, "stale_close_ignored",
+                {{"node_id", result.node_id}, {"conn_id", conn_id}, {"edge_id", edge_id}});
+  }
   Apply(effects);
   return result;
 }
@@ -79,6 +108,7 @@ bool Registry::AcceptResult(const std::string& conn_id, const std::string& invok
   Effects effects;
   bool settled =
       store_.SettleInvoke(invoke_id, node_id, conn_id, outcome, clock_.NowMs(), &effects);
+  if (!settled) stats_.results_ignored.Add();
   Apply(effects);
   return settled;
 }
@@ -99,6 +129,13 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id,
                                               const std::vector<LiveConnection>& live) {
   Effects effects;
   auto result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
+  stats_.resyncs.Add();
+  if (result.ok()) {
+    common::Log(common::LogLevel::kInfo, "edge_resynced",
+                {{"edge_id", edge_id},
+                 {"kept", absl::StrCat(result->kept)},
+                 {"closed", absl::StrCat(result->closed)}});
+  }
   Apply(effects);
   return result;
 }
@@ -115,6 +152,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   timeout = std::min(timeout, options_.max_invoke_timeout_ms);
   base.effective_timeout_ms = timeout;
   if (params.node_id.empty() || params.command.empty()) {
+    stats_.invokes[static_cast<int>(InvokeCode::kInvalid)].Add();
     base.outcome = Failure(InvokeCode::kInvalid, "node_id and command are required");
     done(base);
     return InvokeTicket{};
@@ -168,6 +206,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         result.outcome = r.outcome;
         result.replayed = r.kind == InvokeStartResult::Kind::kReplayed;
         result.invoke_id = result.replayed ? r.dispatch.invoke_id : "";
+        if (!result.replayed) stats_.invokes[static_cast<int>(result.outcome.code)].Add();
         Apply(effects);
         done(result);
         return InvokeTicket{};
@@ -250,12 +289,14 @@ absl::StatusOr<uint64_t> Registry::Watch(uint64_t from_revision, PresenceFn fn) 
   w.fn = std::move(fn);
   const uint64_t id = next_watch_id_++;
   watchers_[id] = std::move(w);
+  stats_.watchers.store(static_cast<int64_t>(watchers_.size()));
   return id;
 }
 
 void Registry::Unwatch(uint64_t watch_id) {
   absl::MutexLock lock(&publish_mu_);
   watchers_.erase(watch_id);
+  stats_.watchers.store(static_cast<int64_t>(watchers_.size()));
 }
 
 void Registry::PumpPresence() {
@@ -306,7 +347,48 @@ std::shared_ptr<EdgeSink> Registry::SinkFor(const std::string& edge_id) {
   return it == routes_.end() ? nullptr : it->second.sink;
 }
 
+void Registry::Count(const Effects& effects) {
+  const int64_t now = clock_.NowMs();
+  for (const SettledInvoke& s : effects.settled) {
+    stats_.invokes[static_cast<int>(s.outcome.code)].Add();
+    if (s.dispatch.started_ms > 0) {
+      stats_.invoke_latency_ms.Observe(static_cast<double>(now - s.dispatch.started_ms));
+    }
+  }
+  for (const EdgeCommand& c : effects.to_edges) {
+    if (c.kind == EdgeCommand::Kind::kClose && c.reason == kReasonSuperseded) {
+      stats_.superseded_retired.Add();
+    }
+  }
+  for (const PresenceEvent& e : effects.presence) {
+    const std::string gen = absl::StrCat(e.generation);
+    switch (e.kind) {
+      case PresenceKind::kConnected:
+        stats_.connected_nodes.fetch_add(1);
+        common::Log(common::LogLevel::kDebug, "node_connected",
+                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
+                     {"generation", gen}});
+        break;
+      case PresenceKind::kReplaced:
+        common::Log(common::LogLevel::kDebug, "node_replaced",
+                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
+                     {"generation", gen}});
+        break;
+      case PresenceKind::kDisconnected:
+        stats_.connected_nodes.fetch_sub(1);
+        for (int i = 0; i < 4; ++i) {
+          if (e.reason == kDisconnectReasons[i]) stats_.disconnects[i].Add();
+        }
+        common::Log(common::LogLevel::kInfo, "node_disconnected",
+                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
+                     {"generation", gen}, {"reason", e.reason}});
+        break;
+    }
+  }
+}
+
 void Registry::Apply(Effects& effects) {
+  Count(effects);
   std::vector<std::pair<InvokeDone, InvokeResult>> calls;
   std::vector<std::pair<std::shared_ptr<EdgeSink>, const EdgeCommand*>> sends;
   {

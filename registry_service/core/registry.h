@@ -2,6 +2,7 @@
 #ifndef TETHER_REGISTRY_SERVICE_CORE_REGISTRY_H_
 #define TETHER_REGISTRY_SERVICE_CORE_REGISTRY_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -13,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "common/metrics.h"
 #include "registry_service/core/store.h"
 #include "registry_service/core/types.h"
 
@@ -27,6 +29,26 @@ class EdgeSink {
   virtual void SendInvoke(const Dispatch& dispatch, int64_t remaining_ms) = 0;
   virtual void SendCommand(const EdgeCommand& command) = 0;
 };
+
+// What the registry counts, for metrics. Lock-free; read from any thread.
+struct RegistryStats {
+  common::Counter registrations_granted;
+  common::Counter registrations_refused;
+  common::Counter closes_of_owner;
+  common::Counter stale_closes_ignored;  // closes of superseded connections: changed nothing
+  common::Counter superseded_retired;    // replaced connections told to close
+  common::Counter results_ignored;       // unmatched, late or duplicate results
+  common::Counter resyncs;
+  common::Counter disconnects[4];        // by reason: disconnect, edge_lost, edge_drain, revoked
+  common::Counter invokes[8];            // by InvokeCode
+  common::Histogram invoke_latency_ms{common::LatencyBucketsMs()};
+  std::atomic<int64_t> connected_nodes{0};
+  std::atomic<int64_t> edges_attached{0};
+  std::atomic<int64_t> watchers{0};
+};
+
+inline constexpr const char* kDisconnectReasons[4] = {"disconnect", "edge_lost", "edge_drain",
+                                                      "revoked"};
 
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;
@@ -108,6 +130,8 @@ class Registry {
       ABSL_LOCKS_EXCLUDED(publish_mu_);
   void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
 
+  const RegistryStats& stats() const { return stats_; }
+
   absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
                                         const std::string& approved_by);
   absl::StatusOr<int> RevokeDevice(const std::string& node_id);
@@ -131,6 +155,8 @@ class Registry {
     PresenceFn fn;
   };
 
+  // Updates stats_ and logs what a decision changed.
+  void Count(const Effects& effects);
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
@@ -139,6 +165,7 @@ class Registry {
   Store& store_;                  // not owned
   const common::Clock& clock_;    // not owned
   const RegistryOptions options_;
+  RegistryStats stats_;
 
   absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;

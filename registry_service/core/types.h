@@ -105,6 +105,7 @@ struct Dispatch {
   std::string params_json;
   std::string idempotency_key;
   bool remember_outcome = false;  // the caller chose the key: replay the outcome for a while
+  int64_t started_ms = 0;
   int64_t deadline_ms = 0;
   int64_t timeout_ms = 0;  // effective timeout from the start of the call
 };

@@ -8,6 +8,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/env_flags.h"
+#include "common/log.h"
 #include "registry_service/server/registry_server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000", "gRPC listen address (port 0: any free port)");
@@ -23,6 +24,10 @@ ABSL_FLAG(bool, auto_approve, false, "pair every new device automatically (devel
 ABSL_FLAG(bool, auto_approve_loopback, false, "pair devices connecting from loopback");
 ABSL_FLAG(int64_t, tick_ms, 50, "expiry timer period");
 ABSL_FLAG(std::string, port_file, "", "if set, write the bound port here once listening");
+ABSL_FLAG(int, metrics_port, -1,
+          "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
+ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address the metrics listener binds");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
 
 namespace {
 
@@ -58,6 +63,14 @@ int main(int argc, char** argv) {
   o.registry.default_invoke_timeout_ms = absl::GetFlag(FLAGS_default_invoke_timeout_ms);
   o.registry.max_invoke_timeout_ms = absl::GetFlag(FLAGS_invoke_timeout_cap_ms);
   o.tick_ms = absl::GetFlag(FLAGS_tick_ms);
+  o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  tether::common::LogLevel level;
+  if (!tether::common::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
+    std::fprintf(stderr, "registry_service: --log_level must be debug, info, warn or error\n");
+    return 2;
+  }
+  tether::common::SetLogLevel(level);
   if (absl::Status s = Validate(o); !s.ok()) {
     std::fprintf(stderr, "registry_service: %s\n", std::string(s.message()).c_str());
     return 2;
@@ -80,6 +93,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "registry_service: WARNING --auto_approve is on: any device key is paired\n");
   }
   std::printf("registry_service listening on port %d (store: memory)\n", *port);
+  if (server.metrics_port() > 0) {
+    std::printf("registry_service metrics on http://%s:%d/metrics\n", o.metrics_host.c_str(),
+                server.metrics_port());
+  }
   std::fflush(stdout);
   if (const std::string f = absl::GetFlag(FLAGS_port_file); !f.empty()) {
     if (FILE* fp = std::fopen(f.c_str(), "w")) {

@@ -36,6 +36,20 @@ absl::StatusOr<int> RegistryServer::Start() {
   if (server_ == nullptr || port == 0) {
     return absl::UnavailableError("cannot listen on " + options_.listen);
   }
+  if (options_.metrics_port >= 0) {
+    ExposeMetrics();
+    http_.Handle("/metrics", [this] {
+      return common::HttpResponse{200, "text/plain; version=0.0.4", metrics_.Render()};
+    });
+    http_.Handle("/healthz", [] { return common::HttpResponse{200, "text/plain", "ok\n"}; });
+    http_.Handle("/readyz", [this] {
+      return stopping_.load() ? common::HttpResponse{503, "text/plain", "stopping\n"}
+                              : common::HttpResponse{200, "text/plain", "ready\n"};
+    });
+    auto mport = http_.Start(options_.metrics_host, options_.metrics_port);
+    if (!mport.ok()) return mport.status();
+    metrics_port_ = *mport;
+  }
   ticker_ = std::thread([this] {
     while (!stopping_.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));
@@ -45,12 +59,52 @@ absl::StatusOr<int> RegistryServer::Start() {
   return port;
 }
 
+void RegistryServer::ExposeMetrics() {
+  const RegistryStats& s = registry_->stats();
+  metrics_.Expose("tether_registry_registrations_total{result=\"granted\"}",
+                  "Connection registrations decided by the registry", &s.registrations_granted);
+  metrics_.Expose("tether_registry_registrations_total{result=\"refused\"}", "",
+                  &s.registrations_refused);
+  metrics_.Expose("tether_registry_closes_total{kind=\"owner\"}",
+                  "Connection closes reported by edges", &s.closes_of_owner);
+  metrics_.Expose("tether_registry_closes_total{kind=\"stale_ignored\"}", "",
+                  &s.stale_closes_ignored);
+  metrics_.Expose("tether_registry_superseded_retired_total",
+                  "Replaced connections the registry told their edge to close",
+                  &s.superseded_retired);
+  metrics_.Expose("tether_registry_results_ignored_total",
+                  "Invoke results that matched no pending invoke (late, duplicate, wrong conn)",
+                  &s.results_ignored);
+  metrics_.Expose("tether_registry_resyncs_total", "Edge resyncs", &s.resyncs);
+  for (int i = 0; i < 4; ++i) {
+    metrics_.Expose(std::string("tether_registry_disconnects_total{reason=\"") +
+                        kDisconnectReasons[i] + "\"}",
+                    "Nodes that lost their owning connection (edge_lost: lease expiry)",
+                    &s.disconnects[i]);
+  }
+  for (int i = 0; i < 8; ++i) {
+    metrics_.Expose(std::string("tether_registry_invokes_total{outcome=\"") +
+                        InvokeCodeName(static_cast<InvokeCode>(i)) + "\"}",
+                    "Invokes by outcome", &s.invokes[i]);
+  }
+  metrics_.Expose("tether_registry_invoke_latency_ms",
+                  "Time from dispatch to the end of an invoke, in milliseconds",
+                  &s.invoke_latency_ms);
+  metrics_.AddGauge("tether_registry_connected_nodes", "Nodes with an owning connection",
+                    [&s] { return static_cast<double>(s.connected_nodes.load()); });
+  metrics_.AddGauge("tether_registry_edges_attached", "Edges with an attached EdgeLink stream",
+                    [&s] { return static_cast<double>(s.edges_attached.load()); });
+  metrics_.AddGauge("tether_registry_presence_watchers", "Open WatchPresence streams",
+                    [&s] { return static_cast<double>(s.watchers.load()); });
+}
+
 void RegistryServer::Shutdown() {
   if (stopping_.exchange(true)) return;
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   }
   if (ticker_.joinable()) ticker_.join();
+  http_.Stop();
 }
 
 void RegistryServer::Wait() {

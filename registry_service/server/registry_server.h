@@ -11,6 +11,8 @@
 
 #include "absl/status/statusor.h"
 #include "common/clock.h"
+#include "common/http_server.h"
+#include "common/metrics.h"
 #include "registry_service/core/registry.h"
 #include "registry_service/core/store.h"
 #include "registry_service/server/edge_link_service.h"
@@ -24,6 +26,8 @@ struct ServerOptions {
   StoreOptions store;
   RegistryOptions registry;
   int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
+  std::string metrics_host = "127.0.0.1";
+  int metrics_port = -1;  // -1: no metrics listener; 0: any free port
 };
 
 // Owns everything the registry process runs. Start once, Shutdown once (or destroy).
@@ -33,8 +37,9 @@ class RegistryServer {
   explicit RegistryServer(const ServerOptions& options);
   ~RegistryServer();
 
-  // Builds the store and starts serving; returns the bound port.
+  // Builds the store and starts serving; returns the bound gRPC port.
   absl::StatusOr<int> Start();
+  int metrics_port() const { return metrics_port_; }
   void Shutdown();
   void Wait();
 
@@ -42,6 +47,8 @@ class RegistryServer {
   Store& store() { return *store_; }
 
  private:
+  void ExposeMetrics();
+
   const ServerOptions options_;
   common::RealClock clock_;
   std::unique_ptr<Store> store_;
@@ -49,6 +56,9 @@ class RegistryServer {
   std::unique_ptr<EdgeLinkService> edge_link_;
   std::unique_ptr<RegistryApiService> api_;
   std::unique_ptr<grpc::Server> server_;
+  common::MetricsRegistry metrics_;
+  common::HttpServer http_;
+  int metrics_port_ = -1;
   std::atomic<bool> stopping_{false};
   std::thread ticker_;
 };

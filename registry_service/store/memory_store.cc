@@ -440,6 +440,7 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   d.params_json = start.params_json;
   d.idempotency_key = start.idempotency_key;
   d.remember_outcome = start.remember_outcome;
+  d.started_ms = now_ms;
   d.deadline_ms = start.deadline_ms;
   d.timeout_ms = start.timeout_ms;
   pending_[d.invoke_id] = Pending{d};

@@ -66,6 +66,19 @@ TEST_F(EdgeE2ETest, LateCloseOfTheOldSocketDoesNotUnregisterTheNewSession) {
   ASSERT_TRUE(watch.WaitFor(creds.node_id(), v1::PresenceEvent::REPLACED));
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  // The operator sees it too: one stale close ignored, no disconnect counted.
+  const std::string reg = testing::HttpGet(testing::MetricsPort(c_.registry()), "/metrics");
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_closes_total{kind=\"stale_ignored\"}"), 1)
+      << reg;
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_disconnects_total{reason=\"disconnect\"}"), 0);
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_connected_nodes"), 1);
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_invokes_total{outcome=\"DISCONNECTED\"}"), 1);
+  EXPECT_NE(reg.find("tether_registry_invoke_latency_ms_bucket{le=\"+Inf\"} 2"), std::string::npos);
+  const std::string edge = testing::HttpGet(testing::MetricsPort(c_.edge("edgeA")), "/metrics");
+  EXPECT_EQ(testing::MetricValue(edge, "tether_edge_live_connections"), 1) << edge;
+  EXPECT_EQ(testing::MetricValue(edge, "tether_edge_handshakes_total{outcome=\"ok\"}"), 2);
+  EXPECT_NE(testing::HttpGet(testing::MetricsPort(c_.edge("edgeA")), "/readyz").find("200"),
+            std::string::npos);
 }
 
 TEST_F(EdgeE2ETest, HalfOpenOldSocketIsRetiredAsReplaced) {

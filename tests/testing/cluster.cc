@@ -1,6 +1,12 @@
 #include "tests/testing/cluster.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
 
 #include "gtest/gtest.h"
 
@@ -71,7 +77,8 @@ Cluster::~Cluster() {
 }
 
 int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
-  std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20"};
+  std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20",
+                                   "--metrics_port=0"};
   args.insert(args.end(), flags.begin(), flags.end());
   registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
   auto p = registry_->WaitForPort(absl::Seconds(20));
@@ -88,7 +95,7 @@ void Cluster::StopRegistry(int sig) {
 }
 
 int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
-  std::vector<std::string> args = {"--listen=127.0.0.1:0",
+  std::vector<std::string> args = {"--listen=127.0.0.1:0", "--metrics_port=0",
                                    "--registry=127.0.0.1:" + std::to_string(registry_port_),
                                    "--edge_id=" + edge_id};
   args.insert(args.end(), flags.begin(), flags.end());
@@ -100,7 +107,7 @@ int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string
   edge_ports_[edge_id] = p.ok() ? *p : 0;
   // A node can only register through an attached edge.
   ChildProcess* edge = edges_[edge_id].get();
-  EXPECT_TRUE(Eventually([edge] { return edge->Log().find("link up") != std::string::npos; }))
+  EXPECT_TRUE(Eventually([edge] { return edge->Log().find("registry_link_up") != std::string::npos; }))
       << edge->Log();
   return edge_ports_[edge_id];
 }
@@ -166,6 +173,40 @@ InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
   auto it = md.find("tether-error-code");
   if (it != md.end()) out.error_code = std::string(it->second.data(), it->second.size());
   return out;
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    const std::string req = "GET " + path + " HTTP/1.0\r\n\r\n";
+    (void)!write(fd, req.data(), req.size());
+    char buf[4096];
+    for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) out.append(buf, n);
+  }
+  close(fd);
+  return out;
+}
+
+int MetricsPort(ChildProcess& process) {
+  std::string log;
+  Eventually([&] {
+    log = process.Log();
+    return log.find("/metrics") != std::string::npos;
+  });
+  const size_t end = log.find("/metrics");
+  const size_t colon = log.rfind(':', end);
+  return colon == std::string::npos ? 0 : std::atoi(log.c_str() + colon + 1);
+}
+
+double MetricValue(const std::string& scrape, const std::string& name) {
+  const size_t at = scrape.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::atof(scrape.c_str() + at + name.size() + 2);
 }
 
 uint64_t Cluster::Revision() {

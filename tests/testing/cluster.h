@@ -23,6 +23,13 @@ namespace tether::testing {
 
 inline constexpr char kTestToken[] = "test-shared-token";
 
+// GET http://127.0.0.1:port/path; the whole response (head and body), or "" on failure.
+std::string HttpGet(int port, const std::string& path);
+// The metrics port a process printed ("... http://host:PORT/metrics").
+int MetricsPort(ChildProcess& process);
+// The value of the sample `name` (with its labels) in a Prometheus scrape, or -1.
+double MetricValue(const std::string& scrape, const std::string& name);
+
 // Polls `done` until it holds or `timeout` passes.
 bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10));
 

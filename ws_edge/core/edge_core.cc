@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "common/ids.h"
+#include "common/log.h"
 #include "ws_edge/protocol/frame.h"
 #include "ws_edge/protocol/hello.h"
 
@@ -42,12 +43,6 @@ EdgeCore::Conn* EdgeCore::FindByConnId(const std::string& conn_id) {
   return it == by_conn_id_.end() ? nullptr : Find(it->second);
 }
 
-size_t EdgeCore::live_count() const {
-  size_t n = 0;
-  for (const auto& [s, c] : sockets_) n += c.state == State::kLive;
-  return n;
-}
-
 bool EdgeCore::SendFrame(Conn& conn, const std::string& text) {
   if (conn.state == State::kClosing) return false;
   if (downstream_.Send(conn.socket, text)) return true;
@@ -58,13 +53,18 @@ bool EdgeCore::SendFrame(Conn& conn, const std::string& text) {
 void EdgeCore::CloseSlowConsumer(uint64_t socket) {
   Conn* conn = Find(socket);
   if (conn == nullptr || conn->state == State::kClosing) return;
-  ++stats_.slow_consumers_closed;
+  stats_.slow_consumers_closed.Add();
+  common::Log(common::LogLevel::kWarn, "slow_consumer_closed",
+              {{"conn_id", conn->conn_id},
+               {"node_id", conn->accepted ? conn->accepted->node_id : ""},
+               {"remote", conn->remote_addr}});
   CloseConn(*conn, protocol::kClosePolicyViolation, "slow consumer");
 }
 
 void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
   if (conn.state == State::kClosing) return;
   // Whether the registry has heard of it is remembered in register_request.
+  if (conn.state == State::kLive) stats_.live.fetch_sub(1);
   conn.state = State::kClosing;
   downstream_.Close(conn.socket, code, reason);
 }
@@ -80,6 +80,7 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
   conn.remote_addr = remote_addr;
   conn.loopback = loopback;
   by_conn_id_[conn.conn_id] = socket;
+  stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
   SendFrame(conn, protocol::EncodeEvent("connect.challenge",
                                         protocol::BuildConnectChallenge(conn.nonce,
                                                                         conn.opened_ms)));
@@ -118,12 +119,24 @@ void EdgeCore::OnClose(uint64_t socket) {
     m.mutable_closed()->set_conn_id(conn->conn_id);
     link_.Send(m);
   }
+  if (conn->state == State::kLive) stats_.live.fetch_sub(1);
   by_conn_id_.erase(conn->conn_id);
   sockets_.erase(socket);
+  stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
 }
 
 void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection) {
-  ++stats_.handshakes_failed;
+  stats_.handshakes_rejected.Add();
+  const nlohmann::json& d = rejection.error.details;
+  const std::string detail =
+      d.is_object() && d.contains("code") && d["code"].is_string() ? d["code"].get<std::string>()
+                                                                     : "";
+  common::Log(common::LogLevel::kInfo, "handshake_rejected",
+              {{"conn_id", conn.conn_id},
+               {"remote", conn.remote_addr},
+               {"code", rejection.error.code},
+               {"detail", detail},
+               {"node_id", conn.accepted ? conn.accepted->node_id : ""}});
   if (rejection.send_response) {
     SendFrame(conn, protocol::EncodeResponseError(rejection.request_id, rejection.error));
   }
@@ -132,7 +145,7 @@ void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection)
 
 void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
                                  const std::string& why) {
-  ++stats_.handshakes_failed;
+  stats_.handshakes_unavailable.Add();
   ErrorShape e;
   e.code = std::string(protocol::kUnavailable);
   e.message = why;
@@ -256,7 +269,7 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
   r->set_error_code(result->error_code.value_or(""));
   r->set_error_message(result->error_message.value_or(""));
   awaiting_ack_[request] = AwaitingAck{conn.socket, frame_id};
-  ++stats_.results_forwarded;
+  stats_.results_forwarded.Add();
   link_.Send(m);
 }
 
@@ -300,6 +313,7 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
     case v1::RegistryMessage::kInvoke: {
       Conn* conn = FindByConnId(m.invoke().conn_id());
       if (conn == nullptr || conn->state == State::kClosing) {
+        stats_.invokes_undeliverable.Add();
         v1::EdgeMessage u;
         u.mutable_undeliverable()->set_invoke_id(m.invoke().invoke_id());
         u.mutable_undeliverable()->set_conn_id(m.invoke().conn_id());
@@ -322,8 +336,12 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
       Conn* conn = FindByConnId(m.close().conn_id());
       if (conn == nullptr) return;
       const std::string& reason = m.close().reason();
+      common::Log(common::LogLevel::kInfo, "connection_closed_by_registry",
+                  {{"conn_id", conn->conn_id},
+                   {"node_id", conn->accepted ? conn->accepted->node_id : ""},
+                   {"reason", reason}});
       if (reason == "superseded") {
-        ++stats_.superseded_closed;
+        stats_.superseded_closed.Add();
         CloseConn(*conn, kCloseReplaced, "replaced");
       } else if (reason == "revoked") {
         CloseConn(*conn, protocol::kClosePolicyViolation, "device revoked");
@@ -388,6 +406,7 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
   }
   const int64_t now = clock_.NowMs();
   conn->state = State::kLive;
+  stats_.live.fetch_add(1);
   conn->generation = o.generation();
   protocol::HelloOkOptions hello;
   hello.server_version = options_.version;
@@ -400,7 +419,7 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
   hello.max_payload = options_.max_payload;
   hello.max_buffered_bytes = options_.max_buffered_bytes;
   hello.tick_interval_ms = options_.tick_interval_ms;
-  ++stats_.handshakes_ok;
+  stats_.handshakes_ok.Add();
   if (!SendFrame(*conn, protocol::EncodeResponseOk(a.request_id, protocol::BuildHelloOk(hello)))) {
     return;
   }
@@ -426,7 +445,7 @@ void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
   if (SendFrame(conn, protocol::EncodeEventRaw("node.invoke.request",
                                                protocol::InvokeRequestPayloadJson(req)))) {
     conn.invokes.insert(inv.invoke_id());
-    ++stats_.invokes_delivered;
+    stats_.invokes_delivered.Add();
   }
 }
 
@@ -464,7 +483,7 @@ void EdgeCore::OnTimer() {
         break;
       case State::kLive:
         if (conn->superseded && now >= conn->retire_at_ms) {
-          ++stats_.superseded_closed;
+          stats_.superseded_closed.Add();
           CloseConn(*conn, kCloseReplaced, "replaced");
           break;
         }

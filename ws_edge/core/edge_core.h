@@ -2,6 +2,7 @@
 #ifndef TETHER_WS_EDGE_CORE_EDGE_CORE_H_
 #define TETHER_WS_EDGE_CORE_EDGE_CORE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -10,6 +11,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "common/clock.h"
+#include "common/metrics.h"
 #include "proto/tether/v1/edge_link.pb.h"
 #include "ws_edge/core/ports.h"
 #include "ws_edge/protocol/handshake.h"
@@ -27,14 +29,18 @@ struct EdgeOptions {
   int64_t superseded_fallback_ms = 15'000;  // close a replaced socket after grace + this at most
 };
 
-// Counters for metrics and tests.
+// Counters for metrics and tests. Written on the loop, readable from any thread.
 struct EdgeStats {
-  uint64_t handshakes_ok = 0;
-  uint64_t handshakes_failed = 0;
-  uint64_t invokes_delivered = 0;
-  uint64_t results_forwarded = 0;
-  uint64_t superseded_closed = 0;
-  uint64_t slow_consumers_closed = 0;
+  common::Counter handshakes_ok;
+  common::Counter handshakes_rejected;     // failed identity, token, params or pairing
+  common::Counter handshakes_unavailable;  // refused while the registry link was down
+  common::Counter invokes_delivered;
+  common::Counter invokes_undeliverable;
+  common::Counter results_forwarded;
+  common::Counter superseded_closed;
+  common::Counter slow_consumers_closed;
+  std::atomic<int64_t> sockets{0};
+  std::atomic<int64_t> live{0};
 };
 
 // Owns every node connection's protocol state: the handshake, registration with the registry,
@@ -67,7 +73,7 @@ class EdgeCore {
   void Drain();
 
   size_t connection_count() const { return sockets_.size(); }
-  size_t live_count() const;
+  size_t live_count() const { return static_cast<size_t>(stats_.live.load()); }
   const EdgeStats& stats() const { return stats_; }
   // Closes `socket` as a slow consumer (1008).
   void CloseSlowConsumer(uint64_t socket);

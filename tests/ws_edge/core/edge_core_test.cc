@@ -275,7 +275,7 @@ TEST_F(EdgeCoreTest, SlowConsumerIsClosed) {
   Invoke(opened.conn_id(), opened.node_id(), "inv-1");
   EXPECT_EQ(down_.sockets[1].close_code, 1008);
   EXPECT_EQ(down_.sockets[1].close_reason, "slow consumer");
-  EXPECT_EQ(core_->stats().slow_consumers_closed, 1u);
+  EXPECT_EQ(core_->stats().slow_consumers_closed.value(), 1u);
 }
 
 TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
