@@ -21,6 +21,7 @@
 #include "common/ids.h"
 #include "ws_edge/core/edge_core.h"
 #include "ws_edge/link/edge_link_client.h"
+#include "ws_edge/transport/worker_pool.h"
 #include "ws_edge/transport/ws_server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:18789", "WebSocket listen address host:port (port 0: any)");
@@ -44,6 +45,8 @@ ABSL_FLAG(int, metrics_port, -1,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address the metrics listener binds");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(int, verify_threads, 1,
+          "threads that check device signatures off the event loop (0: on the loop)");
 
 namespace {
 
@@ -154,7 +157,12 @@ int main(int argc, char** argv) {
     core_ptr->OnRegistryMessage(m);
   };
   tether::edge::EdgeLinkClient link(lo, cb);
-  tether::edge::EdgeCore core(eo, server, link, clock);
+  std::unique_ptr<tether::edge::WorkerPool> verifiers;
+  if (const int n = absl::GetFlag(FLAGS_verify_threads); n > 0) {
+    verifiers = std::make_unique<tether::edge::WorkerPool>(
+        n, [&server](std::function<void()> fn) { server.Post(std::move(fn)); });
+  }
+  tether::edge::EdgeCore core(eo, server, link, clock, verifiers.get());
   core_ptr = &core;
   server.set_core(&core);
 

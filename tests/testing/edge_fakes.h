@@ -3,7 +3,9 @@
 #ifndef TETHER_TESTS_TESTING_EDGE_FAKES_H_
 #define TETHER_TESTS_TESTING_EDGE_FAKES_H_
 
+#include <functional>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -51,6 +53,23 @@ class FakeLink final : public edge::RegistryLink {
   }
   bool up = true;
   std::vector<v1::EdgeMessage> sent;
+};
+
+// Holds offloaded work until the test runs it, as a worker thread would later.
+class DeferredOffload final : public edge::Offload {
+ public:
+  void Run(std::function<void()> work, std::function<void()> then) override {
+    jobs.push_back({std::move(work), std::move(then)});
+  }
+  void RunAll() {
+    auto pending = std::move(jobs);
+    jobs.clear();
+    for (auto& [work, then] : pending) {
+      work();
+      then();
+    }
+  }
+  std::vector<std::pair<std::function<void()>, std::function<void()>>> jobs;
 };
 
 }  // namespace tether::testing

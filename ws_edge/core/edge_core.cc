@@ -26,11 +26,12 @@ ErrorShape InvalidRequest(std::string message) {
 }  // namespace
 
 EdgeCore::EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryLink& link,
-                   const common::Clock& clock)
+                   const common::Clock& clock, Offload* offload)
     : options_(options),
       downstream_(downstream),
       link_(link),
       clock_(clock),
+      offload_(offload != nullptr ? *offload : inline_offload_),
       started_ms_(clock.NowMs()) {}
 
 EdgeCore::Conn* EdgeCore::Find(uint64_t socket) {
@@ -93,6 +94,7 @@ void EdgeCore::OnMessage(uint64_t socket, const std::string& text) {
     case State::kAwaitConnect:
       HandleConnect(*conn, text);
       return;
+    case State::kVerifying:
     case State::kRegistering: {
       auto frame = protocol::ParseFrame(text);
       if (frame.ok() && frame->type == protocol::FrameType::kRequest) {
@@ -156,11 +158,38 @@ void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
 }
 
 void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
-  protocol::HandshakeConfig config;
-  config.challenge_nonce = conn.nonce;
-  config.now_ms = clock_.NowMs();
-  if (options_.shared_token.has_value()) config.shared_token = *options_.shared_token;
-  protocol::HandshakeResult result = protocol::CheckHandshake(text, config);
+  conn.state = State::kVerifying;
+  // The check runs off the loop: copy what it reads.
+  struct Job {
+    std::string text;
+    std::string nonce;
+    int64_t now_ms = 0;
+    std::optional<std::string> token;
+    protocol::HandshakeResult result;
+  };
+  auto job = std::make_shared<Job>();
+  job->text = text;
+  job->nonce = conn.nonce;
+  job->now_ms = clock_.NowMs();
+  job->token = options_.shared_token;
+  offload_.Run(
+      [job] {
+        protocol::HandshakeConfig config;
+        config.challenge_nonce = job->nonce;
+        config.now_ms = job->now_ms;
+        if (job->token.has_value()) config.shared_token = *job->token;
+        job->result = protocol::CheckHandshake(job->text, config);
+      },
+      [this, job, socket = conn.socket, conn_id = conn.conn_id] {
+        FinishConnect(socket, conn_id, std::move(job->result));
+      });
+}
+
+void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
+                             protocol::HandshakeResult result) {
+  Conn* found = Find(socket);
+  if (found == nullptr || found->conn_id != conn_id || found->state != State::kVerifying) return;
+  Conn& conn = *found;
   if (auto* rejection = std::get_if<protocol::HandshakeRejection>(&result)) {
     Reject(conn, *rejection);
     return;
@@ -473,6 +502,7 @@ void EdgeCore::OnTimer() {
     const int64_t age = now - conn->opened_ms;
     switch (conn->state) {
       case State::kAwaitConnect:
+      case State::kVerifying:
         // As the Gateway does: a plain close, no reason.
         if (age >= options_.handshake_timeout_ms) CloseConn(*conn, protocol::kCloseNormal, "");
         break;

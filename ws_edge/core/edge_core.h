@@ -49,8 +49,9 @@ struct EdgeStats {
 // Not thread-safe: the event loop that owns the sockets calls every method.
 class EdgeCore {
  public:
+  // `offload` checks signatures; nullptr checks them inline.
   EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryLink& link,
-           const common::Clock& clock);
+           const common::Clock& clock, Offload* offload = nullptr);
   EdgeCore(const EdgeCore&) = delete;
   EdgeCore& operator=(const EdgeCore&) = delete;
 
@@ -79,7 +80,7 @@ class EdgeCore {
   void CloseSlowConsumer(uint64_t socket);
 
  private:
-  enum class State { kAwaitConnect, kRegistering, kLive, kClosing };
+  enum class State { kAwaitConnect, kVerifying, kRegistering, kLive, kClosing };
 
   struct Conn {
     uint64_t socket = 0;
@@ -111,6 +112,8 @@ class EdgeCore {
   void Reject(Conn& conn, const protocol::HandshakeRejection& rejection);
   void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why);
   void HandleConnect(Conn& conn, const std::string& text);
+  void FinishConnect(uint64_t socket, const std::string& conn_id,
+                     protocol::HandshakeResult result);
   void HandleLiveFrame(Conn& conn, const std::string& text);
   void HandleInvokeResult(Conn& conn, const std::string& frame_id, const nlohmann::json& params);
   void HandleRegisterOutcome(const v1::RegisterOutcome& outcome);
@@ -123,6 +126,8 @@ class EdgeCore {
   Downstream& downstream_;       // not owned
   RegistryLink& link_;           // not owned
   const common::Clock& clock_;   // not owned
+  InlineOffload inline_offload_;
+  Offload& offload_;             // not owned (or inline_offload_)
   const int64_t started_ms_;
   bool link_up_ = false;
   bool draining_ = false;

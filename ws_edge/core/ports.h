@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "proto/tether/v1/edge_link.pb.h"
@@ -29,6 +30,23 @@ class RegistryLink {
   virtual ~RegistryLink() = default;
   // Queues a message on the current stream; false when there is no attached stream.
   virtual bool Send(const v1::EdgeMessage& message) = 0;
+};
+
+// Runs CPU-heavy work (device-signature checks) away from the event loop, so one socket's
+// handshake never stalls the others. `work` runs on any thread; `then` runs on the loop after it.
+class Offload {
+ public:
+  virtual ~Offload() = default;
+  virtual void Run(std::function<void()> work, std::function<void()> then) = 0;
+};
+
+// Runs both at once on the caller's thread (tests, and single-core deployments).
+class InlineOffload final : public Offload {
+ public:
+  void Run(std::function<void()> work, std::function<void()> then) override {
+    work();
+    then();
+  }
 };
 
 }  // namespace tether::edge

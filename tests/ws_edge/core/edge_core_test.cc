@@ -320,6 +320,28 @@ TEST_F(EdgeCoreTest, BadSignatureIsRejectedBeforeTheRegistryHearsOfIt) {
   EXPECT_EQ(down_.sockets[1].close_code, 1008);
 }
 
+TEST_F(EdgeCoreTest, SignatureChecksRunOffTheLoopAndLateResultsForGoneSocketsAreDropped) {
+  testing::DeferredOffload offload;
+  core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_, &offload);
+  core_->OnLinkUp();
+  link_.sent.clear();
+  for (uint64_t socket : {1, 2}) {
+    core_->OnOpen(socket, "127.0.0.1:1", true);
+    auto ch = client::ParseChallenge(Frame(socket, 0)["payload"]);
+    NodeSends(socket, {{"type", "req"}, {"id", "c"}, {"method", "connect"},
+                       {"params", client::BuildConnectParams({}, identity_, *ch,
+                                                             std::string("secret"), std::nullopt)}});
+  }
+  ASSERT_EQ(offload.jobs.size(), 2u);
+  EXPECT_TRUE(link_.sent.empty());  // nothing decided yet
+  NodeSends(1, {{"type", "req"}, {"id", "x"}, {"method", "node.event"}, {"params", json::object()}});
+  EXPECT_EQ(LastFrame(1)["error"]["message"], "handshake in progress: wait for hello");
+  core_->OnClose(2);  // gone while its signature was being checked
+  offload.RunAll();
+  ASSERT_EQ(link_.sent.size(), 1u);  // only socket 1 registers
+  EXPECT_EQ(link_.sent[0].opened().node_id(), identity_.device_id());
+}
+
 TEST_F(EdgeCoreTest, DrainTellsTheRegistryAndClosesWith1012) {
   auto opened = Connect(1, identity_);
   Grant(opened, 1);
