@@ -3,9 +3,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <iterator>
 #include <cstdlib>
 
 #include "gtest/gtest.h"
@@ -72,6 +75,7 @@ Cluster::Cluster() : loop_(std::make_unique<edge::client::ClientLoop>()) {}
 
 Cluster::~Cluster() {
   loop_.reset();  // node clients must be gone already (tests own them)
+  balancer_.reset();
   edges_.clear();
   registry_.reset();
 }
@@ -117,11 +121,43 @@ void Cluster::StopEdge(const std::string& edge_id, int sig) {
   edges_.at(edge_id)->Wait(absl::Seconds(15));
 }
 
+int Cluster::StartBalancer(const std::vector<std::string>& edge_ids) {
+  const std::string prefix = TempPath("nginx");
+  mkdir(prefix.c_str(), 0755);
+  balancer_port_ = FreePort();
+  std::string cmd = "deploy/nginx/render.sh --foreground --out " + prefix + "/nginx.conf " +
+                    std::to_string(balancer_port_);
+  for (const auto& id : edge_ids) cmd += " " + std::to_string(edge_ports_.at(id));
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  if (geteuid() == 0) {
+    // As root, nginx's workers would switch to `nobody` and chown their temp dirs, which the
+    // test sandbox's user namespace refuses: keep them as the current user.
+    std::string conf = "user root;\n";
+    std::ifstream in(prefix + "/nginx.conf");
+    conf.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    std::ofstream(prefix + "/nginx.conf") << conf;
+  }
+  balancer_ = std::make_unique<ChildProcess>(
+      "/usr/sbin/nginx",
+      std::vector<std::string>{"-p", prefix, "-c", prefix + "/nginx.conf", "-e", "stderr"},
+      std::vector<std::string>{}, /*port_file_flag=*/false);
+  const int port = balancer_port_;
+  EXPECT_TRUE(Eventually([port] { return HttpGet(port, "/lb-healthz").find("200") != std::string::npos; }))
+      << balancer_->Log();
+  return balancer_port_;
+}
+
 std::unique_ptr<edge::client::NodeClient> Cluster::Node(
     edge::client::DeviceCredentials& creds, const std::string& edge_id,
     std::function<void(edge::client::NodeClientOptions&)> tweak) {
+  return NodeAt(creds, edge_ports_.at(edge_id), std::move(tweak));
+}
+
+std::unique_ptr<edge::client::NodeClient> Cluster::NodeAt(
+    edge::client::DeviceCredentials& creds, int port,
+    std::function<void(edge::client::NodeClientOptions&)> tweak) {
   edge::client::NodeClientOptions o;
-  o.port = static_cast<uint16_t>(edge_ports_.at(edge_id));
+  o.port = static_cast<uint16_t>(port);
   o.shared_token = kTestToken;
   o.auto_connect = true;
   if (tweak) tweak(o);
@@ -132,7 +168,12 @@ std::unique_ptr<edge::client::NodeClient> Cluster::Node(
 
 std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNode(
     edge::client::DeviceCredentials& creds, const std::string& edge_id) {
-  auto node = Node(creds, edge_id, [](edge::client::NodeClientOptions& o) {
+  return ReadyNodeAt(creds, edge_ports_.at(edge_id));
+}
+
+std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNodeAt(
+    edge::client::DeviceCredentials& creds, int port) {
+  auto node = NodeAt(creds, port, [](edge::client::NodeClientOptions& o) {
     o.on_invoke = [](const edge::protocol::InvokeRequest&) {
       return edge::client::InvokeReply::Ok(std::string(R"({"ok":true})"));
     };

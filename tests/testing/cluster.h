@@ -76,6 +76,10 @@ class Cluster {
   void StopEdge(const std::string& edge_id, int sig);
   int edge_port(const std::string& edge_id) { return edge_ports_.at(edge_id); }
 
+  // Starts nginx (deploy/nginx) balancing over the given edges; returns its port.
+  int StartBalancer(const std::vector<std::string>& edge_ids);
+  int balancer_port() const { return balancer_port_; }
+
   v1::Registry::Stub& api() { return *api_; }
   edge::client::ClientLoop& loop() { return *loop_; }
 
@@ -83,6 +87,12 @@ class Cluster {
   std::unique_ptr<edge::client::NodeClient> Node(
       edge::client::DeviceCredentials& creds, const std::string& edge_id,
       std::function<void(edge::client::NodeClientOptions&)> tweak = nullptr);
+  // The same for any WebSocket port (an edge's or the balancer's).
+  std::unique_ptr<edge::client::NodeClient> NodeAt(
+      edge::client::DeviceCredentials& creds, int port,
+      std::function<void(edge::client::NodeClientOptions&)> tweak = nullptr);
+  std::unique_ptr<edge::client::NodeClient> ReadyNodeAt(edge::client::DeviceCredentials& creds,
+                                                       int port);
   // A node client that answers every invoke with {"ok":true,"by":<conn id>} and is connected.
   std::unique_ptr<edge::client::NodeClient> ReadyNode(edge::client::DeviceCredentials& creds,
                                                      const std::string& edge_id);
@@ -100,6 +110,8 @@ class Cluster {
   std::map<std::string, std::unique_ptr<ChildProcess>> edges_;
   std::map<std::string, int> edge_ports_;
   std::unique_ptr<v1::Registry::Stub> api_;
+  std::unique_ptr<ChildProcess> balancer_;
+  int balancer_port_ = 0;
   std::unique_ptr<edge::client::ClientLoop> loop_;
 };
 

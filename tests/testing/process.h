@@ -18,8 +18,9 @@ namespace tether::testing {
 class ChildProcess {
  public:
   // `binary` is relative to the test's runfiles directory (the current directory in tests).
+  // `port_file_flag`: append --port_file=<path> (the project's binaries have that flag).
   ChildProcess(const std::string& binary, const std::vector<std::string>& args,
-               const std::vector<std::string>& env = {});
+               const std::vector<std::string>& env = {}, bool port_file_flag = true);
   ~ChildProcess();
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
@@ -40,6 +41,9 @@ class ChildProcess {
   std::string log_path_;
   std::string port_file_;
 };
+
+// A free TCP port on 127.0.0.1 (bound and released; fine for tests).
+int FreePort();
 
 // A fresh path under TEST_TMPDIR (or /tmp).
 std::string TempPath(const std::string& stem);
