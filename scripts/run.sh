@@ -1,22 +1,41 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs Tether on loopback: one registry (in-memory state)
-# and one edge. Ctrl-C stops everything it started.
-#   TETHER_REGISTRY_PORT (7000)  TETHER_EDGE_PORT (18789)  TETHER_SHARED_TOKEN (random)
+# and one edge; or, with --edges N, N edges behind nginx as the WebSocket load balancer.
+# Ctrl-C stops everything it started.
+#   scripts/run.sh [--edges N]
+#   env: TETHER_REGISTRY_PORT (7000)  TETHER_EDGE_PORT (18789: the edge, or the balancer)
+#        TETHER_SHARED_TOKEN (random)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+edges=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --edges) edges="${2:?--edges needs a number}"; shift 2 ;;
+    --edges=*) edges="${1#--edges=}"; shift ;;
+    *) echo "usage: scripts/run.sh [--edges N]" >&2; exit 2 ;;
+  esac
+done
+[[ "$edges" =~ ^[0-9]+$ ]] || { echo "--edges takes a number" >&2; exit 2; }
+
 scripts/install_deps.sh run
+if ((edges > 0)) && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
+fi
 
 targets=(//registry_service/server:registry_service //ws_edge:ws_edge //tools:tetherctl //tools:tether_node)
 bazel build --jobs=2 "${targets[@]}"
 bin=bazel-bin  # relative to the repository root
 
 reg_port="${TETHER_REGISTRY_PORT:-7000}"
-edge_port="${TETHER_EDGE_PORT:-18789}"
+front_port="${TETHER_EDGE_PORT:-18789}"
 token="${TETHER_SHARED_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 logs="$(mktemp -d -t tether-run.XXXXXX)"
 
 pids=()
+stopping=0
 cleanup() {
+  stopping=1
   trap - INT TERM EXIT
   echo
   echo "stopping..."
@@ -26,34 +45,68 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
+wait_for() {  # file pattern
+  for _ in $(seq 150); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for '$2' in $1" >&2
+  cat "$1" >&2
+  exit 1
+}
+
 # Development mode: every new device key is paired automatically (the registry warns loudly).
 "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  --auto_approve >"$logs/registry.log" 2>&1 &
+  --auto_approve --metrics_port=0 >"$logs/registry.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do grep -q "listening" "$logs/registry.log" 2>/dev/null && break; sleep 0.1; done
+wait_for "$logs/registry.log" "listening"
 
-TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:${edge_port}" \
-  --registry="127.0.0.1:${reg_port}" --edge_id=edge-1 >"$logs/edge-1.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do grep -q "link up" "$logs/edge-1.log" 2>/dev/null && break; sleep 0.1; done
+start_edge() {  # id port
+  TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$2" \
+    --registry="127.0.0.1:${reg_port}" --edge_id="$1" --metrics_port=0 >"$logs/$1.log" 2>&1 &
+  pids+=($!)
+  wait_for "$logs/$1.log" "registry_link_up"
+}
 
+if ((edges == 0)); then
+  start_edge edge-1 "$front_port"
+  topology="edge WebSocket  ws://127.0.0.1:${front_port}/  (OpenClaw node protocol)"
+else
+  edge_ports=()
+  for i in $(seq "$edges"); do
+    port=$((front_port + i))
+    start_edge "edge-$i" "$port"
+    edge_ports+=("$port")
+  done
+  mkdir -p "$logs/nginx"
+  deploy/nginx/render.sh --foreground --out "$logs/nginx/nginx.conf" "$front_port" "${edge_ports[@]}"
+  # As root nginx would hand its workers to `nobody`; keep them as this user instead.
+  if [[ $(id -u) -eq 0 ]]; then sed -i '1i user root;' "$logs/nginx/nginx.conf"; fi
+  nginx -p "$logs/nginx" -c "$logs/nginx/nginx.conf" -e stderr >"$logs/nginx.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$front_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  topology="balancer        ws://127.0.0.1:${front_port}/  (nginx over ${edges} edges: ports ${edge_ports[*]})"
+fi
+
+metrics="$(grep -ho 'http://[0-9.:]*/metrics' "$logs"/*.log | tr '\n' ' ')"
 cat <<INFO
 
 Tether is running (in-memory state; logs in $logs):
   registry gRPC   127.0.0.1:${reg_port}    (tether.v1.Registry; health and reflection enabled)
-  edge WebSocket  ws://127.0.0.1:${edge_port}/  (OpenClaw node protocol)
+  ${topology}
   shared token    ${token}
+  metrics         ${metrics}
 
-Try it from another terminal:
+Try it from another terminal, in this directory:
   export TETHER_SHARED_TOKEN=${token} TETHER_REGISTRY=127.0.0.1:${reg_port}
-  $bin/tools/tether_node --edge=127.0.0.1:${edge_port} &      # a demo node
+  $bin/tools/tether_node --edge=127.0.0.1:${front_port} &      # a demo node
   $bin/tools/tetherctl nodes
   $bin/tools/tetherctl invoke <NODE_ID> system.which '{"bins":["sh"]}'
   $bin/tools/tetherctl watch
 An OpenClaw node host connects with:
-  OPENCLAW_GATEWAY_TOKEN=${token} openclaw node run --host 127.0.0.1 --port ${edge_port}
+  OPENCLAW_GATEWAY_TOKEN=${token} openclaw node run --host 127.0.0.1 --port ${front_port}
 
 Ctrl-C stops everything.
 INFO
 wait -n "${pids[@]}" || true
-echo "a Tether process exited; see $logs" >&2
+((stopping)) || echo "a Tether process exited; see $logs" >&2

@@ -75,7 +75,7 @@ std::string Ago(int64_t ms) {
 }
 
 void PrintNodeRow(const tether::v1::Node& n) {
-  std::printf("%-16.16s %-9s %-20.20s %-8.8s %-12.12s %-12.12s %s\n", n.node_id().c_str(),
+  std::printf("%-16.16s %-9s %-20.20s %-8.8s %-12.12s %-32s %s\n", n.node_id().c_str(),
               n.connected() ? "connected" : "-", n.display_name().c_str(),
               n.platform().c_str(), n.edge_id().c_str(), n.conn_id().c_str(),
               Ago(n.last_seen_ms()).c_str());
@@ -89,7 +89,7 @@ int Nodes(Registry::Stub& api) {
   }
   req.set_page_size(1000);
   if (!absl::GetFlag(FLAGS_json)) {
-    std::printf("%-16s %-9s %-20s %-8s %-12s %-12s %s\n", "NODE", "STATE", "NAME", "PLATFORM",
+    std::printf("%-16s %-9s %-20s %-8s %-12s %-32s %s\n", "NODE", "STATE", "NAME", "PLATFORM",
                 "EDGE", "CONN", "LAST SEEN");
   }
   for (;;) {
