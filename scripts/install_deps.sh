@@ -3,7 +3,7 @@
 # Usage: scripts/install_deps.sh [run|test]   (test adds what the test suite needs)
 set -euo pipefail
 
-need=(g++ make pkg-config libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
+need=(g++ make pkg-config openssl libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
       protobuf-compiler libabsl-dev libwebsocketpp-dev libboost-dev libasio-dev libssl-dev
       nlohmann-json3-dev libhiredis-dev bazel-bootstrap libgtest-dev libgmock-dev)
 if [[ "${1:-run}" == "test" ]]; then

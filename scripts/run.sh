@@ -31,6 +31,11 @@ reg_port="${TETHER_REGISTRY_PORT:-7000}"
 front_port="${TETHER_EDGE_PORT:-18789}"
 token="${TETHER_SHARED_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 logs="$(mktemp -d -t tether-run.XXXXXX)"
+chmod 700 "$logs"
+# Secrets for this run, in files only this user can read (never on a command line).
+api_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+echo "${api_token} admin run-sh-operator" >"$logs/api-tokens"
+od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$logs/edge-secret"
 
 pids=()
 stopping=0
@@ -54,13 +59,15 @@ wait_for() {  # file pattern
 
 # Development mode: every new device key is paired automatically (the registry warns loudly).
 "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  --auto_approve --metrics_port=0 >"$logs/registry.log" 2>&1 &
+  --auto_approve --metrics_port=0 --api_tokens_file="$logs/api-tokens" \
+  --edge_secret_file="$logs/edge-secret" >"$logs/registry.log" 2>&1 &
 pids+=($!)
 wait_for "$logs/registry.log" "listening"
 
 start_edge() {  # id port
   TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$2" \
-    --registry="127.0.0.1:${reg_port}" --edge_id="$1" --metrics_port=0 >"$logs/$1.log" 2>&1 &
+    --registry="127.0.0.1:${reg_port}" --edge_id="$1" --metrics_port=0 \
+    --edge_secret_file="$logs/edge-secret" >"$logs/$1.log" 2>&1 &
   pids+=($!)
   wait_for "$logs/$1.log" "registry_link_up"
 }
@@ -94,11 +101,12 @@ cat <<INFO
 Tether is running (in-memory state; logs in $logs):
   registry gRPC   127.0.0.1:${reg_port}    (tether.v1.Registry; health and reflection enabled)
   ${topology}
-  shared token    ${token}
+  node token      ${token}   (nodes' shared gateway token)
+  API token       ${api_token}   (admin scope; in $logs/api-tokens)
   metrics         ${metrics}
 
 Try it from another terminal, in this directory:
-  export TETHER_SHARED_TOKEN=${token} TETHER_REGISTRY=127.0.0.1:${reg_port}
+  export TETHER_SHARED_TOKEN=${token} TETHER_REGISTRY=127.0.0.1:${reg_port} TETHER_TOKEN=${api_token}
   $bin/tools/tether_node --edge=127.0.0.1:${front_port} &      # a demo node
   $bin/tools/tetherctl nodes
   $bin/tools/tetherctl invoke <NODE_ID> system.which '{"bins":["sh"]}'

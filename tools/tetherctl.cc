@@ -1,11 +1,14 @@
 // tetherctl: the operator's command line for the registry's public gRPC API.
 //
 // Exit codes a script can rely on: 0 ok; 1 other error; 2 usage; 3 NOT_CONNECTED; 4 TIMEOUT;
-// 5 DISCONNECTED; 6 COMMAND_NOT_ALLOWED; 7 NODE_ERROR; 8 not found; 9 registry unreachable.
+// 5 DISCONNECTED; 6 COMMAND_NOT_ALLOWED; 7 NODE_ERROR; 8 not found; 9 registry unreachable;
+// 10 not authenticated or not allowed.
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <fstream>
+#include <sstream>
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -15,6 +18,7 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "proto/tether/v1/registry.grpc.pb.h"
@@ -27,6 +31,10 @@ ABSL_FLAG(uint64_t, from, 0, "watch: resume after this revision (0: from now)");
 ABSL_FLAG(bool, connected, false, "nodes: only connected ones");
 ABSL_FLAG(bool, disconnected, false, "nodes: only disconnected ones");
 ABSL_FLAG(int64_t, max_events, 0, "watch: stop after this many events (0: never)");
+ABSL_FLAG(std::string, token_file, "",
+          "file holding the API bearer token (default: env TETHER_TOKEN)");
+ABSL_FLAG(std::string, tls_ca_file, "", "PEM CA to verify the registry (TLS); empty: plaintext");
+ABSL_FLAG(std::string, tls_name, "", "name expected in the registry's certificate");
 
 namespace {
 
@@ -44,8 +52,11 @@ commands:
   devices                                paired devices
   revoke NODE_ID                         unpair a device and close its connections
 
+the API token comes from env TETHER_TOKEN or --token_file.
+
 exit codes: 0 ok, 1 error, 2 usage, 3 NOT_CONNECTED, 4 TIMEOUT, 5 DISCONNECTED,
-            6 COMMAND_NOT_ALLOWED, 7 NODE_ERROR, 8 not found, 9 registry unreachable)";
+            6 COMMAND_NOT_ALLOWED, 7 NODE_ERROR, 8 not found, 9 registry unreachable,
+            10 not authenticated / not allowed)";
 
 std::string Json(const google::protobuf::Message& m) {
   std::string out;
@@ -59,11 +70,28 @@ int Fail(const grpc::Status& s) {
   std::fprintf(stderr, "tetherctl: %s\n", s.error_message().c_str());
   if (s.error_code() == grpc::StatusCode::NOT_FOUND) return 8;
   if (s.error_code() == grpc::StatusCode::UNAVAILABLE) return 9;
+  if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+      s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    return 10;
+  }
   return 1;
+}
+
+std::string& Token() {
+  static std::string token;
+  return token;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(int64_t timeout_ms = 10'000) {
   auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!Token().empty()) ctx->AddMetadata("authorization", "Bearer " + Token());
   ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
   return ctx;
 }
@@ -188,6 +216,7 @@ int Watch(Registry::Stub& api) {
   int64_t seen = 0;
   for (;;) {
     grpc::ClientContext ctx;
+    if (!Token().empty()) ctx.AddMetadata("authorization", "Bearer " + Token());
     tether::v1::WatchPresenceRequest req;
     req.set_from_revision(after);
     auto stream = api.WatchPresence(&ctx, req);
@@ -210,6 +239,10 @@ int Watch(Registry::Stub& api) {
       }
     }
     grpc::Status s = stream->Finish();
+    if (s.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+        s.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+      return Fail(s);
+    }
     if (s.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
       std::fprintf(stderr, "tetherctl: %s; continuing from now (re-list with 'nodes')\n",
                    s.error_message().c_str());
@@ -271,8 +304,22 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", kUsage);
     return 2;
   }
-  auto channel =
-      grpc::CreateChannel(absl::GetFlag(FLAGS_registry), grpc::InsecureChannelCredentials());
+  if (const std::string f = absl::GetFlag(FLAGS_token_file); !f.empty()) {
+    Token() = std::string(absl::StripAsciiWhitespace(ReadFile(f)));
+  } else if (const char* t = std::getenv("TETHER_TOKEN"); t != nullptr) {
+    Token() = t;
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments channel_args;
+  if (const std::string ca = absl::GetFlag(FLAGS_tls_ca_file); !ca.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = ReadFile(ca);
+    creds = grpc::SslCredentials(ssl);
+    if (!absl::GetFlag(FLAGS_tls_name).empty()) {
+      channel_args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_name));
+    }
+  }
+  auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_registry), creds, channel_args);
   auto api = Registry::NewStub(channel);
   const std::string cmd = args[1];
   int rc = 2;

@@ -6,6 +6,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/flags/flag.h"
 #include "absl/synchronization/mutex.h"
@@ -45,6 +46,14 @@ ABSL_FLAG(int, metrics_port, -1,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address the metrics listener binds");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(std::string, edge_secret_file, "",
+          "file with the secret this edge presents to the registry (or env TETHER_EDGE_SECRET)");
+ABSL_FLAG(std::string, registry_ca_file, "", "PEM CA to verify the registry (TLS to the registry)");
+ABSL_FLAG(std::string, registry_cert_file, "",
+          "PEM client certificate this edge presents to the registry (mutual TLS)");
+ABSL_FLAG(std::string, registry_key_file, "", "PEM private key for --registry_cert_file");
+ABSL_FLAG(std::string, registry_tls_name, "",
+          "name to expect in the registry's certificate (default: the --registry host)");
 ABSL_FLAG(int, verify_threads, 1,
           "threads that check device signatures off the event loop (0: on the loop)");
 
@@ -141,6 +150,24 @@ int main(int argc, char** argv) {
   lo.target = absl::GetFlag(FLAGS_registry);
   lo.edge_id = eo.edge_id;
   lo.epoch = tether::common::RandomHexId();
+  lo.tls_server_name = absl::GetFlag(FLAGS_registry_tls_name);
+  for (auto [flag, path, out] :
+       {std::tuple<const char*, std::string, std::string*>{
+            "--edge_secret_file", absl::GetFlag(FLAGS_edge_secret_file), &lo.secret},
+        {"--registry_ca_file", absl::GetFlag(FLAGS_registry_ca_file), &lo.ca_pem},
+        {"--registry_cert_file", absl::GetFlag(FLAGS_registry_cert_file), &lo.cert_pem},
+        {"--registry_key_file", absl::GetFlag(FLAGS_registry_key_file), &lo.key_pem}}) {
+    if (path.empty()) continue;
+    *out = ReadFileTrimmed(path);
+    if (out->empty()) {
+      std::fprintf(stderr, "ws_edge: %s %s is empty or unreadable\n", flag, path.c_str());
+      return 2;
+    }
+    if (out != &lo.secret) *out += "\n";
+  }
+  if (lo.secret.empty()) {
+    if (const char* s = std::getenv("TETHER_EDGE_SECRET"); s != nullptr) lo.secret = s;
+  }
   tether::edge::LinkCallbacks cb;
   cb.post = [&server](std::function<void()> fn) { server.Post(std::move(fn)); };
   cb.on_up = [&core_ptr] {

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "common/log.h"
 #include "registry_service/server/convert.h"
 #include "registry_service/server/queued_write_reactor.h"
 
@@ -207,8 +208,25 @@ void StreamSink::SendCommand(const EdgeCommand& c) {
 
 }  // namespace
 
+// Refuses a stream before anything is read from it.
+class RefusedReactor final : public Base {
+ public:
+  explicit RefusedReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 grpc::ServerBidiReactor<v1::EdgeMessage, v1::RegistryMessage>* EdgeLinkService::Connect(
-    grpc::CallbackServerContext* /*context*/) {
+    grpc::CallbackServerContext* context) {
+  if (require_client_cert_) {
+    auto auth_context = context->auth_context();
+    if (auth_context == nullptr || !auth_context->IsPeerAuthenticated()) {
+      common::Log(common::LogLevel::kWarn, "edge_auth_failed",
+                  {{"peer", context->peer()}, {"why", "no verified client certificate"}});
+      return new RefusedReactor(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                             "EdgeLink needs a client certificate"));
+    }
+  }
+  if (grpc::Status s = auth_.Authorize(*context); !s.ok()) return new RefusedReactor(s);
   return new LinkReactor(registry_, lease_ttl_ms_, superseded_grace_ms_);
 }
 

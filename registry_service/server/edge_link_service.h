@@ -4,6 +4,7 @@
 
 #include "proto/tether/v1/edge_link.grpc.pb.h"
 #include "registry_service/core/registry.h"
+#include "registry_service/server/auth.h"
 
 namespace tether::registry {
 
@@ -12,8 +13,13 @@ namespace tether::registry {
 // outlive the server). Thread-safe, as gRPC requires.
 class EdgeLinkService final : public v1::EdgeLink::CallbackService {
  public:
-  EdgeLinkService(Registry& registry, int64_t lease_ttl_ms, int64_t superseded_grace_ms)
+  // `auth` is not owned and must outlive the service. `require_client_cert`: the stream must
+  // come over mutual TLS (the transport verified the edge's certificate).
+  EdgeLinkService(Registry& registry, const EdgeAuth& auth, bool require_client_cert,
+                  int64_t lease_ttl_ms, int64_t superseded_grace_ms)
       : registry_(registry),
+        auth_(auth),
+        require_client_cert_(require_client_cert),
         lease_ttl_ms_(lease_ttl_ms),
         superseded_grace_ms_(superseded_grace_ms) {}
 
@@ -22,6 +28,8 @@ class EdgeLinkService final : public v1::EdgeLink::CallbackService {
 
  private:
   Registry& registry_;
+  const EdgeAuth& auth_;
+  const bool require_client_cert_;
   const int64_t lease_ttl_ms_;
   const int64_t superseded_grace_ms_;
 };

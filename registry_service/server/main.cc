@@ -8,7 +8,9 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "common/env_flags.h"
+#include "absl/strings/strip.h"
 #include "common/log.h"
+#include "registry_service/server/auth.h"
 #include "registry_service/server/registry_server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000", "gRPC listen address (port 0: any free port)");
@@ -28,6 +30,19 @@ ABSL_FLAG(int, metrics_port, -1,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
 ABSL_FLAG(std::string, metrics_host, "127.0.0.1", "address the metrics listener binds");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warn or error");
+ABSL_FLAG(bool, dev_mode, false,
+          "development only: no API tokens and no edge authentication are required");
+ABSL_FLAG(std::string, api_tokens_file, "",
+          "bearer tokens for the public API, lines '<token> <scope,...> [name]' with scopes read, "
+          "write, pairing, admin; re-read on SIGHUP");
+ABSL_FLAG(std::string, edge_secret_file, "",
+          "file with the secret edges must present (or env TETHER_EDGE_SECRET)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM certificate chain for the gRPC ports (TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file");
+ABSL_FLAG(std::string, edge_client_ca_file, "",
+          "PEM CA that must have signed edges' client certificates (mutual TLS on --edge_listen)");
+ABSL_FLAG(std::string, edge_listen, "",
+          "serve EdgeLink on this address instead of --listen (needed for mutual TLS)");
 
 namespace {
 
@@ -64,6 +79,35 @@ int main(int argc, char** argv) {
   o.registry.max_invoke_timeout_ms = absl::GetFlag(FLAGS_invoke_timeout_cap_ms);
   o.tick_ms = absl::GetFlag(FLAGS_tick_ms);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  o.dev_mode = absl::GetFlag(FLAGS_dev_mode);
+  o.api_tokens_file = absl::GetFlag(FLAGS_api_tokens_file);
+  o.edge_listen = absl::GetFlag(FLAGS_edge_listen);
+  auto read = [](const std::string& flag, const std::string& path, std::string* out) {
+    if (path.empty()) return true;
+    auto content = tether::registry::ReadSecretFile(path);
+    if (!content.ok()) {
+      std::fprintf(stderr, "registry_service: %s: %s\n", flag.c_str(),
+                   std::string(content.status().message()).c_str());
+      return false;
+    }
+    *out = *content + "\n";
+    return true;
+  };
+  if (!read("--edge_secret_file", absl::GetFlag(FLAGS_edge_secret_file), &o.edge_secret) ||
+      !read("--tls_cert_file", absl::GetFlag(FLAGS_tls_cert_file), &o.tls_cert_pem) ||
+      !read("--tls_key_file", absl::GetFlag(FLAGS_tls_key_file), &o.tls_key_pem) ||
+      !read("--edge_client_ca_file", absl::GetFlag(FLAGS_edge_client_ca_file),
+            &o.edge_client_ca_pem)) {
+    return 2;
+  }
+  o.edge_secret = std::string(absl::StripAsciiWhitespace(o.edge_secret));
+  if (o.edge_secret.empty()) {
+    if (const char* s = std::getenv("TETHER_EDGE_SECRET"); s != nullptr) o.edge_secret = s;
+  }
+  if (o.tls_cert_pem.empty() != o.tls_key_pem.empty()) {
+    std::fprintf(stderr, "registry_service: --tls_cert_file and --tls_key_file go together\n");
+    return 2;
+  }
   o.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   tether::common::LogLevel level;
   if (!tether::common::ParseLogLevel(absl::GetFlag(FLAGS_log_level), &level)) {
@@ -81,6 +125,7 @@ int main(int argc, char** argv) {
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
 
   tether::registry::RegistryServer server(o);
@@ -89,10 +134,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "registry_service: %s\n", std::string(port.status().message()).c_str());
     return 1;
   }
+  if (o.dev_mode) {
+    std::fprintf(stderr,
+                 "registry_service: WARNING --dev_mode is on: anyone who reaches the gRPC port "
+                 "can call the API and attach as an edge\n");
+  }
   if (o.store.auto_approve_all) {
     std::fprintf(stderr, "registry_service: WARNING --auto_approve is on: any device key is paired\n");
   }
   std::printf("registry_service listening on port %d (store: memory)\n", *port);
+  if (!o.edge_listen.empty()) std::printf("registry_service EdgeLink on port %d\n", server.edge_port());
   if (server.metrics_port() > 0) {
     std::printf("registry_service metrics on http://%s:%d/metrics\n", o.metrics_host.c_str(),
                 server.metrics_port());
@@ -105,7 +156,13 @@ int main(int argc, char** argv) {
     }
   }
   int sig = 0;
-  sigwait(&stop, &sig);
+  for (;;) {
+    sigwait(&stop, &sig);
+    if (sig != SIGHUP) break;
+    absl::Status s = server.ReloadTokens();
+    tether::common::Log(s.ok() ? tether::common::LogLevel::kInfo : tether::common::LogLevel::kError,
+                        "api_tokens_reload", {{"result", s.ok() ? "ok" : s.message()}});
+  }
   std::fprintf(stderr, "registry_service: signal %d, shutting down\n", sig);
   server.Shutdown();
   return 0;

@@ -93,8 +93,12 @@ constexpr size_t kMaxQueuedToWatcher = 100'000;
 // One WatchPresence stream. Deletes itself in OnDone, after unsubscribing.
 class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEvent> {
  public:
-  WatchReactor(Registry& registry, uint64_t from_revision)
+  WatchReactor(Registry& registry, uint64_t from_revision, const grpc::Status& allowed)
       : QueuedWriteReactor(kMaxQueuedToWatcher), registry_(registry) {
+    if (!allowed.ok()) {
+      FinishAfterWrites(allowed);
+      return;
+    }
     auto id = registry_.Watch(from_revision, [this](const PresenceEvent& e) {
       v1::PresenceEvent out;
       ToProto(e, &out);
@@ -124,6 +128,7 @@ class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEven
 grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerContext* ctx,
                                                         const v1::ListNodesRequest* req,
                                                         v1::ListNodesResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   NodeFilter f;
   if (req->connected() == v1::ListNodesRequest::CONNECTED_ONLY) {
     f.connected = NodeFilter::Connected::kOnly;
@@ -147,6 +152,7 @@ grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContext* ctx,
                                                       const v1::GetNodeRequest* req,
                                                       v1::Node* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   auto node = registry_.store().GetNode(req->node_id());
   if (!node.ok()) return Done(ctx, ToGrpc(node.status()));
   ToProto(*node, resp);
@@ -156,12 +162,14 @@ grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerContext* ctx,
                                                          const v1::InvokeNodeRequest* req,
                                                          v1::InvokeNodeResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kWrite); !a.ok()) return Done(ctx, a);
   return new InvokeReactor(registry_, ctx, req, resp);
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,
                                                           const v1::GetPresenceRequest*,
                                                           v1::GetPresenceResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   PresenceSnapshot snap = registry_.store().GetPresence();
   for (const NodeView& n : snap.nodes) ToProto(n, resp->add_nodes());
   resp->set_revision(snap.revision);
@@ -169,13 +177,15 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
 }
 
 grpc::ServerWriteReactor<v1::PresenceEvent>* RegistryApiService::WatchPresence(
-    grpc::CallbackServerContext*, const v1::WatchPresenceRequest* req) {
-  return new WatchReactor(registry_, req->from_revision());
+    grpc::CallbackServerContext* ctx, const v1::WatchPresenceRequest* req) {
+  grpc::Status a = auth_.Authorize(*ctx, Scope::kRead);
+  return new WatchReactor(registry_, a.ok() ? req->from_revision() : 0, a);
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::ListPairingRequests(
     grpc::CallbackServerContext* ctx, const v1::ListPairingRequestsRequest*,
     v1::ListPairingRequestsResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   for (const PairingRequest& r : registry_.store().ListPairingRequests()) {
     ToProto(r, resp->add_requests());
   }
@@ -185,6 +195,7 @@ grpc::ServerUnaryReactor* RegistryApiService::ListPairingRequests(
 grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(
     grpc::CallbackServerContext* ctx, const v1::ApprovePairingRequest* req,
     v1::ApprovePairingResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
   const std::string by = req->approved_by().empty() ? "api" : req->approved_by();
   auto device = registry_.ApprovePairing(req->request_id(), by);
   if (!device.ok()) return Done(ctx, ToGrpc(device.status()));
@@ -195,12 +206,14 @@ grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(
 grpc::ServerUnaryReactor* RegistryApiService::RejectPairing(grpc::CallbackServerContext* ctx,
                                                             const v1::RejectPairingRequest* req,
                                                             v1::RejectPairingResponse*) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
   return Done(ctx, ToGrpc(registry_.store().RejectPairing(req->request_id())));
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::RevokeDevice(grpc::CallbackServerContext* ctx,
                                                            const v1::RevokeDeviceRequest* req,
                                                            v1::RevokeDeviceResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
   auto closed = registry_.RevokeDevice(req->node_id());
   if (!closed.ok()) return Done(ctx, ToGrpc(closed.status()));
   resp->set_closed_connections(*closed);
@@ -210,6 +223,7 @@ grpc::ServerUnaryReactor* RegistryApiService::RevokeDevice(grpc::CallbackServerC
 grpc::ServerUnaryReactor* RegistryApiService::ListDevices(grpc::CallbackServerContext* ctx,
                                                           const v1::ListDevicesRequest*,
                                                           v1::ListDevicesResponse* resp) {
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   for (const Device& d : registry_.store().ListDevices()) ToProto(d, resp->add_devices());
   return Done(ctx, grpc::Status::OK);
 }

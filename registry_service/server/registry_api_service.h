@@ -4,6 +4,7 @@
 
 #include "proto/tether/v1/registry.grpc.pb.h"
 #include "registry_service/core/registry.h"
+#include "registry_service/server/auth.h"
 
 namespace tether::registry {
 
@@ -11,7 +12,8 @@ namespace tether::registry {
 // server). Thread-safe.
 class RegistryApiService final : public v1::Registry::CallbackService {
  public:
-  explicit RegistryApiService(Registry& registry) : registry_(registry) {}
+  // `auth` is not owned and must outlive the service.
+  RegistryApiService(Registry& registry, const ApiAuth& auth) : registry_(registry), auth_(auth) {}
 
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
                                       const v1::ListNodesRequest* req,
@@ -44,6 +46,7 @@ class RegistryApiService final : public v1::Registry::CallbackService {
 
  private:
   Registry& registry_;
+  const ApiAuth& auth_;
 };
 
 }  // namespace tether::registry

@@ -14,27 +14,73 @@ RegistryServer::RegistryServer(const ServerOptions& options) : options_(options)
 RegistryServer::~RegistryServer() { Shutdown(); }
 
 absl::StatusOr<int> RegistryServer::Start() {
+  if (!options_.dev_mode && options_.api_tokens_file.empty()) {
+    return absl::InvalidArgumentError(
+        "the public API needs --api_tokens_file (or --dev_mode for development)");
+  }
+  if (!options_.dev_mode && options_.edge_secret.empty() && options_.edge_client_ca_pem.empty()) {
+    return absl::InvalidArgumentError(
+        "edges must authenticate: set --edge_secret_file (or TETHER_EDGE_SECRET), or "
+        "--edge_client_ca_file for mutual TLS (or --dev_mode for development)");
+  }
+  if (!options_.edge_client_ca_pem.empty() && options_.tls_cert_pem.empty()) {
+    return absl::InvalidArgumentError("--edge_client_ca_file needs --tls_cert_file/--tls_key_file");
+  }
+  api_auth_ = std::make_unique<ApiAuth>(options_.api_tokens_file, options_.dev_mode);
+  if (absl::Status s = api_auth_->Reload(); !s.ok()) return s;
+  edge_auth_ = std::make_unique<EdgeAuth>(options_.edge_secret);
+
   store_ = std::make_unique<MemoryStore>(options_.store, clock_.NowMs());
   registry_ = std::make_unique<Registry>(*store_, clock_, options_.registry);
-  edge_link_ = std::make_unique<EdgeLinkService>(*registry_, options_.store.lease_ttl_ms,
-                                                 options_.store.superseded_grace_ms);
-  api_ = std::make_unique<RegistryApiService>(*registry_);
+  edge_link_ = std::make_unique<EdgeLinkService>(
+      *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,
+      options_.store.superseded_grace_ms);
+  api_ = std::make_unique<RegistryApiService>(*registry_, *api_auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  auto credentials = [this](bool for_edges) -> std::shared_ptr<grpc::ServerCredentials> {
+    if (options_.tls_cert_pem.empty()) return grpc::InsecureServerCredentials();
+    grpc::SslServerCredentialsOptions ssl(
+        for_edges && !options_.edge_client_ca_pem.empty()
+            ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+            : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    ssl.pem_key_cert_pairs.push_back({options_.tls_key_pem, options_.tls_cert_pem});
+    if (for_edges) ssl.pem_root_certs = options_.edge_client_ca_pem;
+    return grpc::SslServerCredentials(ssl);
+  };
+  auto configure = [](grpc::ServerBuilder& b) {
+    // Edges send a heartbeat every lease/4; keep idle public callers' streams alive too.
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20'000);
+    b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
+    b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  };
+  const bool split = !options_.edge_listen.empty();
+  if (!split && !options_.edge_client_ca_pem.empty()) {
+    return absl::InvalidArgumentError("mutual TLS for edges needs its own port: --edge_listen");
+  }
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(edge_link_.get());
+  builder.AddListeningPort(options_.listen, credentials(/*for_edges=*/!split), &port);
   builder.RegisterService(api_.get());
-  // Edges send a heartbeat every lease/4; keep idle public callers' streams alive too.
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20'000);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 0);
+  if (!split) builder.RegisterService(edge_link_.get());
+  configure(builder);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port == 0) {
     return absl::UnavailableError("cannot listen on " + options_.listen);
+  }
+  edge_port_ = port;
+  if (split) {
+    grpc::ServerBuilder edge_builder;
+    edge_builder.AddListeningPort(options_.edge_listen, credentials(/*for_edges=*/true),
+                                  &edge_port_);
+    edge_builder.RegisterService(edge_link_.get());
+    configure(edge_builder);
+    edge_server_ = edge_builder.BuildAndStart();
+    if (edge_server_ == nullptr || edge_port_ == 0) {
+      return absl::UnavailableError("cannot listen on " + options_.edge_listen);
+    }
   }
   if (options_.metrics_port >= 0) {
     ExposeMetrics();
@@ -100,9 +146,9 @@ void RegistryServer::ExposeMetrics() {
 
 void RegistryServer::Shutdown() {
   if (stopping_.exchange(true)) return;
-  if (server_ != nullptr) {
-    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  }
+  const auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(2);
+  if (edge_server_ != nullptr) edge_server_->Shutdown(deadline);
+  if (server_ != nullptr) server_->Shutdown(deadline);
   if (ticker_.joinable()) ticker_.join();
   http_.Stop();
 }

@@ -15,6 +15,7 @@
 #include "common/metrics.h"
 #include "registry_service/core/registry.h"
 #include "registry_service/core/store.h"
+#include "registry_service/server/auth.h"
 #include "registry_service/server/edge_link_service.h"
 #include "registry_service/server/registry_api_service.h"
 #include "registry_service/store/store_options.h"
@@ -28,6 +29,16 @@ struct ServerOptions {
   int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
   std::string metrics_host = "127.0.0.1";
   int metrics_port = -1;  // -1: no metrics listener; 0: any free port
+
+  // Who may call. With `dev_mode` nothing is checked (development only).
+  bool dev_mode = false;
+  std::string api_tokens_file;  // bearer tokens with scopes for the public API
+  std::string edge_secret;      // shared secret edges present; empty: none
+  // TLS for the gRPC ports (PEM contents, not paths). Empty cert: plaintext.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+  std::string edge_client_ca_pem;  // edges must present a certificate signed by this CA
+  std::string edge_listen;         // EdgeLink on its own port; empty: on `listen`
 };
 
 // Owns everything the registry process runs. Start once, Shutdown once (or destroy).
@@ -37,9 +48,12 @@ class RegistryServer {
   explicit RegistryServer(const ServerOptions& options);
   ~RegistryServer();
 
-  // Builds the store and starts serving; returns the bound gRPC port.
+  // Builds the store and starts serving; returns the bound public gRPC port.
   absl::StatusOr<int> Start();
   int metrics_port() const { return metrics_port_; }
+  int edge_port() const { return edge_port_; }  // == the public port without edge_listen
+  // Re-reads the API token file (SIGHUP).
+  absl::Status ReloadTokens() { return api_auth_->Reload(); }
   void Shutdown();
   void Wait();
 
@@ -56,6 +70,10 @@ class RegistryServer {
   std::unique_ptr<EdgeLinkService> edge_link_;
   std::unique_ptr<RegistryApiService> api_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> edge_server_;  // only with edge_listen
+  std::unique_ptr<ApiAuth> api_auth_;
+  std::unique_ptr<EdgeAuth> edge_auth_;
+  int edge_port_ = 0;
   common::MetricsRegistry metrics_;
   common::HttpServer http_;
   int metrics_port_ = -1;

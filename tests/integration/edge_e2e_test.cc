@@ -198,9 +198,8 @@ TEST_F(EdgeE2ETest, HostileHandshakesGetTheDocumentedErrorsAndHarmNoOne) {
     EXPECT_TRUE(s->error_responses().empty());
   }
   // None of it reached the registry, and the honest node is still served.
-  grpc::ClientContext ctx;
   v1::ListNodesResponse list;
-  ASSERT_TRUE(c_.api().ListNodes(&ctx, {}, &list).ok());
+  ASSERT_TRUE(c_.api().ListNodes(testing::AuthedContext().get(), {}, &list).ok());
   ASSERT_EQ(list.nodes_size(), 1);
   EXPECT_EQ(list.nodes(0).node_id(), honest_creds.node_id());
   auto ok = c_.Invoke(honest_creds.node_id());
@@ -284,11 +283,10 @@ TEST_F(EdgeE2ETest, DeviceTokenReconnectAndRevocation) {
   ASSERT_TRUE(again->Connect(absl::Seconds(10)).ok());
   EXPECT_EQ((*again->hello())["auth"]["method"], "device-token");
   // Revoke: the live socket is closed and the token stops working.
-  grpc::ClientContext ctx;
   v1::RevokeDeviceRequest req;
   req.set_node_id(creds.node_id());
   v1::RevokeDeviceResponse resp;
-  ASSERT_TRUE(c_.api().RevokeDevice(&ctx, req, &resp).ok());
+  ASSERT_TRUE(c_.api().RevokeDevice(testing::AuthedContext().get(), req, &resp).ok());
   auto closed = again->WaitForClose(absl::Seconds(5));
   ASSERT_TRUE(closed.ok());
   EXPECT_EQ(closed->code, 1008);
@@ -356,11 +354,10 @@ TEST_F(PairingE2ETest, UnknownDeviceWaitsForApprovalThroughTheApi) {
   EXPECT_EQ(first->connect_error()->code, "NOT_PAIRED");
   EXPECT_EQ(first->connect_error()->details["code"], "PAIRING_REQUIRED");
   const std::string request_id = first->connect_error()->details["requestId"];
-  grpc::ClientContext ctx;
   v1::ApprovePairingRequest req;
   req.set_request_id(request_id);
   v1::ApprovePairingResponse resp;
-  ASSERT_TRUE(c_.api().ApprovePairing(&ctx, req, &resp).ok());
+  ASSERT_TRUE(c_.api().ApprovePairing(testing::AuthedContext(testing::kPairingToken).get(), req, &resp).ok());
   auto second = c_.ReadyNode(creds, "edgeA");
   EXPECT_TRUE(c_.Connected(creds.node_id()));
   EXPECT_TRUE(c_.GetNode(creds.node_id())->paired());

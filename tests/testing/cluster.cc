@@ -27,7 +27,17 @@ bool Eventually(const std::function<bool()>& done, absl::Duration timeout) {
   return done();
 }
 
-PresenceWatcher::PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision) {
+std::unique_ptr<grpc::ClientContext> AuthedContext(const std::string& token,
+                                                   absl::Duration timeout) {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  if (!token.empty()) ctx->AddMetadata("authorization", "Bearer " + token);
+  ctx->set_deadline(std::chrono::system_clock::now() + absl::ToChronoMilliseconds(timeout));
+  return ctx;
+}
+
+PresenceWatcher::PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision,
+                                 const std::string& token) {
+  if (!token.empty()) ctx_.AddMetadata("authorization", "Bearer " + token);
   v1::WatchPresenceRequest req;
   req.set_from_revision(from_revision);
   reader_ = std::thread([this, &api, req] {
@@ -71,7 +81,15 @@ grpc::Status PresenceWatcher::status() {
   return status_;
 }
 
-Cluster::Cluster() : loop_(std::make_unique<edge::client::ClientLoop>()) {}
+Cluster::Cluster() : loop_(std::make_unique<edge::client::ClientLoop>()) {
+  tokens_file_ = TempPath("api-tokens");
+  std::ofstream(tokens_file_) << kAdminToken << " admin ops\n"
+                              << kReadToken << " read dashboard\n"
+                              << kWriteToken << " write caller\n"
+                              << kPairingToken << " pairing approver\n";
+  edge_secret_file_ = TempPath("edge-secret");
+  std::ofstream(edge_secret_file_) << "edge-secret-for-tests\n";
+}
 
 Cluster::~Cluster() {
   loop_.reset();  // node clients must be gone already (tests own them)
@@ -82,7 +100,8 @@ Cluster::~Cluster() {
 
 int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
   std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20",
-                                   "--metrics_port=0"};
+                                   "--metrics_port=0", "--api_tokens_file=" + tokens_file_,
+                                   "--edge_secret_file=" + edge_secret_file_};
   args.insert(args.end(), flags.begin(), flags.end());
   registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
   auto p = registry_->WaitForPort(absl::Seconds(20));
@@ -100,6 +119,7 @@ void Cluster::StopRegistry(int sig) {
 
 int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
   std::vector<std::string> args = {"--listen=127.0.0.1:0", "--metrics_port=0",
+                                   "--edge_secret_file=" + edge_secret_file_,
                                    "--registry=127.0.0.1:" + std::to_string(registry_port_),
                                    "--edge_id=" + edge_id};
   args.insert(args.end(), flags.begin(), flags.end());
@@ -184,12 +204,11 @@ std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNodeAt(
 }
 
 std::optional<v1::Node> Cluster::GetNode(const std::string& node_id) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto ctx = AuthedContext(kReadToken, absl::Seconds(5));
   v1::GetNodeRequest req;
   req.set_node_id(node_id);
   v1::Node node;
-  if (!api_->GetNode(&ctx, req, &node).ok()) return std::nullopt;
+  if (!api_->GetNode(ctx.get(), req, &node).ok()) return std::nullopt;
   return node;
 }
 
@@ -200,9 +219,8 @@ bool Cluster::Connected(const std::string& node_id) {
 
 InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
                               const std::string& command, const std::string& params_json) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(timeout_ms + 5000));
+  auto ctx_owner = AuthedContext(kWriteToken, absl::Milliseconds(timeout_ms + 5000));
+  grpc::ClientContext& ctx = *ctx_owner;
   v1::InvokeNodeRequest req;
   req.set_node_id(node_id);
   req.set_command(command);
@@ -251,9 +269,9 @@ double MetricValue(const std::string& scrape, const std::string& name) {
 }
 
 uint64_t Cluster::Revision() {
-  grpc::ClientContext ctx;
+  auto ctx = AuthedContext(kReadToken);
   v1::GetPresenceResponse resp;
-  EXPECT_TRUE(api_->GetPresence(&ctx, {}, &resp).ok());
+  EXPECT_TRUE(api_->GetPresence(ctx.get(), {}, &resp).ok());
   return resp.revision();
 }
 

@@ -21,7 +21,16 @@
 
 namespace tether::testing {
 
-inline constexpr char kTestToken[] = "test-shared-token";
+inline constexpr char kTestToken[] = "test-shared-token";  // nodes' shared gateway token
+// Public API bearer tokens the cluster's registry accepts, one per scope.
+inline constexpr char kAdminToken[] = "admin-token-for-tests";
+inline constexpr char kReadToken[] = "read-token-for-tests";
+inline constexpr char kWriteToken[] = "write-token-for-tests";
+inline constexpr char kPairingToken[] = "pairing-token-for-tests";
+
+// A client context carrying `authorization: Bearer <token>` (none when `token` is empty).
+std::unique_ptr<grpc::ClientContext> AuthedContext(const std::string& token = kAdminToken,
+                                                   absl::Duration timeout = absl::Seconds(10));
 
 // GET http://127.0.0.1:port/path; the whole response (head and body), or "" on failure.
 std::string HttpGet(int port, const std::string& path);
@@ -36,7 +45,8 @@ bool Eventually(const std::function<bool()>& done, absl::Duration timeout = absl
 // Streams WatchPresence into a list on its own thread. Thread-safe.
 class PresenceWatcher {
  public:
-  PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision);
+  PresenceWatcher(v1::Registry::Stub& api, uint64_t from_revision,
+                  const std::string& token = kAdminToken);
   ~PresenceWatcher();
   std::vector<v1::PresenceEvent> events();
   int Count(const std::string& node_id, v1::PresenceEvent::Kind kind);
@@ -66,7 +76,8 @@ class Cluster {
   Cluster();
   ~Cluster();
 
-  // Starts the registry (on `port`, 0 = any) with extra flags; returns its port.
+  // Starts the registry (on `port`, 0 = any) with extra flags; returns its port. It requires
+  // the API tokens above and the edge secret the cluster's edges present.
   int StartRegistry(const std::vector<std::string>& flags = {"--auto_approve"}, int port = 0);
   ChildProcess& registry() { return *registry_; }
   void StopRegistry(int sig);  // signal and reap
@@ -79,6 +90,8 @@ class Cluster {
   // Starts nginx (deploy/nginx) balancing over the given edges; returns its port.
   int StartBalancer(const std::vector<std::string>& edge_ids);
   int balancer_port() const { return balancer_port_; }
+  int registry_port() const { return registry_port_; }
+  const std::string& edge_secret_file() const { return edge_secret_file_; }
 
   v1::Registry::Stub& api() { return *api_; }
   edge::client::ClientLoop& loop() { return *loop_; }
@@ -105,6 +118,8 @@ class Cluster {
   uint64_t Revision();
 
  private:
+  std::string tokens_file_;
+  std::string edge_secret_file_;
   std::unique_ptr<ChildProcess> registry_;
   int registry_port_ = 0;
   std::map<std::string, std::unique_ptr<ChildProcess>> edges_;

@@ -20,10 +20,13 @@ namespace tether::testing {
 // Owns one stream and a reader thread that queues what the registry sends. Thread-safe.
 class FakeEdge {
  public:
-  FakeEdge(const std::string& target, std::string edge_id, std::string epoch = "epoch-1")
+  // `secret`: sent as x-tether-edge-secret when not empty.
+  FakeEdge(const std::string& target, std::string edge_id, std::string epoch = "epoch-1",
+           const std::string& secret = "")
       : edge_id_(std::move(edge_id)), epoch_(std::move(epoch)) {
     channel_ = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
     stub_ = v1::EdgeLink::NewStub(channel_);
+    if (!secret.empty()) ctx_.AddMetadata("x-tether-edge-secret", secret);
     stream_ = stub_->Connect(&ctx_);
     reader_ = std::thread([this] {
       v1::RegistryMessage m;
@@ -128,6 +131,9 @@ class FakeEdge {
     }
     return std::nullopt;
   }
+
+  // The status the registry ended the stream with (after WaitClosed).
+  grpc::Status Finish() { return stream_->Finish(); }
 
   bool WaitClosed(absl::Duration timeout) {
     absl::MutexLock lock(&mu_);

@@ -12,6 +12,9 @@ class EdgeLinkClient::Stream final
  public:
   Stream(EdgeLinkClient* owner, v1::EdgeLink::Stub* stub, const v1::EdgeMessage& attach)
       : owner_(owner) {
+    if (!owner->options_.secret.empty()) {
+      ctx_.AddMetadata("x-tether-edge-secret", owner->options_.secret);
+    }
     stub->async()->Connect(&ctx_, this);
     Enqueue(attach);
     StartRead(&in_);
@@ -99,7 +102,18 @@ EdgeLinkClient::EdgeLinkClient(const LinkOptions& options, LinkCallbacks callbac
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2'000);
   args.SetInt(GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 64 << 20);
-  channel_ = grpc::CreateCustomChannel(options_.target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  if (!options_.ca_pem.empty() || !options_.cert_pem.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options_.ca_pem;
+    ssl.pem_cert_chain = options_.cert_pem;
+    ssl.pem_private_key = options_.key_pem;
+    creds = grpc::SslCredentials(ssl);
+    if (!options_.tls_server_name.empty()) {
+      args.SetSslTargetNameOverride(options_.tls_server_name);
+    }
+  }
+  channel_ = grpc::CreateCustomChannel(options_.target, creds, args);
   stub_ = v1::EdgeLink::NewStub(channel_);
 }
 

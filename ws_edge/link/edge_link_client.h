@@ -22,6 +22,13 @@ struct LinkOptions {
   std::string edge_id;
   std::string epoch;   // fresh per process
   std::string version = "tether-edge/0.1";
+  // Authentication to the registry: a shared secret (sent as x-tether-edge-secret), and/or TLS
+  // with the registry's CA (PEM) and, for mutual TLS, this edge's certificate and key (PEM).
+  std::string secret;
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
+  std::string tls_server_name;  // overrides the name checked in the registry's certificate
   int64_t backoff_initial_ms = 200;
   int64_t backoff_max_ms = 5'000;
 };

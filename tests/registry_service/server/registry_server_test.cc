@@ -24,6 +24,7 @@ class RegistryServerTest : public ::testing::Test {
     o.listen = "127.0.0.1:0";
     o.store.auto_approve_all = auto_approve;
     o.store.superseded_grace_ms = 500;
+    o.dev_mode = true;
     server_ = std::make_unique<RegistryServer>(o);
     auto port = server_->Start();
     ASSERT_TRUE(port.ok()) << port.status();
