@@ -64,12 +64,14 @@ wait_for() {  # file pattern
 pids+=($!)
 wait_for "$logs/registry.log" "listening"
 
-start_edge() {  # id port
-  TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$2" \
-    --registry="127.0.0.1:${reg_port}" --edge_id="$1" --metrics_port=0 \
-    --edge_secret_file="$logs/edge-secret" >"$logs/$1.log" 2>&1 &
+start_edge() {  # id port [flags...]
+  local id="$1" port="$2"
+  shift 2
+  TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$port" "$@" \
+    --registry="127.0.0.1:${reg_port}" --edge_id="$id" --metrics_port=0 \
+    --edge_secret_file="$logs/edge-secret" >"$logs/$id.log" 2>&1 &
   pids+=($!)
-  wait_for "$logs/$1.log" "registry_link_up"
+  wait_for "$logs/$id.log" "registry_link_up"
 }
 
 if ((edges == 0)); then
@@ -79,7 +81,8 @@ else
   edge_ports=()
   for i in $(seq "$edges"); do
     port=$((front_port + i))
-    start_edge "edge-$i" "$port"
+    # Behind nginx every socket comes from nginx: per-address limits use X-Forwarded-For.
+    start_edge "edge-$i" "$port" --trust_x_forwarded_for
     edge_ports+=("$port")
   done
   mkdir -p "$logs/nginx"

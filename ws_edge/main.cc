@@ -54,6 +54,13 @@ ABSL_FLAG(std::string, registry_cert_file, "",
 ABSL_FLAG(std::string, registry_key_file, "", "PEM private key for --registry_cert_file");
 ABSL_FLAG(std::string, registry_tls_name, "",
           "name to expect in the registry's certificate (default: the --registry host)");
+ABSL_FLAG(double, handshake_rate_per_ip, 20,
+          "handshake attempts per second allowed from one source address (0: unlimited)");
+ABSL_FLAG(double, handshake_burst, 40, "handshake attempts one source address may burst");
+ABSL_FLAG(double, failed_handshake_cost, 5,
+          "extra attempts a failed device proof or token check costs its source address");
+ABSL_FLAG(bool, trust_x_forwarded_for, false,
+          "take the node's address from X-Forwarded-For (only behind a proxy that overwrites it)");
 ABSL_FLAG(int, verify_threads, 1,
           "threads that check device signatures off the event loop (0: on the loop)");
 
@@ -113,6 +120,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "ws_edge: WARNING --allow_no_token: nodes connect without a token\n");
   }
   eo.handshake_timeout_ms = absl::GetFlag(FLAGS_handshake_timeout_ms);
+  eo.handshake_limits.rate_per_sec = absl::GetFlag(FLAGS_handshake_rate_per_ip);
+  eo.handshake_limits.burst = absl::GetFlag(FLAGS_handshake_burst);
+  eo.handshake_limits.failure_cost = absl::GetFlag(FLAGS_failed_handshake_cost);
   eo.tick_interval_ms = absl::GetFlag(FLAGS_tick_interval_ms);
   eo.max_payload = absl::GetFlag(FLAGS_max_payload);
   eo.max_buffered_bytes = absl::GetFlag(FLAGS_max_send_buffer_bytes);
@@ -135,6 +145,7 @@ int main(int argc, char** argv) {
   wo.max_send_buffer_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_max_send_buffer_bytes));
   wo.ping_interval_ms = absl::GetFlag(FLAGS_ping_interval_ms);
   wo.pong_timeout_ms = absl::GetFlag(FLAGS_pong_timeout_ms);
+  wo.trust_x_forwarded_for = absl::GetFlag(FLAGS_trust_x_forwarded_for);
 
   sigset_t stop;
   sigemptyset(&stop);
@@ -218,6 +229,9 @@ int main(int argc, char** argv) {
            s.results_forwarded);
     expose("tether_edge_superseded_closed_total", "Replaced connections closed with 4001",
            s.superseded_closed);
+    expose("tether_edge_handshakes_rate_limited_total",
+           "Sockets refused at open because their source address was over its limit",
+           s.handshakes_rate_limited);
     expose("tether_edge_send_queue_drops_total",
            "Sockets closed as slow consumers (send queue over its bound)", s.slow_consumers_closed);
     metrics.AddGauge("tether_edge_connections", "Open node sockets (any state)",

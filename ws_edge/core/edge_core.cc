@@ -32,7 +32,8 @@ EdgeCore::EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryL
       link_(link),
       clock_(clock),
       offload_(offload != nullptr ? *offload : inline_offload_),
-      started_ms_(clock.NowMs()) {}
+      started_ms_(clock.NowMs()),
+      limiter_(options.handshake_limits) {}
 
 EdgeCore::Conn* EdgeCore::Find(uint64_t socket) {
   auto it = sockets_.find(socket);
@@ -73,6 +74,14 @@ void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
 // --- Sockets ---------------------------------------------------------------------------------
 
 void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback) {
+  const int64_t now = clock_.NowMs();
+  if (!limiter_.Allow(HostOf(remote_addr), now)) {
+    // Cheapest possible refusal: no challenge, no state kept. 1013 makes real nodes retry later.
+    stats_.handshakes_rate_limited.Add();
+    common::Log(common::LogLevel::kDebug, "handshake_rate_limited", {{"remote", remote_addr}});
+    downstream_.Close(socket, kCloseTryAgainLater, "too many handshakes from this address");
+    return;
+  }
   Conn& conn = sockets_[socket];
   conn.socket = socket;
   conn.conn_id = common::UniqueId();  // ours, never the client's
@@ -129,6 +138,7 @@ void EdgeCore::OnClose(uint64_t socket) {
 
 void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection) {
   stats_.handshakes_rejected.Add();
+  limiter_.ChargeFailure(HostOf(conn.remote_addr), clock_.NowMs());
   const nlohmann::json& d = rejection.error.details;
   const std::string detail =
       d.is_object() && d.contains("code") && d["code"].is_string() ? d["code"].get<std::string>()
@@ -493,6 +503,10 @@ void EdgeCore::AnswerAck(uint64_t request_id, bool ignored) {
 
 void EdgeCore::OnTimer() {
   const int64_t now = clock_.NowMs();
+  if (now >= next_prune_ms_) {
+    limiter_.Prune(now);
+    next_prune_ms_ = now + 10'000;
+  }
   std::vector<uint64_t> sockets;
   sockets.reserve(sockets_.size());
   for (const auto& [socket, conn] : sockets_) sockets.push_back(socket);

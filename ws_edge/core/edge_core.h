@@ -13,6 +13,7 @@
 #include "common/clock.h"
 #include "common/metrics.h"
 #include "proto/tether/v1/edge_link.pb.h"
+#include "ws_edge/core/handshake_limiter.h"
 #include "ws_edge/core/ports.h"
 #include "ws_edge/protocol/handshake.h"
 
@@ -27,6 +28,7 @@ struct EdgeOptions {
   int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
   int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound
   int64_t superseded_fallback_ms = 15'000;  // close a replaced socket after grace + this at most
+  HandshakeLimits handshake_limits;
 };
 
 // Counters for metrics and tests. Written on the loop, readable from any thread.
@@ -39,6 +41,7 @@ struct EdgeStats {
   common::Counter results_forwarded;
   common::Counter superseded_closed;
   common::Counter slow_consumers_closed;
+  common::Counter handshakes_rate_limited;  // sockets refused at open: their address was over limit
   std::atomic<int64_t> sockets{0};
   std::atomic<int64_t> live{0};
 };
@@ -56,6 +59,8 @@ class EdgeCore {
   EdgeCore& operator=(const EdgeCore&) = delete;
 
   // --- From the sockets ---
+  // `remote_addr` is host:port of the node as far as the edge can tell (the socket's peer, or
+  // the address a trusted proxy forwarded); per-address handshake limits apply to its host.
   void OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback);
   void OnMessage(uint64_t socket, const std::string& text);
   // The socket is gone (closed by either side). `slow_consumer`: the transport dropped it for
@@ -136,6 +141,8 @@ class EdgeCore {
   absl::flat_hash_map<std::string, uint64_t> by_conn_id_;
   absl::flat_hash_map<uint64_t, AwaitingAck> awaiting_ack_;  // result request id -> frame
   EdgeStats stats_;
+  HandshakeLimiter limiter_;
+  int64_t next_prune_ms_ = 0;
 };
 
 // Close codes the edge uses beyond RFC 6455's.

@@ -51,6 +51,18 @@ WsServer::WsServer(const WsServerOptions& options) : options_(options) {
     bool loopback = false;
     auto endpoint = con->get_raw_socket().remote_endpoint(ec);
     if (!ec) loopback = IsLoopback(endpoint.address());
+    if (options_.trust_x_forwarded_for) {
+      // The first entry is the client as the (trusted, overwriting) proxy saw it.
+      std::string forwarded = con->get_request_header("X-Forwarded-For");
+      forwarded = forwarded.substr(0, forwarded.find(','));
+      forwarded.erase(0, forwarded.find_first_not_of(' '));
+      forwarded.erase(forwarded.find_last_not_of(' ') + 1);
+      asio::ip::address a = asio::ip::make_address(forwarded, ec);
+      if (!ec) {
+        remote = a.is_v6() ? "[" + forwarded + "]:0" : forwarded + ":0";
+        loopback = IsLoopback(a);
+      }
+    }
     if (core_ != nullptr) core_->OnOpen(socket, remote, loopback);
   });
 }

@@ -39,6 +39,7 @@ struct WsServerOptions {
   int64_t pong_timeout_ms = 25'000;           // a peer silent this long after a ping is dead
   int64_t timer_ms = 250;                     // how often EdgeCore::OnTimer runs
   int listen_backlog = 4096;
+  bool trust_x_forwarded_for = false;  // node address from the proxy's X-Forwarded-For
 };
 
 // Owns the asio loop and every socket on it. The loop thread (the one calling Run) is the

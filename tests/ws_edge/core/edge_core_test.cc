@@ -342,6 +342,25 @@ TEST_F(EdgeCoreTest, SignatureChecksRunOffTheLoopAndLateResultsForGoneSocketsAre
   EXPECT_EQ(link_.sent[0].opened().node_id(), identity_.device_id());
 }
 
+TEST_F(EdgeCoreTest, AFloodFromOneAddressIsRefusedAtOpenWhileOthersConnect) {
+  options_.handshake_limits = HandshakeLimits{1, 3, 5};
+  core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
+  core_->OnLinkUp();
+  // Bad proofs from 10.9.9.9 drain its bucket quickly.
+  for (uint64_t socket = 100; socket < 110; ++socket) {
+    core_->OnOpen(socket, "10.9.9.9:4000", false);
+    if (down_.sockets[socket].closed) continue;
+    NodeSends(socket, {{"type", "req"}, {"id", "1"}, {"method", "connect"},
+                       {"params", {{"minProtocol", 4}}}});
+  }
+  EXPECT_GE(core_->stats().handshakes_rate_limited.value(), 5u);
+  EXPECT_EQ(down_.sockets[109].close_code, 1013);
+  EXPECT_TRUE(down_.sockets[109].frames.empty());  // not even a challenge
+  // A real node from elsewhere is not affected.
+  auto opened = Connect(1, identity_);
+  EXPECT_EQ(opened.node_id(), identity_.device_id());
+}
+
 TEST_F(EdgeCoreTest, DrainTellsTheRegistryAndClosesWith1012) {
   auto opened = Connect(1, identity_);
   Grant(opened, 1);
