@@ -61,6 +61,9 @@ ABSL_FLAG(double, failed_handshake_cost, 5,
           "extra attempts a failed device proof or token check costs its source address");
 ABSL_FLAG(bool, trust_x_forwarded_for, false,
           "take the node's address from X-Forwarded-For (only behind a proxy that overwrites it)");
+ABSL_FLAG(std::string, tls_cert_file, "",
+          "serve wss://: PEM certificate chain (re-read with the key on SIGHUP)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM private key for --tls_cert_file");
 ABSL_FLAG(int, verify_threads, 1,
           "threads that check device signatures off the event loop (0: on the loop)");
 
@@ -146,16 +149,24 @@ int main(int argc, char** argv) {
   wo.ping_interval_ms = absl::GetFlag(FLAGS_ping_interval_ms);
   wo.pong_timeout_ms = absl::GetFlag(FLAGS_pong_timeout_ms);
   wo.trust_x_forwarded_for = absl::GetFlag(FLAGS_trust_x_forwarded_for);
+  wo.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  wo.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  if (wo.tls_cert_file.empty() != wo.tls_key_file.empty()) {
+    std::fprintf(stderr, "ws_edge: --tls_cert_file and --tls_key_file go together\n");
+    return 2;
+  }
 
   sigset_t stop;
   sigemptyset(&stop);
   sigaddset(&stop, SIGTERM);
   sigaddset(&stop, SIGINT);
+  sigaddset(&stop, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &stop, nullptr);
   signal(SIGPIPE, SIG_IGN);
 
   tether::common::RealClock clock;
-  tether::edge::WsServer server(wo);
+  std::unique_ptr<tether::edge::WsServer> server_owner = tether::edge::WsServer::Create(wo);
+  tether::edge::WsServer& server = *server_owner;
   tether::edge::EdgeCore* core_ptr = nullptr;
   tether::edge::LinkOptions lo;
   lo.target = absl::GetFlag(FLAGS_registry);
@@ -272,7 +283,13 @@ int main(int argc, char** argv) {
 
   std::thread signals([&] {
     int sig = 0;
-    sigwait(&stop, &sig);
+    for (;;) {
+      sigwait(&stop, &sig);
+      if (sig != SIGHUP) break;
+      absl::Status s = server.ReloadTls();  // new sockets use the new certificate
+      tether::common::Log(s.ok() ? tether::common::LogLevel::kInfo : tether::common::LogLevel::kError,
+                          "tls_reload", {{"result", s.ok() ? "ok" : s.message()}});
+    }
     std::fprintf(stderr, "ws_edge: signal %d, draining\n", sig);
     draining = true;
     server.Post([&] {

@@ -1,10 +1,37 @@
 #include "ws_edge/transport/ws_server.h"
 
+#include <websocketpp/config/asio.hpp>
+#include <websocketpp/config/asio_no_tls.hpp>
+#include <websocketpp/server.hpp>
+
 #include <chrono>
+#include <cstdio>
+#include <mutex>
 #include <utility>
+
+#include "absl/container/flat_hash_map.h"
 
 namespace tether::edge {
 namespace {
+
+// websocketpp settings: a small per-connection read buffer (the default 16 KiB would dominate
+// idle memory), the pre-handshake frame limit as the default message size (raised per socket
+// after hello), no logging. No extensions: permessage-deflate offers are declined.
+template <class Base>
+struct EdgeConfig : Base {
+  using type = EdgeConfig;
+  using base = Base;
+  static const size_t connection_read_buffer_size = 1024;
+  static const size_t max_message_size = 64 * 1024;
+  static const size_t max_http_body_size = 16 * 1024;
+  // A peer that stopped reading never answers a close: do not hold its buffers for long.
+  static const long timeout_close_handshake = 2000;
+  static const websocketpp::log::level elog_level = websocketpp::log::elevel::none;
+  static const websocketpp::log::level alog_level = websocketpp::log::alevel::none;
+};
+
+using PlainConfig = EdgeConfig<websocketpp::config::asio>;
+using TlsConfig = EdgeConfig<websocketpp::config::asio_tls>;
 
 bool IsLoopback(const asio::ip::address& a) {
   if (a.is_v6() && a.to_v6().is_v4_mapped()) {
@@ -13,43 +40,156 @@ bool IsLoopback(const asio::ip::address& a) {
   return a.is_loopback();
 }
 
-}  // namespace
+template <class Config>
+class WsServerImpl final : public WsServer {
+ public:
+  using Server = websocketpp::server<Config>;
+  using ConnPtr = typename Server::connection_ptr;
 
-WsServer::WsServer(const WsServerOptions& options) : options_(options) {
-  std::error_code ec;
-  server_.init_asio(ec);
-  server_.set_reuse_addr(true);
-  server_.set_listen_backlog(options_.listen_backlog);
-  server_.set_open_handler([this](websocketpp::connection_hdl hdl) {
+  explicit WsServerImpl(const WsServerOptions& options) : options_(options) {
+    std::error_code ec;
+    server_.init_asio(ec);
+    server_.set_reuse_addr(true);
+    server_.set_listen_backlog(options_.listen_backlog);
+    server_.set_open_handler([this](websocketpp::connection_hdl hdl) { OnOpen(hdl); });
+    if constexpr (std::is_same_v<Config, TlsConfig>) {
+      server_.set_tls_init_handler([this](websocketpp::connection_hdl) { return TlsContext(); });
+    }
+  }
+
+  absl::StatusOr<int> Listen() override {
+    if constexpr (std::is_same_v<Config, TlsConfig>) {
+      if (absl::Status s = ReloadTls(); !s.ok()) return s;
+    }
+    std::error_code ec;
+    asio::ip::address address = asio::ip::make_address(options_.host, ec);
+    if (ec) return absl::InvalidArgumentError("bad listen host: " + options_.host);
+    server_.listen(asio::ip::tcp::endpoint(address, static_cast<uint16_t>(options_.port)), ec);
+    if (ec) {
+      return absl::UnavailableError("cannot listen on " + options_.host + ":" +
+                                    std::to_string(options_.port) + ": " + ec.message());
+    }
+    server_.start_accept(ec);
+    if (ec) return absl::UnavailableError("accept failed: " + ec.message());
+    asio::ip::tcp::endpoint local = server_.get_local_endpoint(ec);
+    if (ec) return absl::UnavailableError("no local endpoint: " + ec.message());
+    timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
+    ping_timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
+    ArmTimer();
+    ArmPings();
+    return static_cast<int>(local.port());
+  }
+
+  void set_core(EdgeCore* core) override { core_ = core; }
+
+  void Run() override {
+    // One catch at the top of the I/O thread: websocketpp and asio may still throw on bugs.
+    for (;;) {
+      try {
+        server_.run();
+        return;
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "ws_edge: I/O loop error: %s\n", e.what());
+      }
+    }
+  }
+
+  void Post(std::function<void()> fn) override {
+    asio::post(server_.get_io_service(), std::move(fn));
+  }
+
+  void StopListening() override {
+    std::error_code ec;
+    server_.stop_listening(ec);
+  }
+
+  void Stop() override {
+    Post([this] {
+      StopListening();
+      if (timer_) timer_->cancel();
+      if (ping_timer_) ping_timer_->cancel();
+      server_.stop();
+    });
+  }
+
+  absl::Status ReloadTls() override {
+    if constexpr (!std::is_same_v<Config, TlsConfig>) {
+      return absl::OkStatus();
+    } else {
+      auto ctx = std::make_shared<asio::ssl::context>(asio::ssl::context::tls_server);
+      std::error_code ec;
+      ctx->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                           asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                           asio::ssl::context::no_tlsv1_1,
+                       ec);
+      if (!ec) ctx->use_certificate_chain_file(options_.tls_cert_file, ec);
+      if (!ec) ctx->use_private_key_file(options_.tls_key_file, asio::ssl::context::pem, ec);
+      if (ec) return absl::InvalidArgumentError("TLS certificate or key: " + ec.message());
+      std::lock_guard<std::mutex> lock(tls_mu_);
+      tls_ = std::move(ctx);
+      return absl::OkStatus();
+    }
+  }
+
+  // Downstream (loop thread only).
+  bool Send(uint64_t socket, const std::string& text) override {
+    ConnPtr con = Get(socket);
+    if (!con) return true;  // already gone; its close is on the way
+    if (con->get_buffered_amount() + text.size() > options_.max_send_buffer_bytes) return false;
+    std::error_code ec = con->send(text, websocketpp::frame::opcode::text);
+    return !ec || ec == websocketpp::error::make_error_code(websocketpp::error::invalid_state);
+  }
+
+  void Close(uint64_t socket, int code, const std::string& reason) override {
+    ConnPtr con = Get(socket);
+    if (!con) return;
+    std::error_code ec;
+    if (con->get_state() == websocketpp::session::state::connecting) {
+      con->terminate(ec);
+      return;
+    }
+    con->close(static_cast<websocketpp::close::status::value>(code), reason, ec);
+    if (ec) con->terminate(ec);
+  }
+
+  void SetMaxMessageSize(uint64_t socket, size_t bytes) override {
+    if (ConnPtr con = Get(socket)) con->set_max_message_size(bytes);
+  }
+
+ private:
+  std::shared_ptr<asio::ssl::context> TlsContext() {
+    std::lock_guard<std::mutex> lock(tls_mu_);
+    return tls_;
+  }
+
+  void OnOpen(websocketpp::connection_hdl hdl) {
     std::error_code ec;
     ConnPtr con = server_.get_con_from_hdl(hdl, ec);
     if (ec) return;
     const uint64_t socket = next_socket_++;
     sockets_[socket] = hdl;
-    // The socket id rides on the connection so later handlers find it without a lookup.
     con->set_pong_timeout(static_cast<long>(options_.pong_timeout_ms));
     con->set_pong_timeout_handler([this, socket](websocketpp::connection_hdl, std::string) {
       ConnPtr c = Get(socket);
       if (c) c->terminate(std::error_code());  // a dead peer: no close handshake to wait for
     });
-    con->set_message_handler([this, socket](websocketpp::connection_hdl, Server::message_ptr msg) {
-      if (msg->get_opcode() != websocketpp::frame::opcode::text) {
-        Close(socket, 1003, "text frames only");
-        return;
-      }
-      if (core_ != nullptr) core_->OnMessage(socket, msg->get_payload());
-    });
-    con->set_close_handler([this, socket](websocketpp::connection_hdl) {
+    con->set_message_handler(
+        [this, socket](websocketpp::connection_hdl, typename Server::message_ptr msg) {
+          if (msg->get_opcode() != websocketpp::frame::opcode::text) {
+            Close(socket, 1003, "text frames only");
+            return;
+          }
+          if (core_ != nullptr) core_->OnMessage(socket, msg->get_payload());
+        });
+    auto gone = [this, socket](websocketpp::connection_hdl) {
       sockets_.erase(socket);
       if (core_ != nullptr) core_->OnClose(socket);
-    });
-    con->set_fail_handler([this, socket](websocketpp::connection_hdl) {
-      sockets_.erase(socket);
-      if (core_ != nullptr) core_->OnClose(socket);
-    });
+    };
+    con->set_close_handler(gone);
+    con->set_fail_handler(gone);
     std::string remote = con->get_remote_endpoint();
     bool loopback = false;
-    auto endpoint = con->get_raw_socket().remote_endpoint(ec);
+    auto endpoint = con->get_raw_socket().lowest_layer().remote_endpoint(ec);
     if (!ec) loopback = IsLoopback(endpoint.address());
     if (options_.trust_x_forwarded_for) {
       // The first entry is the client as the (trusted, overwriting) proxy saw it.
@@ -64,113 +204,54 @@ WsServer::WsServer(const WsServerOptions& options) : options_(options) {
       }
     }
     if (core_ != nullptr) core_->OnOpen(socket, remote, loopback);
-  });
-}
-
-WsServer::~WsServer() = default;
-
-absl::StatusOr<int> WsServer::Listen() {
-  std::error_code ec;
-  asio::ip::address address = asio::ip::make_address(options_.host, ec);
-  if (ec) return absl::InvalidArgumentError("bad listen host: " + options_.host);
-  server_.listen(asio::ip::tcp::endpoint(address, static_cast<uint16_t>(options_.port)), ec);
-  if (ec) {
-    return absl::UnavailableError("cannot listen on " + options_.host + ":" +
-                                  std::to_string(options_.port) + ": " + ec.message());
   }
-  server_.start_accept(ec);
-  if (ec) return absl::UnavailableError("accept failed: " + ec.message());
-  asio::ip::tcp::endpoint local = server_.get_local_endpoint(ec);
-  if (ec) return absl::UnavailableError("no local endpoint: " + ec.message());
-  timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
-  ping_timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
-  ArmTimer();
-  ArmPings();
-  return static_cast<int>(local.port());
-}
 
-void WsServer::ArmTimer() {
-  timer_->expires_after(std::chrono::milliseconds(options_.timer_ms));
-  timer_->async_wait([this](const std::error_code& ec) {
-    if (ec) return;
-    if (core_ != nullptr) core_->OnTimer();
-    ArmTimer();
-  });
-}
-
-void WsServer::ArmPings() {
-  ping_timer_->expires_after(std::chrono::milliseconds(options_.ping_interval_ms));
-  ping_timer_->async_wait([this](const std::error_code& ec) {
-    if (ec) return;
-    for (const auto& [socket, hdl] : sockets_) {
-      std::error_code perr;
-      ConnPtr con = server_.get_con_from_hdl(hdl, perr);
-      if (!perr && con->get_state() == websocketpp::session::state::open) con->ping("", perr);
-    }
-    ArmPings();
-  });
-}
-
-void WsServer::Run() {
-  // One catch at the top of the I/O thread: websocketpp and asio may still throw on bugs.
-  for (;;) {
-    try {
-      server_.run();
-      return;
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "ws_edge: I/O loop error: %s\n", e.what());
-    }
+  void ArmTimer() {
+    timer_->expires_after(std::chrono::milliseconds(options_.timer_ms));
+    timer_->async_wait([this](const std::error_code& ec) {
+      if (ec) return;
+      if (core_ != nullptr) core_->OnTimer();
+      ArmTimer();
+    });
   }
-}
 
-void WsServer::Post(std::function<void()> fn) {
-  asio::post(server_.get_io_service(), std::move(fn));
-}
-
-void WsServer::StopListening() {
-  std::error_code ec;
-  server_.stop_listening(ec);
-}
-
-void WsServer::Stop() {
-  Post([this] {
-    StopListening();
-    if (timer_) timer_->cancel();
-    if (ping_timer_) ping_timer_->cancel();
-    server_.stop();
-  });
-}
-
-WsServer::ConnPtr WsServer::Get(uint64_t socket) {
-  auto it = sockets_.find(socket);
-  if (it == sockets_.end()) return nullptr;
-  std::error_code ec;
-  ConnPtr con = server_.get_con_from_hdl(it->second, ec);
-  return ec ? nullptr : con;
-}
-
-bool WsServer::Send(uint64_t socket, const std::string& text) {
-  ConnPtr con = Get(socket);
-  if (!con) return true;  // already gone; its close is on the way
-  if (con->get_buffered_amount() + text.size() > options_.max_send_buffer_bytes) return false;
-  std::error_code ec = con->send(text, websocketpp::frame::opcode::text);
-  return !ec || ec == websocketpp::error::make_error_code(websocketpp::error::invalid_state);
-}
-
-void WsServer::Close(uint64_t socket, int code, const std::string& reason) {
-  ConnPtr con = Get(socket);
-  if (!con) return;
-  std::error_code ec;
-  if (con->get_state() == websocketpp::session::state::connecting) {
-    con->terminate(ec);
-    return;
+  void ArmPings() {
+    ping_timer_->expires_after(std::chrono::milliseconds(options_.ping_interval_ms));
+    ping_timer_->async_wait([this](const std::error_code& ec) {
+      if (ec) return;
+      for (const auto& [socket, hdl] : sockets_) {
+        std::error_code perr;
+        ConnPtr con = server_.get_con_from_hdl(hdl, perr);
+        if (!perr && con->get_state() == websocketpp::session::state::open) con->ping("", perr);
+      }
+      ArmPings();
+    });
   }
-  con->close(static_cast<websocketpp::close::status::value>(code), reason, ec);
-  if (ec) con->terminate(ec);
-}
 
-void WsServer::SetMaxMessageSize(uint64_t socket, size_t bytes) {
-  if (ConnPtr con = Get(socket)) con->set_max_message_size(bytes);
+  ConnPtr Get(uint64_t socket) {
+    auto it = sockets_.find(socket);
+    if (it == sockets_.end()) return nullptr;
+    std::error_code ec;
+    ConnPtr con = server_.get_con_from_hdl(it->second, ec);
+    return ec ? nullptr : con;
+  }
+
+  const WsServerOptions options_;
+  Server server_;
+  EdgeCore* core_ = nullptr;  // not owned
+  uint64_t next_socket_ = 1;
+  absl::flat_hash_map<uint64_t, websocketpp::connection_hdl> sockets_;
+  std::unique_ptr<asio::steady_timer> timer_;
+  std::unique_ptr<asio::steady_timer> ping_timer_;
+  std::mutex tls_mu_;  // guards tls_: ReloadTls runs on the signal thread
+  std::shared_ptr<asio::ssl::context> tls_;
+};
+
+}  // namespace
+
+std::unique_ptr<WsServer> WsServer::Create(const WsServerOptions& options) {
+  if (!options.tls_cert_file.empty()) return std::make_unique<WsServerImpl<TlsConfig>>(options);
+  return std::make_unique<WsServerImpl<PlainConfig>>(options);
 }
 
 }  // namespace tether::edge
