@@ -15,6 +15,19 @@ InvokeOutcome Failure(InvokeCode code, std::string message) {
   return o;
 }
 
+// Queues a command for the edge holding a connection; returns it for the optional fields.
+EdgeCommand& Tell(Effects* effects, EdgeCommand::Kind kind, const std::string& edge_id,
+                  const std::string& conn_id, const std::string& node_id,
+                  const std::string& reason) {
+  EdgeCommand& cmd = effects->to_edges.emplace_back();
+  cmd.kind = kind;
+  cmd.edge_id = edge_id;
+  cmd.conn_id = conn_id;
+  cmd.node_id = node_id;
+  cmd.reason = reason;
+  return cmd;
+}
+
 bool Contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
@@ -46,9 +59,7 @@ void MemoryStore::Publish(PresenceEvent event, int64_t now_ms, Effects* effects)
   effects->presence.push_back(std::move(event));
 }
 
-bool MemoryStore::Paired(const std::string& node_id) const {
-  return devices_.contains(node_id);
-}
+bool MemoryStore::Paired(const std::string& node_id) const { return devices_.contains(node_id); }
 
 NodeView MemoryStore::View(const NodeRecord& node) const {
   NodeView v;
@@ -66,8 +77,7 @@ NodeView MemoryStore::View(const NodeRecord& node) const {
   return v;
 }
 
-void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms,
-                               Effects* effects) {
+void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms, Effects* effects) {
   PresenceEvent event;
   event.node_id = node.node_id;
   event.kind = PresenceKind::kConnected;
@@ -98,27 +108,17 @@ void MemoryStore::SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects) {
   }
   conn.retire_at_ms = now_ms + options_.superseded_grace_ms;
   retire_at_.insert({conn.retire_at_ms, conn.spec.conn_id});
-  EdgeCommand cmd;
-  cmd.kind = EdgeCommand::Kind::kSuperseded;
-  cmd.edge_id = conn.spec.edge_id;
-  cmd.conn_id = conn.spec.conn_id;
-  cmd.node_id = conn.spec.node_id;
-  cmd.reason = kReasonSuperseded;
+  EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, conn.spec.edge_id,
+                          conn.spec.conn_id, conn.spec.node_id, kReasonSuperseded);
   cmd.grace_ms = options_.superseded_grace_ms;
-  effects->to_edges.push_back(std::move(cmd));
 }
 
 void MemoryStore::MaybeRetire(Conn& conn, Effects* effects) {
   if (!conn.superseded || conn.retire_sent || !conn.pending.empty()) return;
   conn.retire_sent = true;
   retire_at_.erase({conn.retire_at_ms, conn.spec.conn_id});
-  EdgeCommand cmd;
-  cmd.kind = EdgeCommand::Kind::kClose;
-  cmd.edge_id = conn.spec.edge_id;
-  cmd.conn_id = conn.spec.conn_id;
-  cmd.node_id = conn.spec.node_id;
-  cmd.reason = kReasonSuperseded;
-  effects->to_edges.push_back(std::move(cmd));
+  Tell(effects, EdgeCommand::Kind::kClose, conn.spec.edge_id, conn.spec.conn_id, conn.spec.node_id,
+       kReasonSuperseded);
 }
 
 bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, int64_t now_ms,
@@ -157,9 +157,8 @@ CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::strin
   retire_at_.erase({conn.retire_at_ms, conn_id});
   auto pending = std::exchange(conn.pending, {});
   for (const std::string& invoke_id : pending) {
-    Finish(invoke_id,
-           Failure(InvokeCode::kDisconnected, "connection closed (" + reason + ")"), now_ms,
-           effects);
+    Finish(invoke_id, Failure(InvokeCode::kDisconnected, "connection closed (" + reason + ")"),
+           now_ms, effects);
   }
   auto node = nodes_.find(conn.spec.node_id);
   if (node != nodes_.end() && node->second.owner == conn_id) {
@@ -262,13 +261,7 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
   }
   for (const LiveConnection& l : live) {
     auto close_it = [&](const char* reason) {
-      EdgeCommand cmd;
-      cmd.kind = EdgeCommand::Kind::kClose;
-      cmd.edge_id = edge_id;
-      cmd.conn_id = l.spec.conn_id;
-      cmd.node_id = l.spec.node_id;
-      cmd.reason = reason;
-      effects->to_edges.push_back(std::move(cmd));
+      Tell(effects, EdgeCommand::Kind::kClose, edge_id, l.spec.conn_id, l.spec.node_id, reason);
       ++result.closed;
     };
     auto known = conns_.find(l.spec.conn_id);
@@ -316,8 +309,8 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
 
 // --- Connections -----------------------------------------------------------------------------
 
-absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
-                                                     int64_t now_ms, Effects* effects) {
+absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec, int64_t now_ms,
+                                                     Effects* effects) {
   if (spec.conn_id.empty() || spec.node_id.empty()) {
     return absl::InvalidArgumentError("register needs a conn id and a node id");
   }
@@ -412,8 +405,8 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
     result.dispatch = pending_.at(it->second).dispatch;
     return result;
   }
-  if (auto it = finished_keys_.find(key); it != finished_keys_.end() &&
-                                          it->second.expires_ms > now_ms) {
+  if (auto it = finished_keys_.find(key);
+      it != finished_keys_.end() && it->second.expires_ms > now_ms) {
     result.kind = InvokeStartResult::Kind::kReplayed;
     result.dispatch.invoke_id = it->second.invoke_id;
     result.outcome = it->second.outcome;
@@ -474,13 +467,9 @@ bool MemoryStore::FailInvoke(const std::string& invoke_id, const std::string& co
   const Dispatch d = it->second.dispatch;
   if (!Finish(invoke_id, outcome, now_ms, effects)) return false;
   if (outcome.code == InvokeCode::kCancelled) {
-    EdgeCommand cmd;
-    cmd.kind = EdgeCommand::Kind::kCancel;
-    cmd.edge_id = d.edge_id;
-    cmd.conn_id = d.conn_id;
-    cmd.node_id = d.node_id;
+    EdgeCommand& cmd =
+        Tell(effects, EdgeCommand::Kind::kCancel, d.edge_id, d.conn_id, d.node_id, "");
     cmd.invoke_id = invoke_id;
-    effects->to_edges.push_back(std::move(cmd));
   }
   return true;
 }
@@ -494,13 +483,9 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
     const Dispatch d = pending_.at(invoke_id).dispatch;
     Finish(invoke_id, Failure(InvokeCode::kTimeout, "node did not answer in time"), now_ms,
            effects);
-    EdgeCommand cmd;
-    cmd.kind = EdgeCommand::Kind::kCancel;
-    cmd.edge_id = d.edge_id;
-    cmd.conn_id = d.conn_id;
-    cmd.node_id = d.node_id;
+    EdgeCommand& cmd =
+        Tell(effects, EdgeCommand::Kind::kCancel, d.edge_id, d.conn_id, d.node_id, "");
     cmd.invoke_id = invoke_id;
-    effects->to_edges.push_back(std::move(cmd));
   }
   std::vector<std::string> lapsed;
   for (const auto& [edge_id, lease] : leases_) {
@@ -519,13 +504,8 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
     auto it = conns_.find(conn_id);
     if (it == conns_.end() || it->second.retire_sent) continue;
     it->second.retire_sent = true;
-    EdgeCommand cmd;
-    cmd.kind = EdgeCommand::Kind::kClose;
-    cmd.edge_id = it->second.spec.edge_id;
-    cmd.conn_id = conn_id;
-    cmd.node_id = it->second.spec.node_id;
-    cmd.reason = kReasonSuperseded;
-    effects->to_edges.push_back(std::move(cmd));
+    Tell(effects, EdgeCommand::Kind::kClose, it->second.spec.edge_id, conn_id,
+         it->second.spec.node_id, kReasonSuperseded);
   }
   while (!finished_order_.empty() && finished_order_.front().first <= now_ms) {
     auto it = finished_keys_.find(finished_order_.front().second);
@@ -576,8 +556,7 @@ PresenceSnapshot MemoryStore::GetPresence() {
   return snap;
 }
 
-absl::StatusOr<std::vector<PresenceEvent>> MemoryStore::ReadPresence(uint64_t after,
-                                                                     size_t max) {
+absl::StatusOr<std::vector<PresenceEvent>> MemoryStore::ReadPresence(uint64_t after, size_t max) {
   absl::MutexLock lock(&mu_);
   if (after > head_revision_) {
     return absl::OutOfRangeError(
@@ -618,8 +597,7 @@ std::vector<Device> MemoryStore::ListDevices() {
 }
 
 absl::StatusOr<Device> MemoryStore::ApprovePairing(const std::string& request_id,
-                                                   const std::string& approved_by,
-                                                   int64_t now_ms) {
+                                                   const std::string& approved_by, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   auto it = pairing_.find(request_id);
   if (it == pairing_.end()) return absl::NotFoundError("unknown pairing request id");
@@ -647,13 +625,7 @@ absl::StatusOr<int> MemoryStore::RevokeDevice(const std::string& node_id, int64_
   }
   for (const auto& [conn_id, edge_id] : doomed) {
     RemoveConn(conn_id, kReasonRevoked, now_ms, effects);
-    EdgeCommand cmd;
-    cmd.kind = EdgeCommand::Kind::kClose;
-    cmd.edge_id = edge_id;
-    cmd.conn_id = conn_id;
-    cmd.node_id = node_id;
-    cmd.reason = kReasonRevoked;
-    effects->to_edges.push_back(std::move(cmd));
+    Tell(effects, EdgeCommand::Kind::kClose, edge_id, conn_id, node_id, kReasonRevoked);
   }
   return static_cast<int>(doomed.size());
 }
