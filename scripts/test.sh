@@ -3,7 +3,8 @@
 #   1. bazel test //...            unit, property, server, end-to-end, deploy and smoke tests
 #   2. the core tests again under AddressSanitizer and ThreadSanitizer
 #   3. libFuzzer on the frame decoder and the handshake, bounded in time
-#   4. interop with the real OpenClaw node host (npm packages; skipped only if npm is unreachable)
+#   4. interop with the real OpenClaw node host, over ws:// and wss:// (npm packages; skipped
+#      only if the npm registry is unreachable)
 # Ends with one line "N passed, N failed"; exits non-zero when anything failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +54,7 @@ bazel_tests --config=tsan "${core[@]}"
 one_test "libFuzzer run" tests/ws_edge/protocol/fuzz/run_libfuzzer.sh 20
 # Exit 77 means the npm registry could not be reached.
 one_test "OpenClaw interop" tests/interop/openclaw_node_test.sh
+one_test "OpenClaw interop over wss" tests/interop/openclaw_wss_test.sh
 
 bazel shutdown >/dev/null 2>&1 || true
 if [[ $skipped -gt 0 ]]; then
