@@ -1,5 +1,7 @@
 // Who may call what: API tokens and scopes, edge authentication (secret, mutual TLS), TLS.
+#include <atomic>
 #include <csignal>
+#include <thread>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -9,6 +11,8 @@
 #include "tests/testing/cluster.h"
 #include "tests/testing/fake_edge.h"
 #include "tests/testing/pki.h"
+#include "ws_edge/client/connect_request.h"
+#include "nlohmann/json.hpp"
 
 namespace tether {
 namespace {
@@ -17,6 +21,7 @@ using edge::client::DeviceCredentials;
 using testing::AuthedContext;
 using testing::Cluster;
 using testing::Eventually;
+using nlohmann::json;
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -157,6 +162,56 @@ TEST_F(SecurityTest, EdgesWithoutTheSecretCannotAttach) {
   // Nothing changed: the real edge's node is still there and still answers.
   EXPECT_TRUE(c_.Connected(creds.node_id()));
   EXPECT_TRUE(c_.Invoke(creds.node_id()).status.ok());
+}
+
+// A flood of bad handshakes from one address (127.0.0.2) while real nodes connect from another
+// (127.0.0.1): the flood is throttled per address, the real nodes connect in their normal time.
+TEST(SecurityFloodTest, BadHandshakeFloodFromOneAddressDoesNotStarveOthers) {
+  Cluster c;
+  c.StartRegistry({"--auto_approve"});
+  c.StartEdge("edgeA", {"--handshake_rate_per_ip=20", "--handshake_burst=20",
+                        "--failed_handshake_cost=5"});
+  std::atomic<bool> stop{false};
+  std::atomic<int> attempts{0};
+  std::thread flood([&] {
+    DeviceCredentials mallory;
+    edge::client::ConnectRequestOptions opts;
+    const absl::Time end = absl::Now() + absl::Seconds(6);
+    while (!stop.load() && absl::Now() < end && attempts.load() < 3000) {
+      auto s = c.Node(mallory, "edgeA", [](edge::client::NodeClientOptions& o) {
+        o.auto_connect = false;
+        o.source_address = "127.0.0.2";
+        o.record_frames = false;
+      });
+      ++attempts;
+      auto ch = s->WaitForChallenge(absl::Milliseconds(500));
+      if (ch.ok()) {
+        json p = edge::client::BuildConnectParams(opts, mallory.identity(), *ch,
+                                                  std::string("wrong-token"), std::nullopt);
+        p["device"]["signature"] = "AAAA";  // a bad proof
+        (void)s->SendConnect(p);
+        (void)s->WaitForClose(absl::Milliseconds(500));
+      }
+    }
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the flood is under way
+  std::vector<std::unique_ptr<DeviceCredentials>> creds;
+  std::vector<std::unique_ptr<edge::client::NodeClient>> nodes;
+  for (int i = 0; i < 10; ++i) {
+    creds.push_back(std::make_unique<DeviceCredentials>());
+    auto node = c.Node(*creds.back(), "edgeA");
+    const absl::Time start = absl::Now();
+    absl::Status s = node->Connect(absl::Seconds(5));
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_LT(absl::Now() - start, absl::Seconds(1)) << "node " << i << " was slowed down";
+    nodes.push_back(std::move(node));
+  }
+  stop = true;
+  flood.join();
+  const std::string m = testing::HttpGet(testing::MetricsPort(c.edge("edgeA")), "/metrics");
+  EXPECT_GT(testing::MetricValue(m, "tether_edge_handshakes_rate_limited_total"), 0) << m;
+  EXPECT_GT(attempts.load(), 20);
+  for (auto& cr : creds) EXPECT_TRUE(c.Connected(cr->node_id()));
 }
 
 TEST(SecurityTlsTest, MutualTlsForEdgesAndTlsForTheApi) {

@@ -6,7 +6,7 @@
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "${root}" || exit 1
-tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-openclaw-wss.XXXXXX")"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-openclaw-wss.XXXXXX")" || exit 1
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done

@@ -31,6 +31,13 @@ absl::StatusOr<Challenge> ParseChallenge(const json& payload) {
 json BuildConnectParams(const ConnectRequestOptions& o, const protocol::Ed25519Identity& identity,
                         const Challenge& challenge, const std::optional<std::string>& shared_token,
                         const std::optional<std::string>& device_token) {
+  return BuildConnectParams(o, identity, challenge, shared_token, device_token,
+                            [&identity](absl::string_view m) { return identity.Sign(m); });
+}
+
+json BuildConnectParams(const ConnectRequestOptions& o, const protocol::Ed25519Identity& identity,
+                        const Challenge& challenge, const std::optional<std::string>& shared_token,
+                        const std::optional<std::string>& device_token, const Signer& sign) {
   json client = {{"id", o.client_id},
                  {"displayName", o.display_name},
                  {"version", o.version},
@@ -66,7 +73,7 @@ json BuildConnectParams(const ConnectRequestOptions& o, const protocol::Ed25519I
   fields.device_family = o.device_family;
   params["device"] = {{"id", identity.device_id()},
                       {"publicKey", identity.PublicKeyBase64Url()},
-                      {"signature", identity.Sign(protocol::BuildSignaturePayloadV3(fields))},
+                      {"signature", sign(protocol::BuildSignaturePayloadV3(fields))},
                       {"signedAt", challenge.ts_ms},
                       {"nonce", challenge.nonce}};
   return params;

@@ -4,6 +4,7 @@
 #define TETHER_WS_EDGE_CLIENT_CONNECT_REQUEST_H_
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -50,6 +51,18 @@ nlohmann::json BuildConnectParams(const ConnectRequestOptions& options,
                                   const Challenge& challenge,
                                   const std::optional<std::string>& shared_token,
                                   const std::optional<std::string>& device_token);
+
+// Ed25519 signature of a message with the node's key, base64url without padding.
+using Signer = std::function<std::string(absl::string_view message)>;
+
+// The same, signing with `sign` (which must hold `identity`'s key), e.g. a key kept ready by
+// DeviceCredentials instead of rebuilt from the seed for every signature.
+nlohmann::json BuildConnectParams(const ConnectRequestOptions& options,
+                                  const protocol::Ed25519Identity& identity,
+                                  const Challenge& challenge,
+                                  const std::optional<std::string>& shared_token,
+                                  const std::optional<std::string>& device_token,
+                                  const Signer& sign);
 
 }  // namespace tether::edge::client
 

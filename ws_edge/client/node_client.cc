@@ -52,6 +52,29 @@ DeviceCredentials::DeviceCredentials() : DeviceCredentials(protocol::Ed25519Iden
 DeviceCredentials::DeviceCredentials(protocol::Ed25519Identity identity)
     : identity_(std::move(identity)), instance_id_(common::RandomUuid()) {}
 
+DeviceCredentials::~DeviceCredentials() { EVP_PKEY_free(key_); }
+
+std::string DeviceCredentials::Sign(absl::string_view message) const {
+  absl::MutexLock lock(&key_mu_);
+  const std::string& seed = identity_.seed();
+  if (key_ == nullptr) {
+    key_ = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr,
+                                        reinterpret_cast<const unsigned char*>(seed.data()),
+                                        seed.size());
+    if (key_ == nullptr) return identity_.Sign(message);  // not expected; the slow path works
+  }
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  unsigned char signature[protocol::kEd25519SignatureBytes];
+  size_t len = sizeof(signature);
+  const bool ok =
+      ctx != nullptr && EVP_DigestSignInit(ctx, nullptr, nullptr, nullptr, key_) == 1 &&
+      EVP_DigestSign(ctx, signature, &len, reinterpret_cast<const unsigned char*>(message.data()),
+                     message.size()) == 1;
+  EVP_MD_CTX_free(ctx);
+  if (!ok) return identity_.Sign(message);
+  return protocol::Base64UrlEncode(absl::string_view(reinterpret_cast<char*>(signature), len));
+}
+
 std::optional<std::string> DeviceCredentials::device_token() const {
   absl::MutexLock lock(&mu_);
   return device_token_;
@@ -132,6 +155,9 @@ void NodeClient::StartOnLoop() {
       [this](const websocketpp::connection_hdl&, const WsClient::message_ptr& message) {
         OnMessage(message->get_payload());
       });
+  if (!options_.source_address.empty()) {
+    loop_.endpoint().set_next_source_address(options_.source_address);
+  }
   loop_.endpoint().connect(con_);
 }
 
@@ -201,11 +227,16 @@ void NodeClient::OnChallenge(const protocol::Frame& frame) {
     absl::MutexLock lock(&mu_);
     if (challenge_.has_value()) return;  // only the first challenge counts
     challenge_ = *challenge;
+  }
+  if (options_.on_challenge) options_.on_challenge(*challenge);
+  {
+    absl::MutexLock lock(&mu_);
     if (!options_.auto_connect || state_ != State::kOpen) return;
   }
   if (!options_.shared_token.has_value()) device_token = credentials_.device_token();
-  (void)SendConnect(BuildConnectParams(options_.connect, credentials_.identity(), *challenge,
-                                       options_.shared_token, device_token));
+  (void)SendConnect(BuildConnectParams(
+      options_.connect, credentials_.identity(), *challenge, options_.shared_token, device_token,
+      [this](absl::string_view message) { return credentials_.Sign(message); }));
 }
 
 void NodeClient::OnResponse(protocol::Frame frame) {

@@ -3,6 +3,8 @@
 #ifndef TETHER_WS_EDGE_CLIENT_NODE_CLIENT_H_
 #define TETHER_WS_EDGE_CLIENT_NODE_CLIENT_H_
 
+#include <openssl/evp.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -32,6 +34,9 @@ class DeviceCredentials {
  public:
   DeviceCredentials();  // a fresh key
   explicit DeviceCredentials(protocol::Ed25519Identity identity);
+  ~DeviceCredentials();
+  DeviceCredentials(const DeviceCredentials&) = delete;
+  DeviceCredentials& operator=(const DeviceCredentials&) = delete;
 
   const protocol::Ed25519Identity& identity() const { return identity_; }
   const std::string& node_id() const { return identity_.device_id(); }
@@ -40,11 +45,17 @@ class DeviceCredentials {
   std::optional<std::string> device_token() const ABSL_LOCKS_EXCLUDED(mu_);
   void set_device_token(std::optional<std::string> token) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The same as identity().Sign(message), but the OpenSSL key is built from the seed once, on
+  // first use, and kept (that derivation costs as much as the signature itself).
+  std::string Sign(absl::string_view message) const ABSL_LOCKS_EXCLUDED(key_mu_);
+
  private:
   const protocol::Ed25519Identity identity_;
   const std::string instance_id_;
   mutable absl::Mutex mu_;
   std::optional<std::string> device_token_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex key_mu_;
+  mutable EVP_PKEY* key_ ABSL_GUARDED_BY(key_mu_) = nullptr;  // owned; built lazily
 };
 
 // The node's answer to one node.invoke.request.
@@ -72,8 +83,12 @@ struct CloseInfo {
 };
 
 struct NodeClientOptions {
-  std::string host = "127.0.0.1";
+  std::string host = "127.0.0.1";  // with source_address: a numeric address
   uint16_t port = 18789;
+  // Local address the socket binds to before connecting (e.g. "127.0.0.2", so that a fleet
+  // spread over several source addresses does not run out of ephemeral ports); empty: the
+  // kernel chooses.
+  std::string source_address;
   std::string path = "/";
   std::optional<std::string> shared_token;  // else the stored device token is used
   ConnectRequestOptions connect;
@@ -88,6 +103,7 @@ struct NodeClientOptions {
   // answer ok without a payload.
   InvokeHandler on_invoke;
   std::function<void()> on_ready;                   // after hello-ok, on the loop thread
+  std::function<void(const Challenge&)> on_challenge;  // the first one, on the loop thread
   std::function<void(const CloseInfo&)> on_closed;  // on the loop thread
 };
 

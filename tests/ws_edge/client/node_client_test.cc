@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/status_matchers.h"
+#include "ws_edge/protocol/device_identity.h"
 #include "ws_edge/protocol/frame.h"
 #include "ws_edge/protocol/handshake.h"
 #include "ws_edge/protocol/hello.h"
@@ -120,6 +121,10 @@ class FakeGateway {
     absl::MutexLock lock(&mu_);
     return close_codes_;
   }
+  std::vector<std::string> remote_addresses() {  // of every socket opened, in order
+    absl::MutexLock lock(&mu_);
+    return remote_addresses_;
+  }
 
   // Sends `text` to every authenticated session (from the gateway thread).
   void Broadcast(const std::string& text) {
@@ -148,9 +153,18 @@ class FakeGateway {
 
   void OnOpen(const Hdl& h) {
     const std::string nonce = common::RandomUuid();
+    std::error_code ec;
+    WsServer::connection_ptr con = server_.get_con_from_hdl(h, ec);
+    std::string remote;
+    if (con) {
+      auto endpoint = con->get_raw_socket().remote_endpoint(ec);
+      if (!ec) remote = endpoint.address().to_string();
+    }
     {
       absl::MutexLock lock(&mu_);
       sessions_[h].nonce = nonce;
+      remote_addresses_.push_back(remote);
+      ++version_;
     }
     Send(h, options_.challenge_payload
                 ? protocol::EncodeEventRaw("connect.challenge", *options_.challenge_payload)
@@ -281,6 +295,7 @@ class FakeGateway {
   std::vector<protocol::InvokeResult> results_ ABSL_GUARDED_BY(mu_);
   std::vector<protocol::NodeEvent> events_ ABSL_GUARDED_BY(mu_);
   std::vector<int> close_codes_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> remote_addresses_ ABSL_GUARDED_BY(mu_);
   int64_t version_ ABSL_GUARDED_BY(mu_) = 0;  // bumped on every recorded change
 };
 
@@ -564,6 +579,69 @@ TEST_F(NodeClientTest, ManyClientsShareOneLoop) {
       gateway.WaitFor([&] { return gateway.results().size() == static_cast<size_t>(kClients); }));
   for (auto& client : clients) EXPECT_EQ(client->invoke_requests_received(), 1);
   clients.clear();  // before their credentials
+}
+
+TEST(DeviceCredentialsTest, SignMatchesTheIdentityAndVerifies) {
+  DeviceCredentials creds;
+  for (const char* message : {"v3|a|b", "", "another payload"}) {
+    const std::string signature = creds.Sign(message);
+    EXPECT_EQ(signature, creds.identity().Sign(message));  // Ed25519 is deterministic
+    EXPECT_TRUE(
+        protocol::VerifyDeviceSignature(creds.identity().PublicKeyBase64Url(), message, signature));
+  }
+}
+
+TEST_F(NodeClientTest, OnChallengeRunsOnceWithoutAutoConnect) {
+  FakeGateway gateway(Gateway("secret"));
+  DeviceCredentials creds;
+  NodeClientOptions options = OptionsFor(gateway, "secret");
+  options.auto_connect = false;
+  absl::Mutex mu;
+  std::vector<std::string> nonces;
+  options.on_challenge = [&](const Challenge& c) {
+    absl::MutexLock lock(&mu);
+    nonces.push_back(c.nonce);
+  };
+  NodeClient client(loop_, creds, options);
+  absl::StatusOr<Challenge> challenge = client.WaitForChallenge(kTimeout);
+  ASSERT_THAT(challenge.status(), IsOk());
+  absl::MutexLock lock(&mu);
+  const auto called = [&] {
+    mu.AssertHeld();
+    return !nonces.empty();
+  };
+  mu.AwaitWithTimeout(absl::Condition(&called), kTimeout);  // it runs just after the record
+  EXPECT_THAT(nonces, ::testing::ElementsAre(challenge->nonce));
+  EXPECT_EQ(client.state(), NodeClient::State::kOpen);  // no connect was sent
+}
+
+TEST_F(NodeClientTest, SourceAddressIsBoundBeforeConnecting) {
+  FakeGateway gateway(Gateway("secret"));
+  DeviceCredentials creds;
+  std::vector<std::unique_ptr<NodeClient>> clients;
+  for (const char* source : {"127.0.0.2", "127.0.0.3", ""}) {
+    NodeClientOptions options = OptionsFor(gateway, "secret");
+    options.source_address = source;
+    clients.push_back(std::make_unique<NodeClient>(loop_, creds, options));
+    ASSERT_THAT(clients.back()->Connect(kTimeout), IsOk());
+  }
+  EXPECT_THAT(gateway.remote_addresses(),
+              ::testing::ElementsAre("127.0.0.2", "127.0.0.3", "127.0.0.1"));
+}
+
+TEST_F(NodeClientTest, SourceAddressNeedsNumericAddresses) {
+  FakeGateway gateway(Gateway("secret"));
+  DeviceCredentials creds;
+  NodeClientOptions bad_source = OptionsFor(gateway, "secret");
+  bad_source.source_address = "not-an-address";
+  NodeClient client(loop_, creds, bad_source);
+  EXPECT_THAT(client.Connect(kTimeout), StatusIs(absl::StatusCode::kUnavailable));
+  NodeClientOptions named_host = OptionsFor(gateway, "secret");
+  named_host.host = "localhost";
+  named_host.source_address = "127.0.0.2";
+  NodeClient named(loop_, creds, named_host);
+  EXPECT_THAT(named.Connect(kTimeout), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_TRUE(gateway.remote_addresses().empty());
 }
 
 }  // namespace

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# bench/run.sh [SCENARIO...] [-- BENCH_FLAGS...]
+#
+# Builds the benchmark and the servers with -c opt, then for each scenario starts a registry,
+# edge(s) and fleet process(es) on loopback, runs it, prints its results table and appends it to
+# bench/RESULTS.md with the date, the machine and the exact command.
+#
+# Scenarios: idle, handshake, invoke, storm, core (default: all five, in that order).
+# BENCH_FLAGS go to bazel-out/k8-opt/bin/bench/bench (see its --help), e.g.
+#   bench/run.sh storm -- --nodes=5000 --invoke_rate=1000
+# Exit status: 0 if every scenario ran without a correctness problem.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+scenarios=()
+extra=()
+while [[ $# -gt 0 ]]; do
+  if [[ $1 == "--" ]]; then
+    shift
+    extra=("$@")
+    break
+  fi
+  case $1 in
+    idle | handshake | invoke | storm | core) scenarios+=("$1") ;;
+    *) echo "usage: bench/run.sh [idle|handshake|invoke|storm|core ...] [-- bench flags]" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ ${#scenarios[@]} -eq 0 ]] && scenarios=(idle handshake invoke storm core)
+
+# Sockets: every process may hold as many files as the hard limit allows (the edge inherits it).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+bazel build --jobs=2 -c opt //bench:bench //bench:fleet //bench:core_bench \
+  //registry_service/server:registry_service //ws_edge:ws_edge || exit 2
+bin=bazel-out/k8-opt/bin
+
+work=$(mktemp -d /tmp/tether-bench.XXXXXX)
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+machine="$(nproc) cores (${cpu_model:-unknown CPU}), ${mem_gib} GiB RAM, $(uname -sr), open-file limit $(ulimit -n) per process"
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+git diff --quiet HEAD 2>/dev/null || rev="$rev + uncommitted changes"
+
+status=0
+for s in "${scenarios[@]}"; do
+  cmd="bench/run.sh $s"
+  [[ ${#extra[@]} -gt 0 ]] && cmd+=" --$(printf ' %q' "${extra[@]}")"
+  # How busy the machine was just before (other work on the two cores skews every figure).
+  read -r _ u1 n1 s1 i1 w1 q1 sq1 _ </proc/stat
+  sleep 2
+  read -r _ u2 n2 s2 i2 w2 q2 sq2 _ </proc/stat
+  busy1=$((u1 + n1 + s1 + q1 + sq1)) busy2=$((u2 + n2 + s2 + q2 + sq2))
+  idle_d=$((i2 + w2 - i1 - w1))
+  busy_pct=$(( 100 * (busy2 - busy1) / (busy2 - busy1 + idle_d + 1) ))
+  echo "=== $cmd (logs in $work)" >&2
+  out="$work/$s.md"
+  "$bin/bench/bench" --scenario="$s" --bin_dir="$bin" --work_dir="$work" "${extra[@]}" >"$out" 2>"$work/$s.stderr" &
+  pid=$!
+  # The fleets' progress lines, as they come.
+  tail -f --pid=$pid "$work/$s.stderr" >&2 2>/dev/null
+  wait $pid
+  rc=$?
+  [[ $rc -ne 0 ]] && status=1
+  {
+    echo
+    echo "## $(date -u '+%Y-%m-%d %H:%M') UTC — \`$s\` (bench/run.sh)"
+    echo
+    echo "Machine: $machine; CPU ${busy_pct} % busy in the 2 s before the run. Commit $rev, \`-c opt\`."
+    echo "Command: \`$cmd\`"
+    echo
+    if [[ $rc -eq 2 ]]; then
+      echo "Did not run: $(grep -v '^fleet' "$work/$s.stderr" | tail -5)"
+    else
+      sed '1{/^### /d}' "$out"
+    fi
+  } | tee -a bench/RESULTS.md
+done
+exit $status
