@@ -96,7 +96,8 @@ CloseResult Registry::Close(const std::string& edge_id, const std::string& conn_
   } else if (result.known) {
     // The bug family Tether exists for: a replaced socket's late close changes nothing.
     stats_.stale_closes_ignored.Add();
-    common::Log(common::LogLevel::kInfo, "stale_close_ignored",
+    // Debug: a reconnect storm makes one per node; the counter is the operator's view.
+    common::Log(common::LogLevel::kDebug, "stale_close_ignored",
                 {{"node_id", result.node_id}, {"conn_id", conn_id}, {"edge_id", edge_id}});
   }
   Apply(effects);

@@ -204,7 +204,8 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
     Reject(conn, *rejection);
     return;
   }
-  conn.accepted = std::move(std::get<protocol::HandshakeAccepted>(result));
+  conn.accepted = std::make_unique<protocol::HandshakeAccepted>(
+      std::move(std::get<protocol::HandshakeAccepted>(result)));
   if (!link_up_ || draining_) {
     RefuseUnavailable(conn, conn.accepted->request_id,
                       draining_ ? "edge is draining; reconnect" : "registry link is down");
@@ -375,7 +376,8 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
       Conn* conn = FindByConnId(m.close().conn_id());
       if (conn == nullptr) return;
       const std::string& reason = m.close().reason();
-      common::Log(common::LogLevel::kInfo, "connection_closed_by_registry",
+      common::Log(reason == "superseded" ? common::LogLevel::kDebug : common::LogLevel::kInfo,
+                  "connection_closed_by_registry",
                   {{"conn_id", conn->conn_id},
                    {"node_id", conn->accepted ? conn->accepted->node_id : ""},
                    {"reason", reason}});

@@ -4,12 +4,14 @@
 
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "common/clock.h"
 #include "common/metrics.h"
 #include "proto/tether/v1/edge_link.pb.h"
@@ -95,7 +97,7 @@ class EdgeCore {
     int64_t opened_ms = 0;
     std::string remote_addr;
     bool loopback = false;
-    std::optional<protocol::HandshakeAccepted> accepted;
+    std::unique_ptr<protocol::HandshakeAccepted> accepted;  // set once the proof checked out
     uint64_t register_request = 0;
     uint64_t generation = 0;
     bool superseded = false;
@@ -137,7 +139,8 @@ class EdgeCore {
   bool link_up_ = false;
   bool draining_ = false;
   uint64_t next_request_ = 1;
-  absl::flat_hash_map<uint64_t, Conn> sockets_;
+  // Node-based: a slot is a pointer, not a whole Conn, and Conn* stays valid across inserts.
+  absl::node_hash_map<uint64_t, Conn> sockets_;
   absl::flat_hash_map<std::string, uint64_t> by_conn_id_;
   absl::flat_hash_map<uint64_t, AwaitingAck> awaiting_ack_;  // result request id -> frame
   EdgeStats stats_;

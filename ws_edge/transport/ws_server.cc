@@ -52,6 +52,14 @@ class WsServerImpl final : public WsServer {
     server_.set_reuse_addr(true);
     server_.set_listen_backlog(options_.listen_backlog);
     server_.set_open_handler([this](websocketpp::connection_hdl hdl) { OnOpen(hdl); });
+    // Small frames (ticks, invoke requests, acks) must not wait for the peer's delayed ACK:
+    // with Nagle on, two back-to-back writes stalled 40 ms (bench/RESULTS.md).
+    // (After accept: websocketpp's socket_init handler runs before the socket is open.)
+    server_.set_tcp_post_init_handler([this](websocketpp::connection_hdl hdl) {
+      std::error_code ec;
+      ConnPtr con = server_.get_con_from_hdl(hdl, ec);
+      if (!ec) con->get_raw_socket().lowest_layer().set_option(asio::ip::tcp::no_delay(true), ec);
+    });
     if constexpr (std::is_same_v<Config, TlsConfig>) {
       server_.set_tls_init_handler([this](websocketpp::connection_hdl) { return TlsContext(); });
     }
