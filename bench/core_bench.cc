@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
+#include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "registry_service/core/registry.h"
@@ -88,10 +88,11 @@ int main(int argc, char** argv) {
   }
   const double secs =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("core: %lld decisions (register, invoke, settle, stale close) on %lld nodes in "
-              "%.3f s = %.0f decisions/s on one thread; %lld invokes completed\n",
-              static_cast<long long>(done), static_cast<long long>(nodes), secs, done / secs,
-              static_cast<long long>(completed));
+  std::printf(
+      "core: %lld decisions (register, invoke, settle, stale close) on %lld nodes in "
+      "%.3f s = %.0f decisions/s on one thread; %lld invokes completed\n",
+      static_cast<long long>(done), static_cast<long long>(nodes), secs, done / secs,
+      static_cast<long long>(completed));
   std::printf("live connections %zu, pending invokes %zu\n", store.ConnectionCountForTest(),
               store.PendingInvokeCountForTest());
   return 0;

@@ -7,8 +7,8 @@
 namespace tether::common {
 
 // Returns argv with `--name=value` inserted right after argv[0] for every environment variable
-// TETHER_NAME=value (name lowercased) that names a defined flag, so flags given on the command line still win. The
-// strings live until the process exits.
+// TETHER_NAME=value (name lowercased) that names a defined flag, so flags given on the command line
+// still win. The strings live until the process exits.
 std::vector<char*> ArgsWithEnvFlags(int argc, char** argv);
 
 }  // namespace tether::common

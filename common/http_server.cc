@@ -1,8 +1,7 @@
 #include "common/http_server.h"
 
-#include <asio.hpp>
-
 #include <array>
+#include <asio.hpp>
 
 namespace tether::common {
 
@@ -40,8 +39,9 @@ class Session : public std::enable_shared_from_this<Session> {
       if (it != handlers_.end()) r = it->second();
     }
     response_ = "HTTP/1.0 " + std::to_string(r.status) + (r.status < 400 ? " OK" : " Error") +
-                "\r\nContent-Type: " + r.content_type + "\r\nContent-Length: " +
-                std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body;
+                "\r\nContent-Type: " + r.content_type +
+                "\r\nContent-Length: " + std::to_string(r.body.size()) +
+                "\r\nConnection: close\r\n\r\n" + r.body;
     auto self = shared_from_this();
     asio::async_write(socket_, asio::buffer(response_), [self](const std::error_code&, size_t) {
       std::error_code ignored;
@@ -57,12 +57,12 @@ class Session : public std::enable_shared_from_this<Session> {
 
 void Accept(asio::ip::tcp::acceptor& acceptor,
             const std::map<std::string, HttpServer::Handler>& handlers) {
-  acceptor.async_accept([&acceptor, &handlers](const std::error_code& ec,
-                                               asio::ip::tcp::socket socket) {
-    if (ec == asio::error::operation_aborted) return;
-    if (!ec) std::make_shared<Session>(std::move(socket), handlers)->Start();
-    Accept(acceptor, handlers);
-  });
+  acceptor.async_accept(
+      [&acceptor, &handlers](const std::error_code& ec, asio::ip::tcp::socket socket) {
+        if (ec == asio::error::operation_aborted) return;
+        if (!ec) std::make_shared<Session>(std::move(socket), handlers)->Start();
+        Accept(acceptor, handlers);
+      });
 }
 
 }  // namespace

@@ -22,8 +22,7 @@ void Fill(uint8_t* out, int n) {
 std::string RandomHexId() {
   uint8_t b[16];
   Fill(b, sizeof(b));
-  return absl::BytesToHexString(
-      absl::string_view(reinterpret_cast<const char*>(b), sizeof(b)));
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(b), sizeof(b)));
 }
 
 std::string UniqueId() {
@@ -50,9 +49,9 @@ std::string RandomUuid() {
   b[8] = (b[8] & 0x3f) | 0x80;
   char buf[37];
   std::snprintf(buf, sizeof(buf),
-                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
-                b[13], b[14], b[15]);
+                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
+                b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14],
+                b[15]);
   return buf;
 }
 

@@ -11,10 +11,10 @@
 #define TETHER_STATUS_CONCAT_(x, y) TETHER_STATUS_CONCAT_INNER_(x, y)
 
 // Returns the status from the enclosing function when `expr` is not OK.
-#define RETURN_IF_ERROR(expr)                          \
-  do {                                                 \
-    const ::absl::Status tether_status_ = (expr);      \
-    if (!tether_status_.ok()) return tether_status_;   \
+#define RETURN_IF_ERROR(expr)                        \
+  do {                                               \
+    const ::absl::Status tether_status_ = (expr);    \
+    if (!tether_status_.ok()) return tether_status_; \
   } while (0)
 
 // `ASSIGN_OR_RETURN(auto x, F());` binds the value of a StatusOr or returns its status.

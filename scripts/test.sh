@@ -2,7 +2,7 @@
 # Installs what is missing, builds everything and runs every test:
 #   1. bazel test //...            unit, property, server, end-to-end, deploy and smoke tests
 #   2. the core tests again under AddressSanitizer and ThreadSanitizer
-#   3. libFuzzer on the frame decoder and the handshake, bounded in time
+#   3. clang-format check; libFuzzer on the frame decoder and the handshake, bounded in time
 #   4. interop with the real OpenClaw node host, over ws:// and wss:// (npm packages; skipped
 #      only if the npm registry is unreachable)
 # Ends with one line "N passed, N failed"; exits non-zero when anything failed.
@@ -16,7 +16,8 @@ trap 'rm -f "$log"' EXIT
 
 # Runs `bazel test ARGS...` and adds its per-target results to the counts.
 bazel_tests() {
-  bazel test --jobs=2 "$@" 2>&1 | tee "$log"
+  # Cached results would be honest (same inputs) but CI should see every test run.
+  bazel test --jobs=2 --nocache_test_results "$@" 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local p f
   p=$(grep -cE '^//[^ ]+ +(\(cached\) )?PASSED' "$log")
@@ -51,6 +52,16 @@ bazel_tests --config=asan "${core[@]}"
 # absl::Mutex and would report every guarded access of a multi-threaded test.
 bazel_tests --config=tsan "${core[@]}"
 
+# House style: every C++ file as clang-format (Google, see .clang-format) would write it.
+format_check() {
+  local files
+  files=$(git ls-files '*.cc' '*.h' | grep -v '^third_party/')
+  # shellcheck disable=SC2086
+  clang-format --dry-run --Werror $files
+}
+if command -v clang-format >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null 2>&1; then
+  one_test "clang-format" format_check
+fi
 one_test "libFuzzer run" tests/ws_edge/protocol/fuzz/run_libfuzzer.sh 20
 # Exit 77 means the npm registry could not be reached.
 one_test "OpenClaw interop" tests/interop/openclaw_node_test.sh

@@ -7,9 +7,9 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
-#include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
@@ -104,14 +104,14 @@ std::string Ago(int64_t ms) {
 
 void PrintNodeRow(const tether::v1::Node& n) {
   std::printf("%-16.16s %-9s %-20.20s %-8.8s %-12.12s %-32s %s\n", n.node_id().c_str(),
-              n.connected() ? "connected" : "-", n.display_name().c_str(),
-              n.platform().c_str(), n.edge_id().c_str(), n.conn_id().c_str(),
-              Ago(n.last_seen_ms()).c_str());
+              n.connected() ? "connected" : "-", n.display_name().c_str(), n.platform().c_str(),
+              n.edge_id().c_str(), n.conn_id().c_str(), Ago(n.last_seen_ms()).c_str());
 }
 
 int Nodes(Registry::Stub& api) {
   tether::v1::ListNodesRequest req;
-  if (absl::GetFlag(FLAGS_connected)) req.set_connected(tether::v1::ListNodesRequest::CONNECTED_ONLY);
+  if (absl::GetFlag(FLAGS_connected))
+    req.set_connected(tether::v1::ListNodesRequest::CONNECTED_ONLY);
   if (absl::GetFlag(FLAGS_disconnected)) {
     req.set_connected(tether::v1::ListNodesRequest::DISCONNECTED_ONLY);
   }

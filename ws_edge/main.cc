@@ -9,23 +9,24 @@
 #include <tuple>
 
 #include "absl/flags/flag.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/env_flags.h"
 #include "common/http_server.h"
+#include "common/ids.h"
 #include "common/log.h"
 #include "common/metrics.h"
-#include "common/ids.h"
 #include "ws_edge/core/edge_core.h"
 #include "ws_edge/link/edge_link_client.h"
 #include "ws_edge/transport/worker_pool.h"
 #include "ws_edge/transport/ws_server.h"
 
-ABSL_FLAG(std::string, listen, "127.0.0.1:18789", "WebSocket listen address host:port (port 0: any)");
+ABSL_FLAG(std::string, listen, "127.0.0.1:18789",
+          "WebSocket listen address host:port (port 0: any)");
 ABSL_FLAG(std::string, registry, "127.0.0.1:7000", "registry gRPC address");
 ABSL_FLAG(std::string, edge_id, "", "this edge's stable id (default: edge-<hostname>)");
 ABSL_FLAG(std::string, shared_token_file, "",
@@ -130,8 +131,9 @@ int main(int argc, char** argv) {
   eo.max_payload = absl::GetFlag(FLAGS_max_payload);
   eo.max_buffered_bytes = absl::GetFlag(FLAGS_max_send_buffer_bytes);
   if (eo.tick_interval_ms < 100 || eo.handshake_timeout_ms < 100 || eo.max_payload < 1024) {
-    std::fprintf(stderr, "ws_edge: --tick_interval_ms, --handshake_timeout_ms >= 100 and "
-                         "--max_payload >= 1024 required\n");
+    std::fprintf(stderr,
+                 "ws_edge: --tick_interval_ms, --handshake_timeout_ms >= 100 and "
+                 "--max_payload >= 1024 required\n");
     return 2;
   }
 
@@ -230,8 +232,7 @@ int main(int argc, char** argv) {
     expose("tether_edge_handshakes_total{outcome=\"ok\"}", "Node handshakes by outcome",
            s.handshakes_ok);
     expose("tether_edge_handshakes_total{outcome=\"rejected\"}", "", s.handshakes_rejected);
-    expose("tether_edge_handshakes_total{outcome=\"unavailable\"}", "",
-           s.handshakes_unavailable);
+    expose("tether_edge_handshakes_total{outcome=\"unavailable\"}", "", s.handshakes_unavailable);
     expose("tether_edge_invokes_delivered_total", "Invoke requests written to node sockets",
            s.invokes_delivered);
     expose("tether_edge_invokes_undeliverable_total",
@@ -287,8 +288,9 @@ int main(int argc, char** argv) {
       sigwait(&stop, &sig);
       if (sig != SIGHUP) break;
       absl::Status s = server.ReloadTls();  // new sockets use the new certificate
-      tether::common::Log(s.ok() ? tether::common::LogLevel::kInfo : tether::common::LogLevel::kError,
-                          "tls_reload", {{"result", s.ok() ? "ok" : s.message()}});
+      tether::common::Log(
+          s.ok() ? tether::common::LogLevel::kInfo : tether::common::LogLevel::kError, "tls_reload",
+          {{"result", s.ok() ? "ok" : s.message()}});
     }
     std::fprintf(stderr, "ws_edge: signal %d, draining\n", sig);
     draining = true;

@@ -6,11 +6,11 @@
 //   grpc_health_probe --addr=127.0.0.1:7000 [--service=NAME] [--timeout_ms=2000]
 //
 // Exit status: 0 SERVING; 1 not serving, unreachable or any RPC error (printed on stderr).
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstdio>
@@ -96,8 +96,7 @@ int main(int argc, char** argv) {
   }
   const uint32_t serving = DecodeStatus(resp_bytes);
   if (serving != kServing) {
-    std::fprintf(stderr, "grpc_health_probe: %s: status %u, not SERVING\n", addr.c_str(),
-                 serving);
+    std::fprintf(stderr, "grpc_health_probe: %s: status %u, not SERVING\n", addr.c_str(), serving);
     return 1;
   }
   std::printf("SERVING\n");

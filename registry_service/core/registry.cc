@@ -75,13 +75,17 @@ absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
     if (common::LogEnabled(common::LogLevel::kDebug)) {
       const std::string gen = absl::StrCat(result->generation);
       common::Log(common::LogLevel::kDebug, "registered",
-                  {{"node_id", spec.node_id}, {"conn_id", spec.conn_id},
-                   {"edge_id", spec.edge_id}, {"generation", gen}});
+                  {{"node_id", spec.node_id},
+                   {"conn_id", spec.conn_id},
+                   {"edge_id", spec.edge_id},
+                   {"generation", gen}});
     }
   } else {
     stats_.registrations_refused.Add();
     common::Log(common::LogLevel::kInfo, "register_refused",
-                {{"node_id", spec.node_id}, {"conn_id", spec.conn_id}, {"edge_id", spec.edge_id},
+                {{"node_id", spec.node_id},
+                 {"conn_id", spec.conn_id},
+                 {"edge_id", spec.edge_id},
                  {"reason", result.ok() ? result->details_code : result.status().message()}});
   }
   Apply(effects);
@@ -125,8 +129,7 @@ void Registry::Undeliverable(const std::string& conn_id, const std::string& invo
 
 void Registry::Seen(const std::string& conn_id) { store_.Touch(conn_id, clock_.NowMs()); }
 
-absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id,
-                                              const std::string& epoch,
+absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const std::string& epoch,
                                               const std::vector<LiveConnection>& live) {
   Effects effects;
   auto result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
@@ -148,8 +151,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   InvokeResult base;
   base.idempotency_key =
       params.idempotency_key.empty() ? common::UniqueId() : params.idempotency_key;
-  int64_t timeout =
-      params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
+  int64_t timeout = params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
   timeout = std::min(timeout, options_.max_invoke_timeout_ms);
   base.effective_timeout_ms = timeout;
   if (params.node_id.empty() || params.command.empty()) {
@@ -192,8 +194,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         std::shared_ptr<EdgeSink> sink = SinkFor(r.dispatch.edge_id);
         if (sink == nullptr) {
           store_.FailInvoke(r.dispatch.invoke_id, "",
-                            Failure(InvokeCode::kDisconnected, "edge link down"), now,
-                            &effects);
+                            Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
         } else {
           sink->SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1));
         }
@@ -325,7 +326,7 @@ void Registry::PumpPresence() {
 // --- Plumbing --------------------------------------------------------------------------------
 
 absl::StatusOr<Device> Registry::ApprovePairing(const std::string& request_id,
-                                               const std::string& approved_by) {
+                                                const std::string& approved_by) {
   return store_.ApprovePairing(request_id, approved_by, clock_.NowMs());
 }
 
@@ -367,12 +368,16 @@ void Registry::Count(const Effects& effects) {
       case PresenceKind::kConnected:
         stats_.connected_nodes.fetch_add(1);
         common::Log(common::LogLevel::kDebug, "node_connected",
-                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
+                    {{"node_id", e.node_id},
+                     {"conn_id", e.conn_id},
+                     {"edge_id", e.edge_id},
                      {"generation", gen}});
         break;
       case PresenceKind::kReplaced:
         common::Log(common::LogLevel::kDebug, "node_replaced",
-                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
+                    {{"node_id", e.node_id},
+                     {"conn_id", e.conn_id},
+                     {"edge_id", e.edge_id},
                      {"generation", gen}});
         break;
       case PresenceKind::kDisconnected:
@@ -381,8 +386,11 @@ void Registry::Count(const Effects& effects) {
           if (e.reason == kDisconnectReasons[i]) stats_.disconnects[i].Add();
         }
         common::Log(common::LogLevel::kInfo, "node_disconnected",
-                    {{"node_id", e.node_id}, {"conn_id", e.conn_id}, {"edge_id", e.edge_id},
-                     {"generation", gen}, {"reason", e.reason}});
+                    {{"node_id", e.node_id},
+                     {"conn_id", e.conn_id},
+                     {"edge_id", e.edge_id},
+                     {"generation", gen},
+                     {"reason", e.reason}});
         break;
     }
   }

@@ -39,8 +39,8 @@ struct RegistryStats {
   common::Counter superseded_retired;    // replaced connections told to close
   common::Counter results_ignored;       // unmatched, late or duplicate results
   common::Counter resyncs;
-  common::Counter disconnects[4];        // by reason: disconnect, edge_lost, edge_drain, revoked
-  common::Counter invokes[8];            // by InvokeCode
+  common::Counter disconnects[4];  // by reason: disconnect, edge_lost, edge_drain, revoked
+  common::Counter invokes[8];      // by InvokeCode
   common::Histogram invoke_latency_ms{common::LatencyBucketsMs()};
   std::atomic<int64_t> connected_nodes{0};
   std::atomic<int64_t> edges_attached{0};
@@ -162,8 +162,8 @@ class Registry {
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
   std::shared_ptr<EdgeSink> SinkFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
 
-  Store& store_;                  // not owned
-  const common::Clock& clock_;    // not owned
+  Store& store_;                // not owned
+  const common::Clock& clock_;  // not owned
   const RegistryOptions options_;
   RegistryStats stats_;
 

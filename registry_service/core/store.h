@@ -60,7 +60,7 @@ struct RegisterResult {
 };
 
 struct CloseResult {
-  bool known = false;     // the connection was live in the table
+  bool known = false;      // the connection was live in the table
   bool was_owner = false;  // false: a stale close, which changed nothing about the owner
   std::string node_id;
 };
@@ -70,10 +70,10 @@ struct InvokeStart {
   std::string node_id;
   std::string command;
   std::string params_json;
-  std::string idempotency_key;  // never empty (the caller generates one)
+  std::string idempotency_key;    // never empty (the caller generates one)
   bool remember_outcome = false;  // keep the outcome for replays (the key came from the user)
-  int64_t timeout_ms = 0;       // already defaulted and clamped
-  int64_t deadline_ms = 0;      // absolute; min(now + timeout, the caller's deadline)
+  int64_t timeout_ms = 0;         // already defaulted and clamped
+  int64_t deadline_ms = 0;        // absolute; min(now + timeout, the caller's deadline)
 };
 
 struct InvokeStartResult {
@@ -135,8 +135,7 @@ class Store {
   virtual void FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
                                  int64_t now_ms, Effects* effects) = 0;
   // Reconciles the table with the connections an edge reports alive.
-  virtual absl::StatusOr<ResyncResult> Resync(const std::string& edge_id,
-                                              const std::string& epoch,
+  virtual absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                               const std::vector<LiveConnection>& live,
                                               int64_t now_ms, Effects* effects) = 0;
 
@@ -146,8 +145,8 @@ class Store {
   virtual absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec, int64_t now_ms,
                                                   Effects* effects) = 0;
   // The edge saw `conn_id` close. Only the owner's close changes presence.
-  virtual CloseResult Close(const std::string& edge_id, const std::string& conn_id,
-                            int64_t now_ms, Effects* effects) = 0;
+  virtual CloseResult Close(const std::string& edge_id, const std::string& conn_id, int64_t now_ms,
+                            Effects* effects) = 0;
   // Marks the node of `conn_id` as seen now (frames arrived).
   virtual void Touch(const std::string& conn_id, int64_t now_ms) = 0;
 
@@ -175,16 +174,14 @@ class Store {
   virtual PresenceSnapshot GetPresence() = 0;
   // Events with revision > `after`, at most `max`. kOutOfRange when `after` is older than the
   // retained history or newer than the head (the history was compacted or restarted).
-  virtual absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after,
-                                                                  size_t max) = 0;
+  virtual absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) = 0;
   virtual uint64_t HeadRevision() = 0;
 
   // --- Pairing -----------------------------------------------------------------------------
   virtual std::vector<PairingRequest> ListPairingRequests() = 0;
   virtual std::vector<Device> ListDevices() = 0;
   virtual absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
-                                                const std::string& approved_by,
-                                                int64_t now_ms) = 0;
+                                                const std::string& approved_by, int64_t now_ms) = 0;
   virtual absl::Status RejectPairing(const std::string& request_id) = 0;
   // Unpairs the device, invalidates its token and closes its connections (revoked).
   virtual absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,

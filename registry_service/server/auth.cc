@@ -104,7 +104,8 @@ grpc::Status ApiAuth::Authorize(const grpc::ServerContextBase& ctx, Scope needed
   }
   absl::string_view value(it->second.data(), it->second.size());
   if (!absl::ConsumePrefix(&value, "Bearer ") && !absl::ConsumePrefix(&value, "bearer ")) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization must be 'Bearer <token>'");
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "authorization must be 'Bearer <token>'");
   }
   const std::string digest = Digest(absl::StripAsciiWhitespace(value));
   absl::MutexLock lock(&mu_);

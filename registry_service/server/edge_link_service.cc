@@ -222,8 +222,8 @@ grpc::ServerBidiReactor<v1::EdgeMessage, v1::RegistryMessage>* EdgeLinkService::
     if (auth_context == nullptr || !auth_context->IsPeerAuthenticated()) {
       common::Log(common::LogLevel::kWarn, "edge_auth_failed",
                   {{"peer", context->peer()}, {"why", "no verified client certificate"}});
-      return new RefusedReactor(grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                                             "EdgeLink needs a client certificate"));
+      return new RefusedReactor(
+          grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "EdgeLink needs a client certificate"));
     }
   }
   if (grpc::Status s = auth_.Authorize(*context); !s.ok()) return new RefusedReactor(s);

@@ -4,11 +4,11 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "common/env_flags.h"
 #include "absl/strings/strip.h"
+#include "absl/synchronization/mutex.h"
+#include "common/env_flags.h"
 #include "common/log.h"
 #include "registry_service/server/auth.h"
 #include "registry_service/server/registry_server.h"
@@ -47,7 +47,8 @@ ABSL_FLAG(std::string, edge_listen, "",
 namespace {
 
 absl::Status Validate(const tether::registry::ServerOptions& o) {
-  if (o.store.lease_ttl_ms < 500) return absl::InvalidArgumentError("--lease_ttl_ms must be >= 500");
+  if (o.store.lease_ttl_ms < 500)
+    return absl::InvalidArgumentError("--lease_ttl_ms must be >= 500");
   if (o.registry.default_invoke_timeout_ms <= 0 || o.registry.max_invoke_timeout_ms <= 0) {
     return absl::InvalidArgumentError("invoke timeouts must be positive");
   }
@@ -140,10 +141,12 @@ int main(int argc, char** argv) {
                  "can call the API and attach as an edge\n");
   }
   if (o.store.auto_approve_all) {
-    std::fprintf(stderr, "registry_service: WARNING --auto_approve is on: any device key is paired\n");
+    std::fprintf(stderr,
+                 "registry_service: WARNING --auto_approve is on: any device key is paired\n");
   }
   std::printf("registry_service listening on port %d (store: memory)\n", *port);
-  if (!o.edge_listen.empty()) std::printf("registry_service EdgeLink on port %d\n", server.edge_port());
+  if (!o.edge_listen.empty())
+    std::printf("registry_service EdgeLink on port %d\n", server.edge_port());
   if (server.metrics_port() > 0) {
     std::printf("registry_service metrics on http://%s:%d/metrics\n", o.metrics_host.c_str(),
                 server.metrics_port());

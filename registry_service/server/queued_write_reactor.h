@@ -63,7 +63,8 @@ class QueuedWriteReactor : public Base {
       writing_ = false;
       if (!ok) {
         queue_.clear();
-        finish_now_ = BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+        finish_now_ =
+            BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
       } else if (!queue_.empty()) {
         writing_ = true;
         next = &queue_.front();

@@ -32,9 +32,9 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
     p.idempotency_key = req->idempotency_key();
     const auto deadline = ctx->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      p.caller_deadline_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                                 deadline.time_since_epoch())
-                                 .count();
+      p.caller_deadline_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline.time_since_epoch())
+              .count();
     }
     InvokeTicket ticket = registry_.Invoke(p, [this](const InvokeResult& r) { Complete(r); });
     absl::MutexLock lock(&mu_);
@@ -192,9 +192,9 @@ grpc::ServerUnaryReactor* RegistryApiService::ListPairingRequests(
   return Done(ctx, grpc::Status::OK);
 }
 
-grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(
-    grpc::CallbackServerContext* ctx, const v1::ApprovePairingRequest* req,
-    v1::ApprovePairingResponse* resp) {
+grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(grpc::CallbackServerContext* ctx,
+                                                             const v1::ApprovePairingRequest* req,
+                                                             v1::ApprovePairingResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
   const std::string by = req->approved_by().empty() ? "api" : req->approved_by();
   auto device = registry_.ApprovePairing(req->request_id(), by);

@@ -18,8 +18,8 @@ class RegistryApiService final : public v1::Registry::CallbackService {
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
                                       const v1::ListNodesRequest* req,
                                       v1::ListNodesResponse* resp) override;
-  grpc::ServerUnaryReactor* GetNode(grpc::CallbackServerContext* ctx,
-                                    const v1::GetNodeRequest* req, v1::Node* resp) override;
+  grpc::ServerUnaryReactor* GetNode(grpc::CallbackServerContext* ctx, const v1::GetNodeRequest* req,
+                                    v1::Node* resp) override;
   grpc::ServerUnaryReactor* InvokeNode(grpc::CallbackServerContext* ctx,
                                        const v1::InvokeNodeRequest* req,
                                        v1::InvokeNodeResponse* resp) override;

@@ -123,10 +123,9 @@ void RegistryServer::ExposeMetrics() {
                   &s.results_ignored);
   metrics_.Expose("tether_registry_resyncs_total", "Edge resyncs", &s.resyncs);
   for (int i = 0; i < 4; ++i) {
-    metrics_.Expose(std::string("tether_registry_disconnects_total{reason=\"") +
-                        kDisconnectReasons[i] + "\"}",
-                    "Nodes that lost their owning connection (edge_lost: lease expiry)",
-                    &s.disconnects[i]);
+    metrics_.Expose(
+        std::string("tether_registry_disconnects_total{reason=\"") + kDisconnectReasons[i] + "\"}",
+        "Nodes that lost their owning connection (edge_lost: lease expiry)", &s.disconnects[i]);
   }
   for (int i = 0; i < 8; ++i) {
     metrics_.Expose(std::string("tether_registry_invokes_total{outcome=\"") +

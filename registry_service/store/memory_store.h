@@ -35,8 +35,8 @@ class MemoryStore final : public Store {
                           int64_t now_ms) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch, int64_t now_ms,
                          Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
-  void FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
-                         int64_t now_ms, Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
+  void FailInvokesOnEdge(const std::string& edge_id, const std::string& message, int64_t now_ms,
+                         Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                       const std::vector<LiveConnection>& live, int64_t now_ms,
                                       Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -45,8 +45,8 @@ class MemoryStore final : public Store {
   CloseResult Close(const std::string& edge_id, const std::string& conn_id, int64_t now_ms,
                     Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   void Touch(const std::string& conn_id, int64_t now_ms) override ABSL_LOCKS_EXCLUDED(mu_);
-  InvokeStartResult StartInvoke(const InvokeStart& start, int64_t now_ms,
-                                Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
+  InvokeStartResult StartInvoke(const InvokeStart& start, int64_t now_ms, Effects* effects) override
+      ABSL_LOCKS_EXCLUDED(mu_);
   bool SettleInvoke(const std::string& invoke_id, const std::string& node_id,
                     const std::string& conn_id, const InvokeOutcome& outcome, int64_t now_ms,
                     Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -56,8 +56,7 @@ class MemoryStore final : public Store {
   void Expire(int64_t now_ms, Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
                      int page_size) override ABSL_LOCKS_EXCLUDED(mu_);
-  absl::StatusOr<NodeView> GetNode(const std::string& node_id) override
-      ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<NodeView> GetNode(const std::string& node_id) override ABSL_LOCKS_EXCLUDED(mu_);
   PresenceSnapshot GetPresence() override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -126,8 +125,8 @@ class MemoryStore final : public Store {
   void SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes a pending invoke and records its outcome; returns false if it was not pending.
-  bool Finish(const std::string& invoke_id, InvokeOutcome outcome, int64_t now_ms,
-              Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool Finish(const std::string& invoke_id, InvokeOutcome outcome, int64_t now_ms, Effects* effects)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeRetire(Conn& conn, Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   NodeView View(const NodeRecord& node) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Paired(const std::string& node_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -142,7 +141,7 @@ class MemoryStore final : public Store {
   absl::flat_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, DeviceRecord> devices_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);  // revoked in this life
+  absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);       // revoked in this life
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id
   absl::flat_hash_map<std::string, Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<int64_t, std::string>> deadlines_ ABSL_GUARDED_BY(mu_);

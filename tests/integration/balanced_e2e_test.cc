@@ -63,7 +63,8 @@ TEST_F(BalancedTest, ReconnectRaceThroughTheBalancer) {
   PresenceWatcher watch(c_.api(), c_.Revision());
   auto first = c_.ReadyNodeAt(creds, lb_);
   auto second = c_.ReadyNodeAt(creds, lb_);  // least_conn: most likely the other edge
-  ASSERT_TRUE(Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == second->conn_id(); }));
+  ASSERT_TRUE(
+      Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == second->conn_id(); }));
   first->Close(1000, "late");
   auto ok = c_.Invoke(creds.node_id());
   ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
@@ -90,11 +91,12 @@ TEST_F(BalancedTest, KilledEdgeLosesItsNodesWithinTheLeaseAndTheyComeBackThrough
   EXPECT_LT(std::chrono::steady_clock::now() - killed_at, std::chrono::seconds(5));
   // Every node of edge A is shown disconnected with edge_lost within lease TTL + a heartbeat.
   for (int i = 0; i < kNodes; i += 2) {
-    ASSERT_TRUE(watch.WaitFor(creds[i]->node_id(), v1::PresenceEvent::DISCONNECTED, 1,
-                              absl::Seconds(5)))
+    ASSERT_TRUE(
+        watch.WaitFor(creds[i]->node_id(), v1::PresenceEvent::DISCONNECTED, 1, absl::Seconds(5)))
         << i;
   }
-  EXPECT_LT(std::chrono::steady_clock::now() - killed_at, std::chrono::milliseconds(2000 + 500 + 1500));
+  EXPECT_LT(std::chrono::steady_clock::now() - killed_at,
+            std::chrono::milliseconds(2000 + 500 + 1500));
   for (const auto& e : watch.events()) EXPECT_EQ(e.reason(), "edge_lost");
   for (int i = 1; i < kNodes; i += 2) EXPECT_TRUE(c_.Connected(creds[i]->node_id()));
   // They reconnect through the balancer, which skips the dead edge.
@@ -116,7 +118,8 @@ TEST_F(BalancedTest, DrainedEdgeHandsItsNodesToTheOtherWithoutLosingInvokes) {
   // Invokes in flight while the edge drains: each ends with a result or a typed error.
   std::vector<std::future<testing::InvokeOutcome>> calls;
   for (int i = 0; i < kNodes; ++i) {
-    calls.push_back(std::async(std::launch::async, [&, i] { return c_.Invoke(creds[i]->node_id(), 5000); }));
+    calls.push_back(
+        std::async(std::launch::async, [&, i] { return c_.Invoke(creds[i]->node_id(), 5000); }));
   }
   c_.edge("edgeA").Signal(SIGTERM);
   for (int i = 0; i < kNodes; ++i) {
@@ -128,7 +131,8 @@ TEST_F(BalancedTest, DrainedEdgeHandsItsNodesToTheOtherWithoutLosingInvokes) {
   for (auto& f : calls) {
     auto r = f.get();
     if (!r.status.ok()) {
-      EXPECT_TRUE(r.error_code == "DISCONNECTED" || r.error_code == "NOT_CONNECTED") << r.error_code;
+      EXPECT_TRUE(r.error_code == "DISCONNECTED" || r.error_code == "NOT_CONNECTED")
+          << r.error_code;
     }
   }
   EXPECT_EQ(c_.edge("edgeA").Wait(absl::Seconds(10)), 0);  // exited cleanly

@@ -50,7 +50,8 @@ TEST_F(EdgeE2ETest, LateCloseOfTheOldSocketDoesNotUnregisterTheNewSession) {
   ASSERT_TRUE(old_socket->WaitForInvokeCount(1, absl::Seconds(5)).ok());
 
   auto new_socket = c_.ReadyNode(creds, "edgeA");
-  ASSERT_TRUE(Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == new_socket->conn_id(); }));
+  ASSERT_TRUE(
+      Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == new_socket->conn_id(); }));
   ASSERT_TRUE(old_socket->Close(1000, "late").ok());  // the late close
   auto failed = pending.get();
   EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::ABORTED);
@@ -70,9 +71,11 @@ TEST_F(EdgeE2ETest, LateCloseOfTheOldSocketDoesNotUnregisterTheNewSession) {
   const std::string reg = testing::HttpGet(testing::MetricsPort(c_.registry()), "/metrics");
   EXPECT_EQ(testing::MetricValue(reg, "tether_registry_closes_total{kind=\"stale_ignored\"}"), 1)
       << reg;
-  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_disconnects_total{reason=\"disconnect\"}"), 0);
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_disconnects_total{reason=\"disconnect\"}"),
+            0);
   EXPECT_EQ(testing::MetricValue(reg, "tether_registry_connected_nodes"), 1);
-  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_invokes_total{outcome=\"DISCONNECTED\"}"), 1);
+  EXPECT_EQ(testing::MetricValue(reg, "tether_registry_invokes_total{outcome=\"DISCONNECTED\"}"),
+            1);
   EXPECT_NE(reg.find("tether_registry_invoke_latency_ms_bucket{le=\"+Inf\"} 2"), std::string::npos);
   const std::string edge = testing::HttpGet(testing::MetricsPort(c_.edge("edgeA")), "/metrics");
   EXPECT_EQ(testing::MetricValue(edge, "tether_edge_live_connections"), 1) << edge;
@@ -109,9 +112,8 @@ TEST_F(EdgeE2ETest, HalfOpenOldSocketIsRetiredAsReplaced) {
 // Opens a raw socket and returns it with its challenge.
 std::pair<std::unique_ptr<NodeClient>, edge::client::Challenge> RawSocket(
     Cluster& c, DeviceCredentials& creds) {
-  auto node = c.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
-    o.auto_connect = false;
-  });
+  auto node =
+      c.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) { o.auto_connect = false; });
   auto ch = node->WaitForChallenge(absl::Seconds(5));
   EXPECT_TRUE(ch.ok()) << ch.status();
   return {std::move(node), ch.ok() ? *ch : edge::client::Challenge{}};
@@ -167,8 +169,8 @@ TEST_F(EdgeE2ETest, HostileHandshakesGetTheDocumentedErrorsAndHarmNoOne) {
   }
   {  // No token at all.
     auto [s, ch] = RawSocket(c_, mallory);
-    json p = edge::client::BuildConnectParams(opts, mallory.identity(), ch, std::nullopt,
-                                              std::nullopt);
+    json p =
+        edge::client::BuildConnectParams(opts, mallory.identity(), ch, std::nullopt, std::nullopt);
     EXPECT_EQ(Refusal(*s, p), std::make_pair(std::string("AUTH_TOKEN_MISSING"), 1008));
   }
   {  // An operator is pointed at the gRPC API.
@@ -210,22 +212,23 @@ TEST_F(EdgeE2ETest, AResultForAnotherNodesInvokeChangesNothing) {
   DeviceCredentials victim_creds, mallory_creds;
   auto victim = SilentNode(victim_creds);
   auto mallory = c_.ReadyNode(mallory_creds, "edgeA");
-  auto pending = std::async(std::launch::async, [&] { return c_.Invoke(victim_creds.node_id(), 3000); });
+  auto pending =
+      std::async(std::launch::async, [&] { return c_.Invoke(victim_creds.node_id(), 3000); });
   ASSERT_TRUE(victim->WaitForInvokeCount(1, absl::Seconds(5)).ok());
   edge::protocol::InvokeRequest stolen = victim->invoke_requests()[0];
   // Claiming the victim's node id is refused outright.
   auto id = mallory->SendRequest("node.invoke.result", json{{"id", stolen.id},
-                                                           {"nodeId", victim_creds.node_id()},
-                                                           {"ok", true},
-                                                           {"payloadJSON", "\"pwned\""}});
+                                                            {"nodeId", victim_creds.node_id()},
+                                                            {"ok", true},
+                                                            {"payloadJSON", "\"pwned\""}});
   auto res = mallory->WaitForResponse(*id, absl::Seconds(5));
   ASSERT_TRUE(res.ok());
   EXPECT_EQ(res->error->message, "nodeId mismatch");
   // With its own id it is answered "ignored" (wrong node and connection for that invoke).
   auto id2 = mallory->SendRequest("node.invoke.result", json{{"id", stolen.id},
-                                                            {"nodeId", mallory_creds.node_id()},
-                                                            {"ok", true},
-                                                            {"payloadJSON", "\"pwned\""}});
+                                                             {"nodeId", mallory_creds.node_id()},
+                                                             {"ok", true},
+                                                             {"payloadJSON", "\"pwned\""}});
   auto res2 = mallory->WaitForResponse(*id2, absl::Seconds(5));
   ASSERT_TRUE(res2.ok());
   EXPECT_EQ(res2->payload, json({{"ok", true}, {"ignored", true}}));
@@ -277,9 +280,8 @@ TEST_F(EdgeE2ETest, DeviceTokenReconnectAndRevocation) {
     ASSERT_TRUE(creds.device_token().has_value());
   }
   // Without the shared token, the device token from hello-ok lets it back in.
-  auto again = c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
-    o.shared_token.reset();
-  });
+  auto again =
+      c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) { o.shared_token.reset(); });
   ASSERT_TRUE(again->Connect(absl::Seconds(10)).ok());
   EXPECT_EQ((*again->hello())["auth"]["method"], "device-token");
   // Revoke: the live socket is closed and the token stops working.
@@ -290,9 +292,8 @@ TEST_F(EdgeE2ETest, DeviceTokenReconnectAndRevocation) {
   auto closed = again->WaitForClose(absl::Seconds(5));
   ASSERT_TRUE(closed.ok());
   EXPECT_EQ(closed->code, 1008);
-  auto third = c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
-    o.shared_token.reset();
-  });
+  auto third =
+      c_.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) { o.shared_token.reset(); });
   EXPECT_FALSE(third->Connect(absl::Seconds(10)).ok());
   ASSERT_TRUE(third->connect_error().has_value());
   EXPECT_EQ(third->connect_error()->details["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
@@ -315,13 +316,14 @@ TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreIsHealedByResync) {
   PresenceWatcher watch(c_.api(), c_.Revision());
   auto ok = c_.Invoke(creds.node_id());
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
-  EXPECT_EQ(node->state(), NodeClient::State::kReady);  // its socket never noticed
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);           // its socket never noticed
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past a lease TTL
   EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
   EXPECT_TRUE(c_.Connected(creds.node_id()));
   // A watcher resuming from the old registry's revision is told to re-list.
   PresenceWatcher stale(c_.api(), old_revision);
-  ASSERT_TRUE(Eventually([&] { return stale.status().error_code() == grpc::StatusCode::OUT_OF_RANGE; }));
+  ASSERT_TRUE(
+      Eventually([&] { return stale.status().error_code() == grpc::StatusCode::OUT_OF_RANGE; }));
 }
 
 TEST_F(EdgeE2ETest, KilledEdgeLosesItsNodesWithinTheLeaseAndInvokesFailFast) {
@@ -357,7 +359,9 @@ TEST_F(PairingE2ETest, UnknownDeviceWaitsForApprovalThroughTheApi) {
   v1::ApprovePairingRequest req;
   req.set_request_id(request_id);
   v1::ApprovePairingResponse resp;
-  ASSERT_TRUE(c_.api().ApprovePairing(testing::AuthedContext(testing::kPairingToken).get(), req, &resp).ok());
+  ASSERT_TRUE(c_.api()
+                  .ApprovePairing(testing::AuthedContext(testing::kPairingToken).get(), req, &resp)
+                  .ok());
   auto second = c_.ReadyNode(creds, "edgeA");
   EXPECT_TRUE(c_.Connected(creds.node_id()));
   EXPECT_TRUE(c_.GetNode(creds.node_id())->paired());

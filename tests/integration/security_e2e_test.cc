@@ -1,27 +1,27 @@
 // Who may call what: API tokens and scopes, edge authentication (secret, mutual TLS), TLS.
 #include <atomic>
 #include <csignal>
-#include <thread>
 #include <fstream>
 #include <functional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/testing/cluster.h"
 #include "tests/testing/fake_edge.h"
 #include "tests/testing/pki.h"
 #include "ws_edge/client/connect_request.h"
-#include "nlohmann/json.hpp"
 
 namespace tether {
 namespace {
 
 using edge::client::DeviceCredentials;
+using nlohmann::json;
 using testing::AuthedContext;
 using testing::Cluster;
 using testing::Eventually;
-using nlohmann::json;
 
 class SecurityTest : public ::testing::Test {
  protected:
@@ -47,7 +47,10 @@ TEST_F(SecurityTest, EveryRpcNeedsATokenWithItsScope) {
   };
   const std::vector<Case> cases = {
       {"ListNodes", "read", testing::kWriteToken, testing::kReadToken,
-       [&](grpc::ClientContext* c) { v1::ListNodesResponse r; return api.ListNodes(c, {}, &r); }},
+       [&](grpc::ClientContext* c) {
+         v1::ListNodesResponse r;
+         return api.ListNodes(c, {}, &r);
+       }},
       {"GetNode", "read", testing::kPairingToken, testing::kReadToken,
        [&](grpc::ClientContext* c) {
          v1::GetNodeRequest q;
@@ -56,7 +59,10 @@ TEST_F(SecurityTest, EveryRpcNeedsATokenWithItsScope) {
          return api.GetNode(c, q, &r);
        }},
       {"GetPresence", "read", testing::kWriteToken, testing::kReadToken,
-       [&](grpc::ClientContext* c) { v1::GetPresenceResponse r; return api.GetPresence(c, {}, &r); }},
+       [&](grpc::ClientContext* c) {
+         v1::GetPresenceResponse r;
+         return api.GetPresence(c, {}, &r);
+       }},
       {"WatchPresence", "read", testing::kWriteToken, testing::kReadToken,
        [&](grpc::ClientContext* c) {
          // A refused watch ends at once; an accepted one stays open until its deadline.
@@ -82,7 +88,10 @@ TEST_F(SecurityTest, EveryRpcNeedsATokenWithItsScope) {
          return api.ListPairingRequests(c, {}, &r);
        }},
       {"ListDevices", "read", testing::kWriteToken, testing::kReadToken,
-       [&](grpc::ClientContext* c) { v1::ListDevicesResponse r; return api.ListDevices(c, {}, &r); }},
+       [&](grpc::ClientContext* c) {
+         v1::ListDevicesResponse r;
+         return api.ListDevices(c, {}, &r);
+       }},
       {"RejectPairing", "pairing", testing::kReadToken, testing::kPairingToken,
        [&](grpc::ClientContext* c) {
          v1::RejectPairingRequest q;
@@ -140,7 +149,8 @@ TEST_F(SecurityTest, TokensAreReloadedOnSighup) {
   // A broken file keeps the tokens that work.
   std::ofstream(file) << fresh << " superuser\n";
   c_.registry().Signal(SIGHUP);
-  EXPECT_TRUE(Eventually([&] { return c_.registry().Log().find("unknown scope") != std::string::npos; }));
+  EXPECT_TRUE(
+      Eventually([&] { return c_.registry().Log().find("unknown scope") != std::string::npos; }));
   EXPECT_EQ(list(fresh), grpc::StatusCode::OK);
   EXPECT_EQ(c_.registry().Log().find(fresh), std::string::npos);  // never logged
 }
@@ -169,8 +179,8 @@ TEST_F(SecurityTest, EdgesWithoutTheSecretCannotAttach) {
 TEST(SecurityFloodTest, BadHandshakeFloodFromOneAddressDoesNotStarveOthers) {
   Cluster c;
   c.StartRegistry({"--auto_approve"});
-  c.StartEdge("edgeA", {"--handshake_rate_per_ip=20", "--handshake_burst=20",
-                        "--failed_handshake_cost=5"});
+  c.StartEdge("edgeA",
+              {"--handshake_rate_per_ip=20", "--handshake_burst=20", "--failed_handshake_cost=5"});
   std::atomic<bool> stop{false};
   std::atomic<int> attempts{0};
   std::thread flood([&] {
@@ -243,10 +253,10 @@ TEST(SecurityTlsTest, MutualTlsForEdgesAndTlsForTheApi) {
             "--registry_key_file=" + pki.Path("rogue.key")}),
       {std::string("TETHER_SHARED_TOKEN=") + testing::kTestToken});
   // An edge with no certificate at all neither.
-  testing::ChildProcess bare(
-      "ws_edge/ws_edge",
-      with({"--listen=127.0.0.1:0", "--edge_id=bare", "--edge_secret_file=" + c.edge_secret_file()}),
-      {std::string("TETHER_SHARED_TOKEN=") + testing::kTestToken});
+  testing::ChildProcess bare("ws_edge/ws_edge",
+                             with({"--listen=127.0.0.1:0", "--edge_id=bare",
+                                   "--edge_secret_file=" + c.edge_secret_file()}),
+                             {std::string("TETHER_SHARED_TOKEN=") + testing::kTestToken});
   ASSERT_TRUE(rogue.WaitForPort(absl::Seconds(20)).ok());
   ASSERT_TRUE(bare.WaitForPort(absl::Seconds(20)).ok());
   std::this_thread::sleep_for(std::chrono::seconds(2));

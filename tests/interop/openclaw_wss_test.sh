@@ -12,6 +12,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null; done
   sleep 0.5
   for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
   [[ ${1:-0} -eq 0 && -z ${TETHER_INTEROP_KEEP:-} ]] && rm -rf "$tmp"
 }
 fail() { echo "openclaw_wss: FAIL: $*"; for f in "$tmp"/*.log; do echo "--- $f"; tail -20 "$f"; done; cleanup 1; exit 1; }

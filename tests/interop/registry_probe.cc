@@ -11,8 +11,8 @@
 //
 // --token=T (or env TETHER_API_TOKEN) sends "authorization: Bearer T" with every call.
 // Exit status: 0 ok, 1 the RPC failed, 2 bad usage.
-#include <grpcpp/grpcpp.h>
 #include <google/protobuf/util/json_util.h>
+#include <grpcpp/grpcpp.h>
 
 #include <chrono>
 #include <cstdio>

@@ -7,9 +7,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
-#include <cstdlib>
 
 #include "gtest/gtest.h"
 
@@ -71,8 +71,8 @@ int PresenceWatcher::Count(const std::string& node_id, v1::PresenceEvent::Kind k
   return n;
 }
 
-bool PresenceWatcher::WaitFor(const std::string& node_id, v1::PresenceEvent::Kind kind,
-                              int count, absl::Duration timeout) {
+bool PresenceWatcher::WaitFor(const std::string& node_id, v1::PresenceEvent::Kind kind, int count,
+                              absl::Duration timeout) {
   return Eventually([&] { return Count(node_id, kind) >= count; }, timeout);
 }
 
@@ -107,8 +107,8 @@ int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
   auto p = registry_->WaitForPort(absl::Seconds(20));
   EXPECT_TRUE(p.ok()) << p.status();
   registry_port_ = p.ok() ? *p : 0;
-  api_ = v1::Registry::NewStub(grpc::CreateChannel(
-      "127.0.0.1:" + std::to_string(registry_port_), grpc::InsecureChannelCredentials()));
+  api_ = v1::Registry::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(registry_port_),
+                                                   grpc::InsecureChannelCredentials()));
   return registry_port_;
 }
 
@@ -119,22 +119,25 @@ void Cluster::StopRegistry(int sig) {
 
 int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
   // Every test node comes from 127.0.0.1: per-address handshake limits are tested on their own.
-  std::vector<std::string> args = {"--listen=127.0.0.1:0", "--metrics_port=0",
+  std::vector<std::string> args = {"--listen=127.0.0.1:0",
+                                   "--metrics_port=0",
                                    "--handshake_rate_per_ip=0",
                                    "--edge_secret_file=" + edge_secret_file_,
                                    "--registry=127.0.0.1:" + std::to_string(registry_port_),
                                    "--edge_id=" + edge_id};
   args.insert(args.end(), flags.begin(), flags.end());
   auto proc = std::make_unique<ChildProcess>(
-      kEdgeBinary, args, std::vector<std::string>{std::string("TETHER_SHARED_TOKEN=") + kTestToken});
+      kEdgeBinary, args,
+      std::vector<std::string>{std::string("TETHER_SHARED_TOKEN=") + kTestToken});
   auto p = proc->WaitForPort(absl::Seconds(20));
   EXPECT_TRUE(p.ok()) << p.status();
   edges_[edge_id] = std::move(proc);
   edge_ports_[edge_id] = p.ok() ? *p : 0;
   // A node can only register through an attached edge.
   ChildProcess* edge = edges_[edge_id].get();
-  EXPECT_TRUE(Eventually([edge] { return edge->Log().find("registry_link_up") != std::string::npos; }))
-      << edge->Log();
+  EXPECT_TRUE(Eventually([edge] {
+    return edge->Log().find("registry_link_up") != std::string::npos;
+  })) << edge->Log();
   return edge_ports_[edge_id];
 }
 
@@ -164,8 +167,9 @@ int Cluster::StartBalancer(const std::vector<std::string>& edge_ids) {
       std::vector<std::string>{"-p", prefix, "-c", prefix + "/nginx.conf", "-e", "stderr"},
       std::vector<std::string>{}, /*port_file_flag=*/false);
   const int port = balancer_port_;
-  EXPECT_TRUE(Eventually([port] { return HttpGet(port, "/lb-healthz").find("200") != std::string::npos; }))
-      << balancer_->Log();
+  EXPECT_TRUE(Eventually([port] {
+    return HttpGet(port, "/lb-healthz").find("200") != std::string::npos;
+  })) << balancer_->Log();
   return balancer_port_;
 }
 
@@ -188,8 +192,8 @@ std::unique_ptr<edge::client::NodeClient> Cluster::NodeAt(
   return node;
 }
 
-std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNode(
-    edge::client::DeviceCredentials& creds, const std::string& edge_id) {
+std::unique_ptr<edge::client::NodeClient> Cluster::ReadyNode(edge::client::DeviceCredentials& creds,
+                                                             const std::string& edge_id) {
   return ReadyNodeAt(creds, edge_ports_.at(edge_id));
 }
 

@@ -105,10 +105,10 @@ class Cluster {
       edge::client::DeviceCredentials& creds, int port,
       std::function<void(edge::client::NodeClientOptions&)> tweak = nullptr);
   std::unique_ptr<edge::client::NodeClient> ReadyNodeAt(edge::client::DeviceCredentials& creds,
-                                                       int port);
+                                                        int port);
   // A node client that answers every invoke with {"ok":true,"by":<conn id>} and is connected.
   std::unique_ptr<edge::client::NodeClient> ReadyNode(edge::client::DeviceCredentials& creds,
-                                                     const std::string& edge_id);
+                                                      const std::string& edge_id);
 
   std::optional<v1::Node> GetNode(const std::string& node_id);
   bool Connected(const std::string& node_id);

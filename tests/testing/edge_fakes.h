@@ -5,8 +5,8 @@
 
 #include <functional>
 #include <map>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "proto/tether/v1/edge_link.pb.h"

@@ -24,12 +24,12 @@ bool MakePki(const std::string& dir, Pki* out) {
                                       "extendedKeyUsage=serverAuth\n";
   std::ofstream(d + "/client.ext") << "extendedKeyUsage=clientAuth\n";
   auto key = [&](const std::string& name) {
-    return "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + d + "/" +
-           name + ".key";
+    return "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " + d + "/" + name +
+           ".key";
   };
   auto ca = [&](const std::string& name, const std::string& cn) {
-    return key(name) + " && openssl req -x509 -new -key " + d + "/" + name + ".key -days 2 -subj /CN=" +
-           cn + " -out " + d + "/" + name + ".pem";
+    return key(name) + " && openssl req -x509 -new -key " + d + "/" + name +
+           ".key -days 2 -subj /CN=" + cn + " -out " + d + "/" + name + ".pem";
   };
   auto leaf = [&](const std::string& name, const std::string& cn, const std::string& ca_name,
                   const std::string& ext) {

@@ -19,8 +19,8 @@ namespace tether::testing {
 std::string TempPath(const std::string& stem) {
   static std::atomic<int> counter{0};
   const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir != nullptr ? dir : "/tmp") + "/" + stem + "." +
-         std::to_string(getpid()) + "." + std::to_string(counter++);
+  return std::string(dir != nullptr ? dir : "/tmp") + "/" + stem + "." + std::to_string(getpid()) +
+         "." + std::to_string(counter++);
 }
 
 int FreePort() {

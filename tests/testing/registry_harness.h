@@ -23,9 +23,8 @@ class RegistryHarness {
  public:
   explicit RegistryHarness(registry::StoreOptions options = DefaultOptions())
       : store_(options, clock_.NowMs()), registry_(store_, clock_, registry::RegistryOptions{}) {
-    auto watch = registry_.Watch(0, [this](const registry::PresenceEvent& e) {
-      events_.push_back(e);
-    });
+    auto watch =
+        registry_.Watch(0, [this](const registry::PresenceEvent& e) { events_.push_back(e); });
     EXPECT_TRUE(watch.ok());
   }
 

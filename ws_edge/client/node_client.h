@@ -102,9 +102,9 @@ struct NodeClientOptions {
   // Runs on the loop thread (so it delays every client of that loop while it runs). Default:
   // answer ok without a payload.
   InvokeHandler on_invoke;
-  std::function<void()> on_ready;                   // after hello-ok, on the loop thread
+  std::function<void()> on_ready;                      // after hello-ok, on the loop thread
   std::function<void(const Challenge&)> on_challenge;  // the first one, on the loop thread
-  std::function<void(const CloseInfo&)> on_closed;  // on the loop thread
+  std::function<void(const CloseInfo&)> on_closed;     // on the loop thread
 };
 
 // One socket of one node, driven by a ClientLoop; a reconnect is a new NodeClient with the same

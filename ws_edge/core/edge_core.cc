@@ -91,9 +91,8 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
   conn.loopback = loopback;
   by_conn_id_[conn.conn_id] = socket;
   stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
-  SendFrame(conn, protocol::EncodeEvent("connect.challenge",
-                                        protocol::BuildConnectChallenge(conn.nonce,
-                                                                        conn.opened_ms)));
+  SendFrame(conn, protocol::EncodeEvent("connect.challenge", protocol::BuildConnectChallenge(
+                                                                 conn.nonce, conn.opened_ms)));
 }
 
 void EdgeCore::OnMessage(uint64_t socket, const std::string& text) {
@@ -140,9 +139,9 @@ void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection)
   stats_.handshakes_rejected.Add();
   limiter_.ChargeFailure(HostOf(conn.remote_addr), clock_.NowMs());
   const nlohmann::json& d = rejection.error.details;
-  const std::string detail =
-      d.is_object() && d.contains("code") && d["code"].is_string() ? d["code"].get<std::string>()
-                                                                     : "";
+  const std::string detail = d.is_object() && d.contains("code") && d["code"].is_string()
+                                 ? d["code"].get<std::string>()
+                                 : "";
   common::Log(common::LogLevel::kInfo, "handshake_rejected",
               {{"conn_id", conn.conn_id},
                {"remote", conn.remote_addr},
@@ -244,8 +243,9 @@ void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
 void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
   auto frame = protocol::ParseFrame(text);
   if (!frame.ok()) {
-    SendFrame(conn, protocol::EncodeResponseError(
-                        "", InvalidRequest("invalid frame: " + std::string(frame.status().message()))));
+    SendFrame(conn,
+              protocol::EncodeResponseError(
+                  "", InvalidRequest("invalid frame: " + std::string(frame.status().message()))));
     return;
   }
   if (frame->type != protocol::FrameType::kRequest) {
@@ -275,8 +275,8 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
     SendFrame(conn, protocol::EncodeResponseError(frame->id, InvalidRequest("already connected")));
   } else {
     // What the node host expects from a gateway without the method: it stops asking.
-    SendFrame(conn,
-              protocol::EncodeResponseError(frame->id, InvalidRequest("unknown method: " + method)));
+    SendFrame(conn, protocol::EncodeResponseError(frame->id,
+                                                  InvalidRequest("unknown method: " + method)));
   }
 }
 
@@ -338,8 +338,8 @@ void EdgeCore::OnLinkDown() {
   // The registry fails invokes in flight on a lost link, so these results cannot count.
   for (const auto& [request, ack] : awaiting_ack_) {
     if (Conn* conn = Find(ack.socket)) {
-      SendFrame(*conn, protocol::EncodeResponseOk(ack.frame_id,
-                                                  json{{"ok", true}, {"ignored", true}}));
+      SendFrame(*conn,
+                protocol::EncodeResponseOk(ack.frame_id, json{{"ok", true}, {"ignored", true}}));
     }
   }
   awaiting_ack_.clear();
@@ -405,10 +405,9 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
     case v1::RegistryMessage::kEvent: {
       Conn* conn = FindByConnId(m.event().conn_id());
       if (conn != nullptr && conn->state == State::kLive) {
-        SendFrame(*conn, protocol::EncodeEventRaw(m.event().event(),
-                                                  m.event().payload_json().empty()
-                                                      ? "null"
-                                                      : m.event().payload_json()));
+        SendFrame(*conn, protocol::EncodeEventRaw(
+                             m.event().event(),
+                             m.event().payload_json().empty() ? "null" : m.event().payload_json()));
       }
       return;
     }

@@ -119,8 +119,7 @@ class EdgeCore {
   void Reject(Conn& conn, const protocol::HandshakeRejection& rejection);
   void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why);
   void HandleConnect(Conn& conn, const std::string& text);
-  void FinishConnect(uint64_t socket, const std::string& conn_id,
-                     protocol::HandshakeResult result);
+  void FinishConnect(uint64_t socket, const std::string& conn_id, protocol::HandshakeResult result);
   void HandleLiveFrame(Conn& conn, const std::string& text);
   void HandleInvokeResult(Conn& conn, const std::string& frame_id, const nlohmann::json& params);
   void HandleRegisterOutcome(const v1::RegisterOutcome& outcome);
@@ -130,11 +129,11 @@ class EdgeCore {
   void AnswerAck(uint64_t request_id, bool ignored);
 
   const EdgeOptions options_;
-  Downstream& downstream_;       // not owned
-  RegistryLink& link_;           // not owned
-  const common::Clock& clock_;   // not owned
+  Downstream& downstream_;      // not owned
+  RegistryLink& link_;          // not owned
+  const common::Clock& clock_;  // not owned
   InlineOffload inline_offload_;
-  Offload& offload_;             // not owned (or inline_offload_)
+  Offload& offload_;  // not owned (or inline_offload_)
   const int64_t started_ms_;
   bool link_up_ = false;
   bool draining_ = false;

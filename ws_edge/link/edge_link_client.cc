@@ -119,7 +119,9 @@ EdgeLinkClient::EdgeLinkClient(const LinkOptions& options, LinkCallbacks callbac
 
 EdgeLinkClient::~EdgeLinkClient() { Stop(); }
 
-void EdgeLinkClient::Start() { supervisor_ = std::thread([this] { Supervise(); }); }
+void EdgeLinkClient::Start() {
+  supervisor_ = std::thread([this] { Supervise(); });
+}
 
 void EdgeLinkClient::Stop() {
   {

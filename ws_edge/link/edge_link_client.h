@@ -20,7 +20,7 @@ namespace tether::edge {
 struct LinkOptions {
   std::string target;  // registry address, host:port
   std::string edge_id;
-  std::string epoch;   // fresh per process
+  std::string epoch;  // fresh per process
   std::string version = "tether-edge/0.1";
   // Authentication to the registry: a shared secret (sent as x-tether-edge-secret), and/or TLS
   // with the registry's CA (PEM) and, for mutual TLS, this edge's certificate and key (PEM).

@@ -4,7 +4,6 @@
 
 #include <asio/post.hpp>
 #include <asio/thread_pool.hpp>
-
 #include <functional>
 #include <utility>
 

@@ -1,13 +1,12 @@
 #include "ws_edge/transport/ws_server.h"
 
-#include <websocketpp/config/asio.hpp>
-#include <websocketpp/config/asio_no_tls.hpp>
-#include <websocketpp/server.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <mutex>
 #include <utility>
+#include <websocketpp/config/asio.hpp>
+#include <websocketpp/config/asio_no_tls.hpp>
+#include <websocketpp/server.hpp>
 
 #include "absl/container/flat_hash_map.h"
 

@@ -17,7 +17,7 @@ namespace tether::edge {
 
 struct WsServerOptions {
   std::string host = "127.0.0.1";
-  int port = 18789;                          // 0: any free port
+  int port = 18789;                           // 0: any free port
   size_t max_send_buffer_bytes = 52'428'800;  // unsent bytes per socket before "slow consumer"
   int64_t ping_interval_ms = 25'000;          // WS ping period once authenticated
   int64_t pong_timeout_ms = 25'000;           // a peer silent this long after a ping is dead

@@ -46,9 +46,9 @@ struct Expected {
 // The reference model: plain maps, no cleverness.
 class Model {
  public:
-  std::map<std::string, std::string> owner;  // node -> conn
-  std::map<std::string, uint64_t> newest;    // node -> highest generation ever owned
-  std::map<std::string, ModelConn> conns;    // conns the registry holds or sockets hold
+  std::map<std::string, std::string> owner;      // node -> conn
+  std::map<std::string, uint64_t> newest;        // node -> highest generation ever owned
+  std::map<std::string, ModelConn> conns;        // conns the registry holds or sockets hold
   std::map<int, std::set<std::string>> sockets;  // edge -> sockets alive on it
   std::map<std::string, ModelInvoke> pending;    // tag -> invoke
   std::map<std::string, InvokeCode> ended;       // tag -> expected outcome
@@ -161,8 +161,8 @@ class PropertyRun {
       const std::string conn = live[Pick(live.size())];
       m_.sockets[edge].erase(conn);
       CloseResult r = h_.Close(Edge(edge), conn);
-      const bool owner = m_.owner.count(m_.conns[conn].node) &&
-                         m_.owner[m_.conns[conn].node] == conn;
+      const bool owner =
+          m_.owner.count(m_.conns[conn].node) && m_.owner[m_.conns[conn].node] == conn;
       if (r.was_owner != owner) ADD_FAILURE() << "close was_owner mismatch for " << conn;
       m_.RemoveFromRegistry(conn, kReasonDisconnect);
     } else if (op < 60) {  // invoke
@@ -203,8 +203,7 @@ class PropertyRun {
       const bool accepted = h_.registry().AcceptResult(on, inv.invoke_id, node, ok);
       const bool expect = !m_.ended.count(tag) && on == inv.conn && node == inv.node;
       if (accepted != expect) {
-        ADD_FAILURE() << "result for " << tag << " accepted=" << accepted << " expected="
-                      << expect;
+        ADD_FAILURE() << "result for " << tag << " accepted=" << accepted << " expected=" << expect;
       }
       if (expect) m_.End(tag, InvokeCode::kOk);
     } else if (op < 92) {
@@ -300,8 +299,7 @@ class PropertyRun {
       const bool connected = view.ok() && view->connected;
       if (connected != model_connected) fail("connected mismatch for " + Node(n));
       if (connected && model_connected && view->conn_id != m_.owner[Node(n)]) {
-        fail("owner mismatch for " + Node(n) + ": " + view->conn_id + " vs " +
-             m_.owner[Node(n)]);
+        fail("owner mismatch for " + Node(n) + ": " + view->conn_id + " vs " + m_.owner[Node(n)]);
       }
     }
     auto& events = h_.events();
@@ -340,8 +338,8 @@ class PropertyRun {
       if (r == h_.results().end()) {
         fail("invoke " + tag + " should have ended as " + InvokeCodeName(code));
       } else if (r->second.outcome.code != code) {
-        fail("invoke " + tag + " ended " + InvokeCodeName(r->second.outcome.code) +
-             " expected " + InvokeCodeName(code));
+        fail("invoke " + tag + " ended " + InvokeCodeName(r->second.outcome.code) + " expected " +
+             InvokeCodeName(code));
       }
     }
     m_.newly_ended.clear();

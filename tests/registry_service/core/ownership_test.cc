@@ -170,9 +170,9 @@ TEST(Invokes, ResultMustMatchInvokeNodeAndConnection) {
   h.Invoke("i", "n1");
   auto d = h.LastInvokeTo("edgeA", "c1");
   InvokeOutcome ok;
-  EXPECT_FALSE(h.registry().AcceptResult("c1", d->invoke_id, "n2", ok));   // wrong node
-  EXPECT_FALSE(h.registry().AcceptResult("c2", d->invoke_id, "n1", ok));   // wrong conn
-  EXPECT_FALSE(h.registry().AcceptResult("c1", "no-such-id", "n1", ok));   // unknown id
+  EXPECT_FALSE(h.registry().AcceptResult("c1", d->invoke_id, "n2", ok));  // wrong node
+  EXPECT_FALSE(h.registry().AcceptResult("c2", d->invoke_id, "n1", ok));  // wrong conn
+  EXPECT_FALSE(h.registry().AcceptResult("c1", "no-such-id", "n1", ok));  // unknown id
   EXPECT_FALSE(h.results().count("i"));
   EXPECT_TRUE(h.registry().AcceptResult("c1", d->invoke_id, "n1", ok));
 }
@@ -218,13 +218,13 @@ TEST(Invokes, TimeoutRacingClose) {
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1", 1000);
-  h.clock().Advance(1000);   // deadline passed, not yet expired by a tick
-  h.Close("edgeA", "c1");    // the close is decided first
+  h.clock().Advance(1000);  // deadline passed, not yet expired by a tick
+  h.Close("edgeA", "c1");   // the close is decided first
   h.registry().Tick();
   EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
   h.Register("c2", "n1");
   h.Invoke("j", "n1", 1000);
-  h.Advance(1000);           // the timeout is decided first
+  h.Advance(1000);  // the timeout is decided first
   h.Close("edgeA", "c2");
   EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kTimeout);
 }
@@ -325,7 +325,7 @@ TEST(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
   EXPECT_TRUE(h.registry().Heartbeat("edgeB", "e1").ok());
   h.Register("b1", "n1", "edgeB");  // the node moved before edge A's lease lapsed
   h.Invoke("i", "n1", 60000);
-  h.Advance(5000, false);           // edge A's lease lapses
+  h.Advance(5000, false);  // edge A's lease lapses
   EXPECT_FALSE(h.registry().Heartbeat("edgeA", "e1").ok());
   EXPECT_TRUE(h.Node("n1").connected);
   EXPECT_EQ(h.Node("n1").conn_id, "b1");
@@ -354,9 +354,8 @@ TEST(Edges, ResyncAfterLinkBlipChangesNothing) {
   size_t events_before = h.events().size();
   h.Detach("edgeA");
   h.Attach("edgeA");  // same epoch: a blip
-  std::vector<LiveConnection> live = {
-      {RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1},
-      {RegistryHarness::Spec("c2", "n2", "edgeA", "e1"), g2}};
+  std::vector<LiveConnection> live = {{RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1},
+                                      {RegistryHarness::Spec("c2", "n2", "edgeA", "e1"), g2}};
   auto r = h.registry().Resync("edgeA", "e1", live);
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->kept, 2);
@@ -371,8 +370,8 @@ TEST(Edges, ResyncDropsConnectionsThatDiedDuringTheBlip) {
   uint64_t g1 = h.Register("c1", "n1");
   h.Register("c2", "n2");
   h.Attach("edgeA");
-  auto r = h.registry().Resync("edgeA", "e1",
-                               {{RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1}});
+  auto r =
+      h.registry().Resync("edgeA", "e1", {{RegistryHarness::Spec("c1", "n1", "edgeA", "e1"), g1}});
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->closed, 1);
   EXPECT_FALSE(h.Node("n2").connected);
@@ -393,8 +392,7 @@ TEST(Edges, ResyncAfterRegistryRestartRebuildsOwnershipByHighestGeneration) {
   auto& a = life2.Attach("edgeA");
   life2.Attach("edgeB");
   ASSERT_TRUE(life2.registry()
-                  .Resync("edgeB", "e1",
-                          {{RegistryHarness::Spec("b1", "n1", "edgeB", "e1"), gb}})
+                  .Resync("edgeB", "e1", {{RegistryHarness::Spec("b1", "n1", "edgeB", "e1"), gb}})
                   .ok());
   auto r = life2.registry().Resync("edgeA", "e1",
                                    {{RegistryHarness::Spec("a1", "n1", "edgeA", "e1"), ga},

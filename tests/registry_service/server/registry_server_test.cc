@@ -139,9 +139,8 @@ TEST_F(RegistryServerTest, LateCloseOfReplacedConnectionAndPresenceWatchWithResu
   ASSERT_TRUE(edge.Open("old", "n1")->granted());
   ASSERT_TRUE(edge.Open("new", "n1")->granted());
   // The old connection is retired by the registry; its late close changes nothing.
-  auto retire = edge.Next([](const v1::RegistryMessage& m) {
-    return m.has_close() && m.close().conn_id() == "old";
-  });
+  auto retire = edge.Next(
+      [](const v1::RegistryMessage& m) { return m.has_close() && m.close().conn_id() == "old"; });
   ASSERT_TRUE(retire.has_value());
   EXPECT_EQ(retire->close().reason(), "superseded");
   edge.Close("old");

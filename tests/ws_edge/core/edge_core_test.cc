@@ -206,7 +206,9 @@ TEST_F(EdgeCoreTest, LinkDownRefusesNewHandshakesWithRetryableUnavailable) {
   link_.up = false;
   core_->OnOpen(2, "10.0.0.1:1", false);
   auto ch = client::ParseChallenge(Frame(2, 0)["payload"]);
-  json req = {{"type", "req"}, {"id", "1:x"}, {"method", "connect"},
+  json req = {{"type", "req"},
+              {"id", "1:x"},
+              {"method", "connect"},
               {"params", client::BuildConnectParams({}, identity_, *ch, std::string("secret"),
                                                     std::nullopt)}};
   NodeSends(2, req);
@@ -285,7 +287,9 @@ TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
   EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
   NodeSends(1, {{"type", "event"}, {"event", "x"}});
   EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
-  NodeSends(1, {{"type", "req"}, {"id", "9"}, {"method", "node.runnerInventory.update"},
+  NodeSends(1, {{"type", "req"},
+                {"id", "9"},
+                {"method", "node.runnerInventory.update"},
                 {"params", json::object()}});
   EXPECT_EQ(LastFrame(1)["error"]["message"], "unknown method: node.runnerInventory.update");
   EXPECT_FALSE(down_.sockets[1].closed);
@@ -328,13 +332,16 @@ TEST_F(EdgeCoreTest, SignatureChecksRunOffTheLoopAndLateResultsForGoneSocketsAre
   for (uint64_t socket : {1, 2}) {
     core_->OnOpen(socket, "127.0.0.1:1", true);
     auto ch = client::ParseChallenge(Frame(socket, 0)["payload"]);
-    NodeSends(socket, {{"type", "req"}, {"id", "c"}, {"method", "connect"},
-                       {"params", client::BuildConnectParams({}, identity_, *ch,
-                                                             std::string("secret"), std::nullopt)}});
+    NodeSends(socket, {{"type", "req"},
+                       {"id", "c"},
+                       {"method", "connect"},
+                       {"params", client::BuildConnectParams(
+                                      {}, identity_, *ch, std::string("secret"), std::nullopt)}});
   }
   ASSERT_EQ(offload.jobs.size(), 2u);
   EXPECT_TRUE(link_.sent.empty());  // nothing decided yet
-  NodeSends(1, {{"type", "req"}, {"id", "x"}, {"method", "node.event"}, {"params", json::object()}});
+  NodeSends(1,
+            {{"type", "req"}, {"id", "x"}, {"method", "node.event"}, {"params", json::object()}});
   EXPECT_EQ(LastFrame(1)["error"]["message"], "handshake in progress: wait for hello");
   core_->OnClose(2);  // gone while its signature was being checked
   offload.RunAll();
@@ -350,8 +357,9 @@ TEST_F(EdgeCoreTest, AFloodFromOneAddressIsRefusedAtOpenWhileOthersConnect) {
   for (uint64_t socket = 100; socket < 110; ++socket) {
     core_->OnOpen(socket, "10.9.9.9:4000", false);
     if (down_.sockets[socket].closed) continue;
-    NodeSends(socket, {{"type", "req"}, {"id", "1"}, {"method", "connect"},
-                       {"params", {{"minProtocol", 4}}}});
+    NodeSends(
+        socket,
+        {{"type", "req"}, {"id", "1"}, {"method", "connect"}, {"params", {{"minProtocol", 4}}}});
   }
   EXPECT_GE(core_->stats().handshakes_rate_limited.value(), 5u);
   EXPECT_EQ(down_.sockets[109].close_code, 1013);
