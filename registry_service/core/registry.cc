@@ -42,16 +42,25 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
 }
 
 void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
+  std::vector<std::string> lost;
   {
     absl::MutexLock lock(&mu_);
     auto it = routes_.find(edge_id);
-    if (it == routes_.end() || it->second.sink.get() != sink) return;
-    routes_.erase(it);
-    stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
+    if (it != routes_.end() && it->second.sink.get() == sink) {
+      routes_.erase(it);
+      stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
+    }
+    for (const auto& [invoke_id, via] : sent_via_) {
+      if (via == sink) lost.push_back(invoke_id);
+    }
   }
-  common::Log(common::LogLevel::kWarn, "edge_link_lost", {{"edge_id", edge_id}});
+  common::Log(common::LogLevel::kWarn, "edge_link_lost",
+              {{"edge_id", edge_id}, {"invokes_failed", absl::StrCat(lost.size())}});
   Effects effects;
-  store_.FailInvokesOnEdge(edge_id, "edge link lost", clock_.NowMs(), &effects);
+  const InvokeOutcome failure = Failure(InvokeCode::kDisconnected, "edge link lost");
+  for (const std::string& invoke_id : lost) {
+    store_.FailInvoke(invoke_id, "", "", failure, clock_.NowMs(), &effects);
+  }
   Apply(effects);
 }
 
@@ -109,19 +118,20 @@ CloseResult Registry::Close(const std::string& edge_id, const std::string& conn_
 }
 
 bool Registry::AcceptResult(const std::string& conn_id, const std::string& invoke_id,
-                            const std::string& node_id, const InvokeOutcome& outcome) {
+                            const std::string& node_id, const InvokeOutcome& outcome,
+                            const std::string& edge_id) {
   Effects effects;
   bool settled =
-      store_.SettleInvoke(invoke_id, node_id, conn_id, outcome, clock_.NowMs(), &effects);
+      store_.SettleInvoke(invoke_id, node_id, conn_id, edge_id, outcome, clock_.NowMs(), &effects);
   if (!settled) stats_.results_ignored.Add();
   Apply(effects);
   return settled;
 }
 
-void Registry::Undeliverable(const std::string& conn_id, const std::string& invoke_id,
-                             const std::string& reason) {
+void Registry::Undeliverable(const std::string& edge_id, const std::string& conn_id,
+                             const std::string& invoke_id, const std::string& reason) {
   Effects effects;
-  store_.FailInvoke(invoke_id, conn_id,
+  store_.FailInvoke(invoke_id, conn_id, edge_id,
                     Failure(InvokeCode::kDisconnected, "could not deliver: " + reason),
                     clock_.NowMs(), &effects);
   Apply(effects);
@@ -185,15 +195,16 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
     waiters_.erase(start.invoke_id);
   };
 
-  // A join can lose a race with the joined invoke's end; then the next try replays it.
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  // A join can lose a race with the joined invoke's end; then the next try replays it or
+  // starts afresh, so more than a couple of rounds means something is badly wrong.
+  for (int attempt = 0; attempt < 16; ++attempt) {
     Effects effects;
     InvokeStartResult r = store_.StartInvoke(start, now, &effects);
     switch (r.kind) {
       case InvokeStartResult::Kind::kDispatched: {
-        std::shared_ptr<EdgeSink> sink = SinkFor(r.dispatch.edge_id);
+        std::shared_ptr<EdgeSink> sink = SinkFor(r.dispatch.edge_id, r.dispatch.invoke_id);
         if (sink == nullptr) {
-          store_.FailInvoke(r.dispatch.invoke_id, "",
+          store_.FailInvoke(r.dispatch.invoke_id, "", "",
                             Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
         } else {
           sink->SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1));
@@ -228,7 +239,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   }
   drop_waiter();
   InvokeResult result = base;
-  result.outcome = Failure(InvokeCode::kCancelled, "invoke could not be joined; retry");
+  result.outcome = Failure(InvokeCode::kDisconnected, "invoke could not be joined; retry");
   done(result);
   return InvokeTicket{};
 }
@@ -257,7 +268,7 @@ void Registry::CancelInvoke(const InvokeTicket& ticket) {
   result.outcome = Failure(InvokeCode::kCancelled, "cancelled by the caller");
   if (last) {
     Effects effects;
-    store_.FailInvoke(ticket.invoke_id, "", result.outcome, clock_.NowMs(), &effects);
+    store_.FailInvoke(ticket.invoke_id, "", "", result.outcome, clock_.NowMs(), &effects);
     Apply(effects);
   }
   done(result);
@@ -265,7 +276,8 @@ void Registry::CancelInvoke(const InvokeTicket& ticket) {
 
 // --- Presence --------------------------------------------------------------------------------
 
-absl::StatusOr<uint64_t> Registry::Watch(uint64_t from_revision, PresenceFn fn) {
+absl::StatusOr<uint64_t> Registry::Watch(uint64_t from_revision, PresenceFn fn,
+                                         PresenceErrorFn on_error) {
   absl::MutexLock lock(&publish_mu_);
   Watcher w;
   w.after = published_;
@@ -289,6 +301,7 @@ absl::StatusOr<uint64_t> Registry::Watch(uint64_t from_revision, PresenceFn fn) 
     }
   }
   w.fn = std::move(fn);
+  w.on_error = std::move(on_error);
   const uint64_t id = next_watch_id_++;
   watchers_[id] = std::move(w);
   stats_.watchers.store(static_cast<int64_t>(watchers_.size()));
@@ -306,8 +319,16 @@ void Registry::PumpPresence() {
   for (;;) {
     auto events = store_.ReadPresence(published_, kPumpBatch);
     if (!events.ok()) {
-      // Fell behind the bounded history: cannot happen while history exceeds one decision's
-      // events. Skip ahead rather than stall every watcher.
+      // More changes than the history holds happened since the last pump (one huge decision,
+      // or a burst): no watcher can be served in order any more. End every watch with the
+      // error instead of letting them miss events silently; they re-list and watch again.
+      common::Log(common::LogLevel::kWarn, "presence_watchers_reset",
+                  {{"watchers", absl::StrCat(watchers_.size())}});
+      for (auto& [id, w] : watchers_) {
+        if (w.on_error) w.on_error(events.status());
+      }
+      watchers_.clear();
+      stats_.watchers.store(0);
       published_ = store_.HeadRevision();
       return;
     }
@@ -343,10 +364,13 @@ void Registry::Tick() {
   Apply(effects);
 }
 
-std::shared_ptr<EdgeSink> Registry::SinkFor(const std::string& edge_id) {
+std::shared_ptr<EdgeSink> Registry::SinkFor(const std::string& edge_id,
+                                            const std::string& invoke_id) {
   absl::MutexLock lock(&mu_);
   auto it = routes_.find(edge_id);
-  return it == routes_.end() ? nullptr : it->second.sink;
+  if (it == routes_.end()) return nullptr;
+  sent_via_[invoke_id] = it->second.sink.get();
+  return it->second.sink;
 }
 
 void Registry::Count(const Effects& effects) {
@@ -403,6 +427,7 @@ void Registry::Apply(Effects& effects) {
   {
     absl::MutexLock lock(&mu_);
     for (SettledInvoke& s : effects.settled) {
+      sent_via_.erase(s.dispatch.invoke_id);
       auto it = waiters_.find(s.dispatch.invoke_id);
       if (it == waiters_.end()) continue;
       for (Waiter& w : it->second) {

@@ -89,6 +89,8 @@ class Registry {
  public:
   using InvokeDone = std::function<void(const InvokeResult&)>;
   using PresenceFn = std::function<void(const PresenceEvent&)>;
+  // Ends a watch that can no longer be served in order (its events fell out of the history).
+  using PresenceErrorFn = std::function<void(const absl::Status&)>;
 
   Registry(Store& store, const common::Clock& clock, const RegistryOptions& options);
   Registry(const Registry&) = delete;
@@ -98,19 +100,22 @@ class Registry {
   // Attaches `sink` as the route to `edge_id`. The sink stays referenced until DetachEdge.
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
                           std::shared_ptr<EdgeSink> sink) ABSL_LOCKS_EXCLUDED(mu_);
-  // The stream carrying `sink` ended. Invokes in flight on the edge fail at once; its
-  // connections stay until the lease lapses or the edge re-attaches and resyncs.
+  // The stream carrying `sink` ended. The invokes sent through that stream fail at once (even
+  // if the edge already re-attached on a new stream); its connections stay until the lease
+  // lapses or the edge resyncs.
   void DetachEdge(const std::string& edge_id, const EdgeSink* sink) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Heartbeat(const std::string& edge_id, const std::string& epoch);
   absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch);
   absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec);
   CloseResult Close(const std::string& edge_id, const std::string& conn_id);
-  // A node's result, with the conn id of the socket it arrived on. False: ignored.
+  // A node's result, with the conn id of the socket it arrived on and (when known) the edge
+  // that reported it, which must be the one the invoke went out through. False: ignored.
   bool AcceptResult(const std::string& conn_id, const std::string& invoke_id,
-                    const std::string& node_id, const InvokeOutcome& outcome);
+                    const std::string& node_id, const InvokeOutcome& outcome,
+                    const std::string& edge_id = "");
   // The edge could not deliver `invoke_id` to `conn_id`.
-  void Undeliverable(const std::string& conn_id, const std::string& invoke_id,
-                     const std::string& reason);
+  void Undeliverable(const std::string& edge_id, const std::string& conn_id,
+                     const std::string& invoke_id, const std::string& reason);
   void Seen(const std::string& conn_id);
   absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                       const std::vector<LiveConnection>& live);
@@ -126,7 +131,10 @@ class Registry {
   // Sends every presence event after `from_revision` (0: from now) to `fn`, in order, once
   // each, first the retained backlog and then live events. `fn` must not block. Returns a
   // watch id, or kOutOfRange when that revision is no longer (or not yet) in the history.
-  absl::StatusOr<uint64_t> Watch(uint64_t from_revision, PresenceFn fn)
+  // If the watcher ever falls behind the retained history, `on_error` (if set) is called once
+  // with kOutOfRange and the watch ends: the caller must re-list.
+  absl::StatusOr<uint64_t> Watch(uint64_t from_revision, PresenceFn fn,
+                                 PresenceErrorFn on_error = nullptr)
       ABSL_LOCKS_EXCLUDED(publish_mu_);
   void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
 
@@ -153,6 +161,7 @@ class Registry {
   struct Watcher {
     uint64_t after = 0;  // deliver only revisions above this
     PresenceFn fn;
+    PresenceErrorFn on_error;
   };
 
   // Updates stats_ and logs what a decision changed.
@@ -160,7 +169,9 @@ class Registry {
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
-  std::shared_ptr<EdgeSink> SinkFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // The route to `edge_id`, recording that `invoke_id` goes out through it.
+  std::shared_ptr<EdgeSink> SinkFor(const std::string& edge_id, const std::string& invoke_id)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned
   const common::Clock& clock_;  // not owned
@@ -171,6 +182,8 @@ class Registry {
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, std::vector<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
+  // Pending invokes by the stream they went out through: a dead stream fails exactly these.
+  absl::flat_hash_map<std::string, const EdgeSink*> sent_via_ ABSL_GUARDED_BY(mu_);
 
   // Orders presence delivery: events go out in revision order, read back from the store's log.
   absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);

@@ -91,6 +91,7 @@ struct InvokeStartResult {
 struct LiveConnection {
   ConnectionSpec spec;
   uint64_t generation = 0;
+  bool superseded = false;  // the edge was told it was replaced: never an owner again
 };
 
 struct ResyncResult {
@@ -131,9 +132,6 @@ class Store {
   // The edge is shutting down: close its connections (edge_drain) and drop its lease.
   virtual absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch,
                                  int64_t now_ms, Effects* effects) = 0;
-  // The edge's link dropped: invokes in flight on it cannot be answered, fail them now.
-  virtual void FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
-                                 int64_t now_ms, Effects* effects) = 0;
   // Reconciles the table with the connections an edge reports alive.
   virtual absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                               const std::vector<LiveConnection>& live,
@@ -153,15 +151,16 @@ class Store {
   // --- Invokes -----------------------------------------------------------------------------
   virtual InvokeStartResult StartInvoke(const InvokeStart& start, int64_t now_ms,
                                         Effects* effects) = 0;
-  // A result arrived on `conn_id`. Returns true when it settled a pending invoke (invoke id,
-  // node id and connection all matched); false when it was ignored.
+  // A result arrived on `conn_id` through `edge_id`. Returns true when it settled a pending
+  // invoke (invoke id, node id, connection and its edge all matched); false when ignored.
   virtual bool SettleInvoke(const std::string& invoke_id, const std::string& node_id,
-                            const std::string& conn_id, const InvokeOutcome& outcome,
-                            int64_t now_ms, Effects* effects) = 0;
-  // Ends a pending invoke with `outcome` (caller cancelled, undeliverable). When `conn_id` is
-  // not empty it must match the dispatch. Returns false if it was no longer pending.
+                            const std::string& conn_id, const std::string& edge_id,
+                            const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) = 0;
+  // Ends a pending invoke with `outcome` (caller cancelled, undeliverable, link lost). A
+  // non-empty `conn_id` / `edge_id` must match the dispatch. False if it was no longer pending.
   virtual bool FailInvoke(const std::string& invoke_id, const std::string& conn_id,
-                          const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) = 0;
+                          const std::string& edge_id, const InvokeOutcome& outcome, int64_t now_ms,
+                          Effects* effects) = 0;
 
   // --- Time --------------------------------------------------------------------------------
   // Expires invokes (TIMEOUT), edge leases (edge_lost) and superseded connections' grace.

@@ -58,6 +58,7 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
       FinishAfterWrites(status);
       return;
     }
+    if (finishing()) return;  // the write side ended (slow edge): read no more
     StartRead(&in_);
   }
 
@@ -117,7 +118,8 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
         outcome.payload_json = r.payload_json();
         outcome.node_error_code = r.error_code();
         outcome.message = r.error_message();
-        bool settled = registry_.AcceptResult(r.conn_id(), r.invoke_id(), r.node_id(), outcome);
+        bool settled =
+            registry_.AcceptResult(r.conn_id(), r.invoke_id(), r.node_id(), outcome, edge_id_);
         out.mutable_result_ack()->set_request_id(r.request_id());
         out.mutable_result_ack()->set_ignored(!settled);
         break;
@@ -128,7 +130,7 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
       case v1::EdgeMessage::kResync: {
         std::vector<LiveConnection> live;
         for (const auto& l : m.resync().connections()) {
-          live.push_back({FromProto(l.opened(), edge_id_, epoch_), l.generation()});
+          live.push_back({FromProto(l.opened(), edge_id_, epoch_), l.generation(), l.superseded()});
         }
         auto r = registry_.Resync(edge_id_, epoch_, live);
         if (!r.ok()) return ToGrpc(r.status());
@@ -149,8 +151,8 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
         return grpc::Status::OK;
       }
       case v1::EdgeMessage::kUndeliverable:
-        registry_.Undeliverable(m.undeliverable().conn_id(), m.undeliverable().invoke_id(),
-                                m.undeliverable().reason());
+        registry_.Undeliverable(edge_id_, m.undeliverable().conn_id(),
+                                m.undeliverable().invoke_id(), m.undeliverable().reason());
         return grpc::Status::OK;
       case v1::EdgeMessage::MSG_NOT_SET:
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "empty edge message");

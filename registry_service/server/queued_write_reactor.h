@@ -29,6 +29,8 @@ class QueuedWriteReactor : public Base {
       absl::MutexLock lock(&mu_);
       if (finishing_) return false;
       if (queue_.size() >= max_queue_) {
+        // Cut the slow reader off now: keep only the write in flight.
+        if (writing_) queue_.erase(queue_.begin() + 1, queue_.end());
         finish_now_ = BeginFinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                                      "stream reader too slow; reconnect"));
         ok = false;
@@ -44,6 +46,12 @@ class QueuedWriteReactor : public Base {
     if (start != nullptr) this->StartWrite(start);
     if (!ok) MaybeFinish();
     return ok;
+  }
+
+  // True once the stream is finishing (no more reads or writes should start).
+  bool finishing() ABSL_LOCKS_EXCLUDED(mu_) {
+    absl::MutexLock lock(&mu_);
+    return finishing_;
   }
 
   void FinishAfterWrites(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
@@ -63,12 +71,14 @@ class QueuedWriteReactor : public Base {
       writing_ = false;
       if (!ok) {
         queue_.clear();
-        finish_now_ =
-            BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
+        BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
       } else if (!queue_.empty()) {
         writing_ = true;
         next = &queue_.front();
-      } else if (finishing_ && !finished_) {
+      }
+      // Whoever asked to finish, Finish is due once no write is in flight: gRPC calls OnDone
+      // (where the reactors unwatch, detach and delete themselves) only after Finish.
+      if (finishing_ && !writing_ && !finished_) {
         finished_ = true;
         finish_now_ = true;
       }

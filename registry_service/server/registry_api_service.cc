@@ -99,11 +99,17 @@ class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEven
       FinishAfterWrites(allowed);
       return;
     }
-    auto id = registry_.Watch(from_revision, [this](const PresenceEvent& e) {
-      v1::PresenceEvent out;
-      ToProto(e, &out);
-      Enqueue(std::move(out));
-    });
+    auto id = registry_.Watch(
+        from_revision,
+        [this](const PresenceEvent& e) {
+          v1::PresenceEvent out;
+          ToProto(e, &out);
+          Enqueue(std::move(out));
+        },
+        [this](const absl::Status& s) {
+          FinishAfterWrites(grpc::Status(grpc::StatusCode::OUT_OF_RANGE,
+                                         std::string(s.message()) + "; re-list and watch again"));
+        });
     if (!id.ok()) {
       FinishAfterWrites(ToGrpc(id.status()));
       return;

@@ -132,7 +132,11 @@ bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, in
   inflight_keys_.erase(key);
   outcome.conn_id = dispatch.conn_id;
   outcome.generation = dispatch.generation;
-  if (dispatch.remember_outcome && outcome.payload_json.size() <= kMaxRememberedPayloadBytes) {
+  // Replay only what the node itself answered: a cancel or a delivery failure must not block a
+  // retry under the same key.
+  const bool answered = outcome.code == InvokeCode::kOk || outcome.code == InvokeCode::kNodeError;
+  if (dispatch.remember_outcome && answered &&
+      outcome.payload_json.size() <= kMaxRememberedPayloadBytes) {
     finished_keys_[key] = Finished{outcome, invoke_id, now_ms + options_.idempotency_window_ms};
     finished_order_.push_back({now_ms + options_.idempotency_window_ms, key});
   }
@@ -226,18 +230,6 @@ absl::Status MemoryStore::DrainEdge(const std::string& edge_id, const std::strin
   return absl::OkStatus();
 }
 
-void MemoryStore::FailInvokesOnEdge(const std::string& edge_id, const std::string& message,
-                                    int64_t now_ms, Effects* effects) {
-  absl::MutexLock lock(&mu_);
-  std::vector<std::string> doomed;
-  for (const auto& [id, p] : pending_) {
-    if (p.dispatch.edge_id == edge_id) doomed.push_back(id);
-  }
-  for (const std::string& id : doomed) {
-    Finish(id, Failure(InvokeCode::kDisconnected, message), now_ms, effects);
-  }
-}
-
 absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
                                                  const std::string& epoch,
                                                  const std::vector<LiveConnection>& live,
@@ -268,12 +260,29 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
     if (known != conns_.end()) {
       if (known->second.spec.edge_id == edge_id) {
         ++result.kept;
+        Conn& c = known->second;
+        if (c.superseded) {
+          // Its retirement may have been lost with the link: say it again.
+          if (c.pending.empty()) {
+            c.retire_sent = true;
+            Tell(effects, EdgeCommand::Kind::kClose, edge_id, c.spec.conn_id, c.spec.node_id,
+                 kReasonSuperseded);
+          } else {
+            EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, edge_id,
+                                    c.spec.conn_id, c.spec.node_id, kReasonSuperseded);
+            cmd.grace_ms = std::max<int64_t>(c.retire_at_ms - now_ms, 0);
+          }
+        }
       } else {
         close_it(kReasonSuperseded);  // a conn id claimed by two edges: trust neither copy
       }
       continue;
     }
     last_generation_ = std::max(last_generation_, l.generation);
+    if (l.superseded) {
+      close_it(kReasonSuperseded);  // replaced before; never an owner again
+      continue;
+    }
     // The generation proves an earlier grant; after a restart of an in-memory registry that
     // grant (and its pairing) is only known from the edge's report.
     if (!Paired(l.spec.node_id)) {
@@ -445,12 +454,13 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
 }
 
 bool MemoryStore::SettleInvoke(const std::string& invoke_id, const std::string& node_id,
-                               const std::string& conn_id, const InvokeOutcome& outcome,
-                               int64_t now_ms, Effects* effects) {
+                               const std::string& conn_id, const std::string& edge_id,
+                               const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) {
   absl::MutexLock lock(&mu_);
   auto it = pending_.find(invoke_id);
   if (it == pending_.end() || it->second.dispatch.node_id != node_id ||
-      it->second.dispatch.conn_id != conn_id) {
+      it->second.dispatch.conn_id != conn_id ||
+      (!edge_id.empty() && it->second.dispatch.edge_id != edge_id)) {
     return false;
   }
   auto node = nodes_.find(node_id);
@@ -459,11 +469,13 @@ bool MemoryStore::SettleInvoke(const std::string& invoke_id, const std::string& 
 }
 
 bool MemoryStore::FailInvoke(const std::string& invoke_id, const std::string& conn_id,
-                             const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) {
+                             const std::string& edge_id, const InvokeOutcome& outcome,
+                             int64_t now_ms, Effects* effects) {
   absl::MutexLock lock(&mu_);
   auto it = pending_.find(invoke_id);
   if (it == pending_.end()) return false;
   if (!conn_id.empty() && it->second.dispatch.conn_id != conn_id) return false;
+  if (!edge_id.empty() && it->second.dispatch.edge_id != edge_id) return false;
   const Dispatch d = it->second.dispatch;
   if (!Finish(invoke_id, outcome, now_ms, effects)) return false;
   if (outcome.code == InvokeCode::kCancelled) {
@@ -494,6 +506,11 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
   for (const std::string& edge_id : lapsed) {
     auto conns = std::exchange(leases_[edge_id].conns, {});
     for (const std::string& conn_id : conns) {
+      auto c = conns_.find(conn_id);
+      if (c == conns_.end()) continue;
+      // If the edge is alive after all (a stuck link), its sockets must not linger unowned.
+      Tell(effects, EdgeCommand::Kind::kClose, edge_id, conn_id, c->second.spec.node_id,
+           kReasonEdgeLost);
       RemoveConn(conn_id, kReasonEdgeLost, now_ms, effects);
     }
     leases_.erase(edge_id);

@@ -35,8 +35,6 @@ class MemoryStore final : public Store {
                           int64_t now_ms) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch, int64_t now_ms,
                          Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
-  void FailInvokesOnEdge(const std::string& edge_id, const std::string& message, int64_t now_ms,
-                         Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                       const std::vector<LiveConnection>& live, int64_t now_ms,
                                       Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
@@ -48,11 +46,12 @@ class MemoryStore final : public Store {
   InvokeStartResult StartInvoke(const InvokeStart& start, int64_t now_ms, Effects* effects) override
       ABSL_LOCKS_EXCLUDED(mu_);
   bool SettleInvoke(const std::string& invoke_id, const std::string& node_id,
-                    const std::string& conn_id, const InvokeOutcome& outcome, int64_t now_ms,
-                    Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
-  bool FailInvoke(const std::string& invoke_id, const std::string& conn_id,
-                  const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) override
+                    const std::string& conn_id, const std::string& edge_id,
+                    const InvokeOutcome& outcome, int64_t now_ms, Effects* effects) override
       ABSL_LOCKS_EXCLUDED(mu_);
+  bool FailInvoke(const std::string& invoke_id, const std::string& conn_id,
+                  const std::string& edge_id, const InvokeOutcome& outcome, int64_t now_ms,
+                  Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   void Expire(int64_t now_ms, Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
                      int page_size) override ABSL_LOCKS_EXCLUDED(mu_);

@@ -324,6 +324,7 @@ void EdgeCore::OnLinkUp() {
     v1::LiveConnection* l = resync->add_connections();
     FillOpened(conn, l->mutable_opened());
     l->set_generation(conn.generation);
+    l->set_superseded(conn.superseded);
   }
   link_.Send(m);
 }
