@@ -130,6 +130,11 @@ int main(int argc, char** argv) {
   eo.tick_interval_ms = absl::GetFlag(FLAGS_tick_interval_ms);
   eo.max_payload = absl::GetFlag(FLAGS_max_payload);
   eo.max_buffered_bytes = absl::GetFlag(FLAGS_max_send_buffer_bytes);
+  if (eo.max_payload > (48 << 20)) {
+    // The registry accepts EdgeLink messages up to 64 MiB; a frame must fit in one with room.
+    std::fprintf(stderr, "ws_edge: --max_payload must be at most 50331648 (48 MiB)\n");
+    return 2;
+  }
   if (eo.tick_interval_ms < 100 || eo.handshake_timeout_ms < 100 || eo.max_payload < 1024) {
     std::fprintf(stderr,
                  "ws_edge: --tick_interval_ms, --handshake_timeout_ms >= 100 and "
@@ -300,14 +305,13 @@ int main(int argc, char** argv) {
     });
     const int64_t deadline = clock.NowMs() + absl::GetFlag(FLAGS_drain_timeout_ms);
     while (clock.NowMs() < deadline) {
-      std::atomic<size_t> left{1};
-      std::atomic<bool> done{false};
-      server.Post([&] {
-        left = core.connection_count();
-        done = true;
-      });
-      while (!done) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (left == 0) break;
+      // Shared with the posted task, which may run after this thread gave up waiting.
+      auto left = std::make_shared<std::atomic<int64_t>>(-1);
+      server.Post([&core, left] { left->store(static_cast<int64_t>(core.connection_count())); });
+      while (left->load() < 0 && clock.NowMs() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+      if (left->load() == 0) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
     link.Stop();

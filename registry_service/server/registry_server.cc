@@ -50,6 +50,9 @@ absl::StatusOr<int> RegistryServer::Start() {
     return grpc::SslServerCredentials(ssl);
   };
   auto configure = [](grpc::ServerBuilder& b) {
+    // Node results and events reach 25 MiB (the edge's --max_payload); gRPC's default 4 MiB
+    // would end a whole edge's stream on one large frame.
+    b.SetMaxReceiveMessageSize(64 << 20);
     // Edges send a heartbeat every lease/4; keep idle public callers' streams alive too.
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 20'000);
     b.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

@@ -16,6 +16,15 @@ using protocol::ErrorShape;
 constexpr int kCloseTryAgainLater = 1013;
 constexpr int kCloseServiceRestart = 1012;
 
+ErrorShape Unavailable(std::string message) {
+  ErrorShape e;
+  e.code = std::string(protocol::kUnavailable);
+  e.message = std::move(message);
+  e.retryable = true;
+  e.retry_after_ms = 1000;
+  return e;
+}
+
 ErrorShape InvalidRequest(std::string message) {
   ErrorShape e;
   e.code = std::string(protocol::kInvalidRequest);
@@ -74,6 +83,10 @@ void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
 // --- Sockets ---------------------------------------------------------------------------------
 
 void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback) {
+  if (draining_) {
+    downstream_.Close(socket, kCloseServiceRestart, "service restart");
+    return;
+  }
   const int64_t now = clock_.NowMs();
   if (!limiter_.Allow(HostOf(remote_addr), now)) {
     // Cheapest possible refusal: no challenge, no state kept. 1013 makes real nodes retry later.
@@ -127,7 +140,7 @@ void EdgeCore::OnClose(uint64_t socket) {
   if (conn->register_request != 0 && link_up_) {
     v1::EdgeMessage m;
     m.mutable_closed()->set_conn_id(conn->conn_id);
-    link_.Send(m);
+    SendLink(m);
   }
   if (conn->state == State::kLive) stats_.live.fetch_sub(1);
   by_conn_id_.erase(conn->conn_id);
@@ -214,7 +227,7 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
   conn.register_request = next_request_++;
   v1::EdgeMessage m;
   FillOpened(conn, m.mutable_opened());
-  link_.Send(m);
+  SendLink(m);
 }
 
 void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
@@ -269,7 +282,11 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
     m.mutable_event()->set_node_id(conn.accepted->node_id);
     m.mutable_event()->set_event(event->event);
     m.mutable_event()->set_payload_json(event->payload_json.value_or(""));
-    link_.Send(m);
+    if (!SendLink(m)) {
+      SendFrame(conn, protocol::EncodeResponseError(frame->id,
+                                                    Unavailable("registry link busy or down")));
+      return;
+    }
     SendFrame(conn, protocol::EncodeResponseOk(frame->id, json{{"ok", true}}));
   } else if (method == "connect") {
     SendFrame(conn, protocol::EncodeResponseError(frame->id, InvalidRequest("already connected")));
@@ -308,12 +325,19 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
   r->set_payload_json(result->payload_json.value_or(""));
   r->set_error_code(result->error_code.value_or(""));
   r->set_error_message(result->error_message.value_or(""));
+  if (!SendLink(m)) {
+    // Not forwarded (link down or its queue full): the node may retry.
+    SendFrame(conn,
+              protocol::EncodeResponseError(frame_id, Unavailable("registry link busy or down")));
+    return;
+  }
   awaiting_ack_[request] = AwaitingAck{conn.socket, frame_id};
   stats_.results_forwarded.Add();
-  link_.Send(m);
 }
 
 // --- Registry --------------------------------------------------------------------------------
+
+bool EdgeCore::SendLink(const v1::EdgeMessage& message) { return link_up_ && link_.Send(message); }
 
 void EdgeCore::OnLinkUp() {
   link_up_ = true;
@@ -326,7 +350,7 @@ void EdgeCore::OnLinkUp() {
     l->set_generation(conn.generation);
     l->set_superseded(conn.superseded);
   }
-  link_.Send(m);
+  link_.Send(m);  // first on the new stream
 }
 
 void EdgeCore::OnLinkDown() {
@@ -359,7 +383,7 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
         u.mutable_undeliverable()->set_invoke_id(m.invoke().invoke_id());
         u.mutable_undeliverable()->set_conn_id(m.invoke().conn_id());
         u.mutable_undeliverable()->set_reason("connection closed on the edge");
-        link_.Send(u);
+        SendLink(u);
         return;
       }
       DeliverInvoke(*conn, m.invoke());
@@ -396,8 +420,13 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
       Conn* conn = FindByConnId(m.superseded().conn_id());
       if (conn == nullptr) return;
       conn->superseded = true;
-      conn->retire_at_ms =
-          clock_.NowMs() + m.superseded().grace_ms() + options_.superseded_fallback_ms;
+      // Closed by the grace at the latest, even if the registry's close never comes; at once
+      // when nothing of its own is in flight.
+      conn->retire_at_ms = clock_.NowMs() + m.superseded().grace_ms();
+      if (conn->invokes.empty()) {
+        stats_.superseded_closed.Add();
+        CloseConn(*conn, kCloseReplaced, "replaced");
+      }
       return;
     }
     case v1::RegistryMessage::kResultAck:
@@ -550,7 +579,7 @@ void EdgeCore::Drain() {
   if (link_up_) {
     v1::EdgeMessage m;
     m.mutable_drain();
-    link_.Send(m);
+    SendLink(m);
   }
   for (auto& [socket, conn] : sockets_) CloseConn(conn, kCloseServiceRestart, "service restart");
 }

@@ -29,7 +29,6 @@ struct EdgeOptions {
   int64_t tick_interval_ms = 30'000;        // advertised; ticks are sent at this period
   int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
   int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound
-  int64_t superseded_fallback_ms = 15'000;  // close a replaced socket after grace + this at most
   HandshakeLimits handshake_limits;
 };
 
@@ -124,7 +123,8 @@ class EdgeCore {
   void HandleInvokeResult(Conn& conn, const std::string& frame_id, const nlohmann::json& params);
   void HandleRegisterOutcome(const v1::RegisterOutcome& outcome);
   void DeliverInvoke(Conn& conn, const v1::InvokeRequest& invoke);
-  void MaybeRetire(Conn& conn);
+  // Sends to the registry only while attached and resynced (the resync goes first).
+  bool SendLink(const v1::EdgeMessage& message);
   void FillOpened(const Conn& conn, v1::ConnectionOpened* opened) const;
   void AnswerAck(uint64_t request_id, bool ignored);
 

@@ -21,11 +21,16 @@ class EdgeLinkClient::Stream final
     StartCall();
   }
 
-  void Enqueue(const v1::EdgeMessage& m) ABSL_LOCKS_EXCLUDED(mu_) {
+  // False when the stream is gone or too much is already waiting for it (a registry that reads
+  // slower than nodes send must not grow the edge without bound).
+  bool Enqueue(const v1::EdgeMessage& m) ABSL_LOCKS_EXCLUDED(mu_) {
     v1::EdgeMessage* start = nullptr;
     {
       absl::MutexLock lock(&mu_);
-      if (done_) return;
+      if (done_) return false;
+      const size_t size = m.ByteSizeLong();
+      if (queued_bytes_ + size > kMaxQueuedBytes && !queue_.empty()) return false;
+      queued_bytes_ += size;
       queue_.push_back(m);
       if (!writing_) {
         writing_ = true;
@@ -34,6 +39,7 @@ class EdgeLinkClient::Stream final
     }
     // gRPC may run OnWriteDone inline from StartWrite: never call it with mu_ held.
     if (start != nullptr) StartWrite(start);
+    return true;
   }
 
   // Waits up to `timeout` for queued writes to go out (for a clean drain).
@@ -49,6 +55,7 @@ class EdgeLinkClient::Stream final
     v1::EdgeMessage* next = nullptr;
     {
       absl::MutexLock lock(&mu_);
+      queued_bytes_ -= queue_.front().ByteSizeLong();
       queue_.pop_front();
       writing_ = false;
       if (ok && !queue_.empty()) {
@@ -77,6 +84,7 @@ class EdgeLinkClient::Stream final
       absl::MutexLock lock(&mu_);
       done_ = true;
       queue_.clear();
+      queued_bytes_ = 0;
     }
     status_ = status;
     owner_->OnStreamDone(this);
@@ -88,7 +96,9 @@ class EdgeLinkClient::Stream final
   v1::RegistryMessage in_;
   grpc::Status status_;
   absl::Mutex mu_;
+  static constexpr size_t kMaxQueuedBytes = 256 << 20;
   std::deque<v1::EdgeMessage> queue_ ABSL_GUARDED_BY(mu_);
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool done_ ABSL_GUARDED_BY(mu_) = false;
 };
@@ -129,10 +139,10 @@ void EdgeLinkClient::Stop() {
     if (stopping_) return;
     stopping_ = true;
   }
-  Stream* s = nullptr;
+  std::shared_ptr<Stream> s;  // keeps the stream alive even if it ends during the flush
   {
     absl::MutexLock lock(&mu_);
-    s = stream_.get();
+    s = stream_;
   }
   if (s != nullptr) s->Flush(absl::Seconds(2));
   {
@@ -145,8 +155,7 @@ void EdgeLinkClient::Stop() {
 bool EdgeLinkClient::Send(const v1::EdgeMessage& message) {
   absl::MutexLock lock(&mu_);
   if (!attached_ || stream_ == nullptr) return false;
-  stream_->Enqueue(message);
-  return true;
+  return stream_->Enqueue(message);
 }
 
 bool EdgeLinkClient::attached() {
@@ -195,7 +204,7 @@ void EdgeLinkClient::Supervise() {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
       stream_done_ = false;
-      stream_ = std::make_unique<Stream>(this, stub_.get(), attach);
+      stream_ = std::make_shared<Stream>(this, stub_.get(), attach);
     }
     // While the stream lives: heartbeat at the registry's interval.
     bool ever_attached = false;
@@ -216,7 +225,7 @@ void EdgeLinkClient::Supervise() {
       }
       if (attached_) {
         ever_attached = true;
-        stream_->Enqueue(heartbeat);
+        (void)stream_->Enqueue(heartbeat);  // a full queue means the registry reads nothing
       }
     }
     {

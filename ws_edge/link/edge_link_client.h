@@ -70,7 +70,7 @@ class EdgeLinkClient final : public RegistryLink {
   std::unique_ptr<v1::EdgeLink::Stub> stub_;
 
   absl::Mutex mu_;
-  std::unique_ptr<Stream> stream_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<Stream> stream_ ABSL_GUARDED_BY(mu_);  // shared: Stop() flushes a copy
   bool attached_ ABSL_GUARDED_BY(mu_) = false;
   bool stream_done_ ABSL_GUARDED_BY(mu_) = false;
   bool just_attached_ ABSL_GUARDED_BY(mu_) = false;

@@ -188,8 +188,18 @@ class WsServerImpl final : public WsServer {
           }
           if (core_ != nullptr) core_->OnMessage(socket, msg->get_payload());
         });
+    // Pongs are control frames that websocketpp's buffered amount does not count, so a client
+    // that pings without reading could grow the send queue without bound: one pong a second.
+    con->set_ping_handler([this, socket](websocketpp::connection_hdl, std::string) {
+      const auto now = std::chrono::steady_clock::now();
+      auto& last = last_pong_[socket];
+      if (now - last < std::chrono::seconds(1)) return false;
+      last = now;
+      return true;
+    });
     auto gone = [this, socket](websocketpp::connection_hdl) {
       sockets_.erase(socket);
+      last_pong_.erase(socket);
       if (core_ != nullptr) core_->OnClose(socket);
     };
     con->set_close_handler(gone);
@@ -248,6 +258,7 @@ class WsServerImpl final : public WsServer {
   EdgeCore* core_ = nullptr;  // not owned
   uint64_t next_socket_ = 1;
   absl::flat_hash_map<uint64_t, websocketpp::connection_hdl> sockets_;
+  absl::flat_hash_map<uint64_t, std::chrono::steady_clock::time_point> last_pong_;
   std::unique_ptr<asio::steady_timer> timer_;
   std::unique_ptr<asio::steady_timer> ping_timer_;
   std::mutex tls_mu_;  // guards tls_: ReloadTls runs on the signal thread

@@ -180,14 +180,16 @@ TEST_F(EdgeCoreTest, SupersededConnectionIsClosedWithReplacedOnCommandOrAfterFal
   EXPECT_EQ(down_.sockets[1].close_code, 4001);
   EXPECT_EQ(down_.sockets[1].close_reason, "replaced");
 
-  // The registry went quiet after saying "superseded": the edge retires it by itself.
+  // The registry went quiet after saying "superseded": the edge retires it by itself once the
+  // grace is over (its own invoke still in flight until then).
   auto second = Connect(2, identity_);
   Grant(second, 2);
+  Invoke(second.conn_id(), second.node_id(), "busy");
   v1::RegistryMessage sup;
   sup.mutable_superseded()->set_conn_id(second.conn_id());
   sup.mutable_superseded()->set_grace_ms(1000);
   core_->OnRegistryMessage(sup);
-  clock_.Advance(1000 + options_.superseded_fallback_ms - 1);
+  clock_.Advance(999);
   core_->OnTimer();
   EXPECT_FALSE(down_.sockets[2].closed);
   clock_.Advance(1);
