@@ -350,10 +350,17 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
       device = devices_.find(spec.node_id);
     } else {
       std::string request_id;
-      for (const auto& [id, req] : pairing_) {
-        if (req.node_id == spec.node_id) request_id = id;
+      if (auto known = pairing_by_node_.find(spec.node_id); known != pairing_by_node_.end()) {
+        request_id = known->second;
+      } else if (pairing_.size() >= options_.max_pairing_requests) {
+        // Anyone with the shared token can mint keys: bound what they can make us keep.
+        result.error_code = "UNAVAILABLE";
+        result.error_message = "too many pending pairing requests; try again later";
+        return result;
+      } else {
+        request_id = common::RandomUuid();
+        pairing_by_node_[spec.node_id] = request_id;
       }
-      if (request_id.empty()) request_id = common::RandomUuid();
       PairingRequest& req = pairing_[request_id];
       req.request_id = request_id;
       req.node_id = spec.node_id;
@@ -524,6 +531,17 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
     Tell(effects, EdgeCommand::Kind::kClose, it->second.spec.edge_id, conn_id,
          it->second.spec.node_id, kReasonSuperseded);
   }
+  if (now_ms >= next_pairing_prune_ms_) {
+    next_pairing_prune_ms_ = now_ms + 10'000;
+    for (auto it = pairing_.begin(); it != pairing_.end();) {
+      if (it->second.created_at_ms + options_.pairing_request_ttl_ms <= now_ms) {
+        pairing_by_node_.erase(it->second.node_id);
+        it = pairing_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
   while (!finished_order_.empty() && finished_order_.front().first <= now_ms) {
     auto it = finished_keys_.find(finished_order_.front().second);
     if (it != finished_keys_.end() && it->second.expires_ms <= now_ms) finished_keys_.erase(it);
@@ -621,13 +639,17 @@ absl::StatusOr<Device> MemoryStore::ApprovePairing(const std::string& request_id
   DeviceRecord& d = devices_[it->second.node_id];
   d.device = Device{it->second.node_id, it->second.public_key, now_ms, approved_by};
   revoked_.erase(it->second.node_id);
+  pairing_by_node_.erase(it->second.node_id);
   pairing_.erase(it);
   return d.device;
 }
 
 absl::Status MemoryStore::RejectPairing(const std::string& request_id) {
   absl::MutexLock lock(&mu_);
-  if (pairing_.erase(request_id) == 0) return absl::NotFoundError("unknown pairing request id");
+  auto it = pairing_.find(request_id);
+  if (it == pairing_.end()) return absl::NotFoundError("unknown pairing request id");
+  pairing_by_node_.erase(it->second.node_id);
+  pairing_.erase(it);
   return absl::OkStatus();
 }
 

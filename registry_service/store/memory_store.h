@@ -142,6 +142,8 @@ class MemoryStore final : public Store {
   absl::flat_hash_map<std::string, DeviceRecord> devices_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);       // revoked in this life
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id
+  absl::flat_hash_map<std::string, std::string> pairing_by_node_ ABSL_GUARDED_BY(mu_);
+  int64_t next_pairing_prune_ms_ ABSL_GUARDED_BY(mu_) = 0;
   absl::flat_hash_map<std::string, Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<int64_t, std::string>> deadlines_ ABSL_GUARDED_BY(mu_);
   std::set<std::pair<int64_t, std::string>> retire_at_ ABSL_GUARDED_BY(mu_);

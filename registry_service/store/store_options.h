@@ -8,12 +8,14 @@
 namespace tether::registry {
 
 struct StoreOptions {
-  int64_t lease_ttl_ms = 10'000;           // an edge's lease lasts this long after a renewal
-  int64_t superseded_grace_ms = 10'000;    // a replaced connection is closed after this at most
-  size_t presence_history = 100'000;       // presence events kept for resuming watchers
-  int64_t idempotency_window_ms = 60'000;  // finished invokes replayable by key for this long
-  bool auto_approve_all = false;           // pair every new device key (local development)
-  bool auto_approve_loopback = false;      // pair devices connecting from loopback
+  int64_t lease_ttl_ms = 10'000;               // an edge's lease lasts this long after a renewal
+  int64_t superseded_grace_ms = 10'000;        // a replaced connection is closed after this at most
+  size_t presence_history = 100'000;           // presence events kept for resuming watchers
+  int64_t idempotency_window_ms = 60'000;      // finished invokes replayable by key for this long
+  bool auto_approve_all = false;               // pair every new device key (local development)
+  bool auto_approve_loopback = false;          // pair devices connecting from loopback
+  size_t max_pairing_requests = 10'000;        // pending requests kept; more are refused
+  int64_t pairing_request_ttl_ms = 3'600'000;  // unanswered requests are dropped after this
 };
 
 }  // namespace tether::registry

@@ -180,6 +180,14 @@ void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
 }
 
 void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
+  // A flood from many addresses must not queue unbounded work ahead of honest nodes.
+  constexpr int64_t kMaxVerifying = 4096;
+  if (verifying_ >= kMaxVerifying) {
+    stats_.handshakes_rate_limited.Add();
+    CloseConn(conn, kCloseTryAgainLater, "edge busy; try again later");
+    return;
+  }
+  ++verifying_;
   conn.state = State::kVerifying;
   // The check runs off the loop: copy what it reads.
   struct Job {
@@ -203,6 +211,7 @@ void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
         job->result = protocol::CheckHandshake(job->text, config);
       },
       [this, job, socket = conn.socket, conn_id = conn.conn_id] {
+        --verifying_;
         FinishConnect(socket, conn_id, std::move(job->result));
       });
 }

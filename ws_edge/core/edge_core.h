@@ -144,6 +144,7 @@ class EdgeCore {
   absl::flat_hash_map<uint64_t, AwaitingAck> awaiting_ack_;  // result request id -> frame
   EdgeStats stats_;
   HandshakeLimiter limiter_;
+  int64_t verifying_ = 0;  // signature checks queued or running off the loop
   int64_t next_prune_ms_ = 0;
 };
 

@@ -443,6 +443,30 @@ TEST(Pairing, UnpairedDeviceIsRefusedUntilApproved) {
   EXPECT_TRUE(h.Node("n1").paired);
 }
 
+TEST(Pairing, PendingRequestsAreBoundedAndExpire) {
+  StoreOptions o;
+  o.max_pairing_requests = 3;
+  o.pairing_request_ttl_ms = 60'000;
+  RegistryHarness h(o);
+  h.Attach("edgeA");
+  for (int i = 0; i < 3; ++i) {
+    auto r = h.registry().Register(
+        RegistryHarness::Spec("c" + std::to_string(i), "n" + std::to_string(i), "edgeA", "e1"));
+    EXPECT_EQ(r->details_code, "PAIRING_REQUIRED");
+  }
+  auto full = h.registry().Register(RegistryHarness::Spec("c9", "n9", "edgeA", "e1"));
+  EXPECT_FALSE(full->granted);
+  EXPECT_EQ(full->error_code, "UNAVAILABLE");
+  EXPECT_EQ(h.store().ListPairingRequests().size(), 3u);
+  // An already pending device still gets its own request back.
+  auto again = h.registry().Register(RegistryHarness::Spec("c10", "n1", "edgeA", "e1"));
+  EXPECT_EQ(again->details_code, "PAIRING_REQUIRED");
+  h.Advance(61'000);  // unanswered requests expire
+  EXPECT_TRUE(h.store().ListPairingRequests().empty());
+  auto later = h.registry().Register(RegistryHarness::Spec("c11", "n9", "edgeA", "e1"));
+  EXPECT_EQ(later->details_code, "PAIRING_REQUIRED");
+}
+
 TEST(Pairing, DeviceTokenAuthenticatesReconnectsAndRevokeEndsEverything) {
   RegistryHarness h;
   auto& edge = h.Attach("edgeA");
