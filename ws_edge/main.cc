@@ -20,6 +20,7 @@
 #include "common/ids.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/signals.h"
 #include "ws_edge/core/edge_core.h"
 #include "ws_edge/link/edge_link_client.h"
 #include "ws_edge/transport/worker_pool.h"
@@ -163,13 +164,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  // Before any thread starts, so only the signal thread below sees them.
+  sigset_t stop = tether::common::BlockStopSignals();
 
   tether::common::RealClock clock;
   std::unique_ptr<tether::edge::WsServer> server_owner = tether::edge::WsServer::Create(wo);

@@ -11,13 +11,6 @@
 namespace tether::registry {
 namespace {
 
-InvokeOutcome Failure(InvokeCode code, std::string message) {
-  InvokeOutcome o;
-  o.code = code;
-  o.message = std::move(message);
-  return o;
-}
-
 constexpr size_t kPumpBatch = 4096;
 
 }  // namespace

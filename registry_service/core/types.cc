@@ -1,6 +1,15 @@
 #include "registry_service/core/types.h"
 
+#include <utility>
+
 namespace tether::registry {
+
+InvokeOutcome Failure(InvokeCode code, std::string message) {
+  InvokeOutcome o;
+  o.code = code;
+  o.message = std::move(message);
+  return o;
+}
 
 const char* InvokeCodeName(InvokeCode code) {
   switch (code) {

@@ -94,6 +94,9 @@ struct InvokeOutcome {
   uint64_t generation = 0;
 };
 
+// An outcome that is not the node's answer.
+InvokeOutcome Failure(InvokeCode code, std::string message);
+
 // An invoke the registry sent (or will send) to a connection.
 struct Dispatch {
   std::string invoke_id;

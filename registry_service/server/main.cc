@@ -10,6 +10,7 @@
 #include "absl/synchronization/mutex.h"
 #include "common/env_flags.h"
 #include "common/log.h"
+#include "common/signals.h"
 #include "registry_service/server/auth.h"
 #include "registry_service/server/registry_server.h"
 
@@ -121,13 +122,8 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // Block the stop signals before any thread starts so only the waiter below sees them.
-  sigset_t stop;
-  sigemptyset(&stop);
-  sigaddset(&stop, SIGTERM);
-  sigaddset(&stop, SIGINT);
-  sigaddset(&stop, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &stop, nullptr);
+  // Before any thread starts, so only the waiter below sees them.
+  sigset_t stop = tether::common::BlockStopSignals();
 
   tether::registry::RegistryServer server(o);
   auto port = server.Start();

@@ -8,13 +8,6 @@
 namespace tether::registry {
 namespace {
 
-InvokeOutcome Failure(InvokeCode code, std::string message) {
-  InvokeOutcome o;
-  o.code = code;
-  o.message = std::move(message);
-  return o;
-}
-
 // Queues a command for the edge holding a connection; returns it for the optional fields.
 EdgeCommand& Tell(Effects* effects, EdgeCommand::Kind kind, const std::string& edge_id,
                   const std::string& conn_id, const std::string& node_id,

@@ -381,5 +381,50 @@ TEST_F(EdgeCoreTest, DrainTellsTheRegistryAndClosesWith1012) {
   EXPECT_EQ(down_.sockets[1].close_code, 1012);
 }
 
+// EdgeLinkClient::OnAttached sets attached_ (so Send() succeeds) on the gRPC thread and only
+// then posts on_up to the loop. In between, the core still forwards node.event (it does not
+// check link_up_), so the first message on the new stream is not the resync.
+TEST_F(EdgeCoreTest, NothingButTheResyncGoesOutBeforeOnLinkUpAfterABlip) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 3);
+  core_->OnLinkDown();
+  link_.sent.clear();
+  link_.up = true;  // the new stream is attached; on_up is still queued on the loop
+  core_->OnMessage(1, json({{"type", "req"},
+                            {"id", "5"},
+                            {"method", "node.event"},
+                            {"params", {{"event", "node.host.stats"}, {"payloadJSON", "{}"}}}})
+                          .dump());
+  core_->OnLinkUp();
+  ASSERT_FALSE(link_.sent.empty());
+  EXPECT_TRUE(link_.sent[0].has_resync())
+      << "first message after the blip: " << link_.sent[0].ShortDebugString();
+}
+
+// edge_link.proto: "the edge closes it by itself after grace_ms at the latest"; invariant 7:
+// closed once its invokes settle or a short grace passes. The core waits grace + 15 s even
+// when the superseded connection has no invoke in flight.
+TEST_F(EdgeCoreTest, IdleSupersededConnectionIsClosedByTheGraceAtTheLatest) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  v1::RegistryMessage sup;
+  sup.mutable_superseded()->set_conn_id(opened.conn_id());
+  sup.mutable_superseded()->set_grace_ms(1000);
+  core_->OnRegistryMessage(sup);
+  clock_.Advance(1000);
+  core_->OnTimer();
+  EXPECT_TRUE(down_.sockets[1].closed);
+  EXPECT_EQ(down_.sockets[1].close_code, kCloseReplaced);
+}
+
+// A socket whose upgrade completes after Drain() (accepted before StopListening) gets a
+// challenge and sits in the table until the handshake timeout, past --drain_timeout_ms.
+TEST_F(EdgeCoreTest, SocketOpenedAfterDrainIsClosedAtOnce) {
+  core_->Drain();
+  core_->OnOpen(7, "10.0.0.7:1", false);
+  EXPECT_TRUE(down_.sockets[7].closed);
+  EXPECT_EQ(down_.sockets[7].close_code, 1012);
+}
+
 }  // namespace
 }  // namespace tether::edge
