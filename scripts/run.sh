@@ -2,18 +2,25 @@
 # Installs what is missing, builds, and runs Tether on loopback: one registry (in-memory state)
 # and one edge; or, with --edges N, N edges behind nginx as the WebSocket load balancer.
 # Ctrl-C stops everything it started.
-#   scripts/run.sh [--edges N]
+#   scripts/run.sh [--edges N] [--secure]
 #   env: TETHER_REGISTRY_PORT (7000)  TETHER_EDGE_PORT (18789: the edge, or the balancer)
-#        TETHER_SHARED_TOKEN (random)
+#        TETHER_SHARED_TOKEN (nodes' gateway token; random when unset)
+#        TETHER_TOKEN (an admin API token to require; implies --secure)
+# By default this is a development setup on loopback: the registry runs with --dev_mode (the
+# gRPC API needs no token, edges no secret) and --auto_approve. --secure requires an API token
+# (printed) and an edge secret, as a deployment would.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 edges=0
+secure=0
+[[ -n "${TETHER_TOKEN:-}" ]] && secure=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --edges) edges="${2:?--edges needs a number}"; shift 2 ;;
     --edges=*) edges="${1#--edges=}"; shift ;;
-    *) echo "usage: scripts/run.sh [--edges N]" >&2; exit 2 ;;
+    --secure) secure=1; shift ;;
+    *) echo "usage: scripts/run.sh [--edges N] [--secure]" >&2; exit 2 ;;
   esac
 done
 [[ "$edges" =~ ^[0-9]+$ ]] || { echo "--edges takes a number" >&2; exit 2; }
@@ -33,9 +40,20 @@ token="${TETHER_SHARED_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 logs="$(mktemp -d -t tether-run.XXXXXX)"
 chmod 700 "$logs"
 # Secrets for this run, in files only this user can read (never on a command line).
-api_token="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-echo "${api_token} admin run-sh-operator" >"$logs/api-tokens"
-od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$logs/edge-secret"
+if ((secure)); then
+  api_token="${TETHER_TOKEN:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
+  echo "${api_token} admin run-sh-operator" >"$logs/api-tokens"
+  od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$logs/edge-secret"
+  registry_auth=(--api_tokens_file="$logs/api-tokens" --edge_secret_file="$logs/edge-secret")
+  edge_auth=(--edge_secret_file="$logs/edge-secret")
+  api_line="API token       ${api_token}   (admin scope; in $logs/api-tokens)"
+  token_export=" TETHER_TOKEN=${api_token}"
+else
+  registry_auth=(--dev_mode)
+  edge_auth=()
+  api_line="API             open (--dev_mode: no token needed; scripts/run.sh --secure to require one)"
+  token_export=""
+fi
 
 pids=()
 stopping=0
@@ -59,8 +77,7 @@ wait_for() {  # file pattern
 
 # Development mode: every new device key is paired automatically (the registry warns loudly).
 "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  --auto_approve --metrics_port=0 --api_tokens_file="$logs/api-tokens" \
-  --edge_secret_file="$logs/edge-secret" >"$logs/registry.log" 2>&1 &
+  --auto_approve --metrics_port=0 "${registry_auth[@]}" >"$logs/registry.log" 2>&1 &
 pids+=($!)
 wait_for "$logs/registry.log" "listening"
 
@@ -69,7 +86,7 @@ start_edge() {  # id port [flags...]
   shift 2
   TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$port" "$@" \
     --registry="127.0.0.1:${reg_port}" --edge_id="$id" --metrics_port=0 \
-    --edge_secret_file="$logs/edge-secret" >"$logs/$id.log" 2>&1 &
+    "${edge_auth[@]}" >"$logs/$id.log" 2>&1 &
   pids+=($!)
   wait_for "$logs/$id.log" "registry_link_up"
 }
@@ -105,11 +122,11 @@ Tether is running (in-memory state; logs in $logs):
   registry gRPC   127.0.0.1:${reg_port}    (tether.v1.Registry; health and reflection enabled)
   ${topology}
   node token      ${token}   (nodes' shared gateway token)
-  API token       ${api_token}   (admin scope; in $logs/api-tokens)
+  ${api_line}
   metrics         ${metrics}
 
 Try it from another terminal, in this directory:
-  export TETHER_SHARED_TOKEN=${token} TETHER_REGISTRY=127.0.0.1:${reg_port} TETHER_TOKEN=${api_token}
+  export TETHER_SHARED_TOKEN=${token} TETHER_REGISTRY=127.0.0.1:${reg_port}${token_export}
   $bin/tools/tether_node --edge=127.0.0.1:${front_port} &      # a demo node
   $bin/tools/tetherctl nodes
   $bin/tools/tetherctl invoke <NODE_ID> system.which '{"bins":["sh"]}'
