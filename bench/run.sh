@@ -35,7 +35,7 @@ bazel build --jobs=2 -c opt //bench:bench //bench:fleet //bench:core_bench \
   //registry_service/server:registry_service //ws_edge:ws_edge || exit 2
 bin=bazel-out/k8-opt/bin
 
-work=$(mktemp -d /tmp/tether-bench.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/tether-bench.XXXXXX")
 cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 machine="$(nproc) cores (${cpu_model:-unknown CPU}), ${mem_gib} GiB RAM, $(uname -sr), open-file limit $(ulimit -n) per process"

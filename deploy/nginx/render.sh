@@ -12,7 +12,7 @@
 #                   hands stdout to the container's user, a shell pipe of another user does not)
 #   --user NAME     only when nginx starts as root: run the workers as NAME, not `nobody`
 #   --out FILE      write there instead of stdout
-# Example: render.sh --out /tmp/lb/nginx.conf 18700 18789 18790
+# Example: render.sh --out "$PREFIX/nginx.conf" 18700 18789 18790
 set -euo pipefail
 
 usage() { sed -n '8,15p' "$0" >&2; exit 2; }
