@@ -82,9 +82,16 @@ void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms, Eff
   node.owner = conn.spec.conn_id;
   node.edge_id = conn.spec.edge_id;
   node.generation = conn.generation;
-  node.client = conn.spec.client;
-  node.public_key = conn.spec.public_key;
-  node.remote_addr = conn.spec.remote_addr;
+  // The node record keeps what the connection said about itself; the connection keeps only
+  // what ownership decisions need (memory per session).
+  node.client = std::move(conn.spec.client);
+  node.public_key = std::move(conn.spec.public_key);
+  node.remote_addr = std::move(conn.spec.remote_addr);
+  conn.spec.client = ClientMetadata{};
+  conn.spec.public_key.clear();
+  conn.spec.remote_addr.clear();
+  conn.spec.device_token.clear();
+  conn.spec.edge_epoch.clear();  // the lease holds it
   node.connected_at_ms = now_ms;
   node.last_seen_ms = now_ms;
   event.conn_id = conn.spec.conn_id;
@@ -300,7 +307,6 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
     Conn& conn = conns_[l.spec.conn_id];
     conn.spec = l.spec;
     conn.spec.edge_id = edge_id;
-    conn.spec.edge_epoch = epoch;
     conn.generation = l.generation;
     lease_it->second.conns.insert(l.spec.conn_id);
     InstallOwner(node, conn, now_ms, effects);
@@ -427,7 +433,7 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
     return result;
   }
   Conn& conn = conns_.at(node->second.owner);
-  if (!Contains(conn.spec.client.commands, start.command)) {
+  if (!Contains(node->second.client.commands, start.command)) {  // the owner's declaration
     result.outcome = Failure(InvokeCode::kCommandNotAllowed,
                              "node did not declare command '" + start.command + "'");
     return result;

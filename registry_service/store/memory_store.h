@@ -11,6 +11,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "registry_service/core/store.h"
 #include "registry_service/store/store_options.h"
@@ -137,9 +138,10 @@ class MemoryStore final : public Store {
   uint64_t head_revision_ ABSL_GUARDED_BY(mu_);
   std::deque<PresenceEvent> history_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, NodeRecord> nodes_ ABSL_GUARDED_BY(mu_);  // ordered for paging
-  absl::flat_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
+  // Node-based maps for the per-session records: no slack of large empty slots.
+  absl::node_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_map<std::string, DeviceRecord> devices_ ABSL_GUARDED_BY(mu_);
+  absl::node_hash_map<std::string, DeviceRecord> devices_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);       // revoked in this life
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id
   absl::flat_hash_map<std::string, std::string> pairing_by_node_ ABSL_GUARDED_BY(mu_);
