@@ -50,7 +50,8 @@ if ((secure)); then
   token_export=" TETHER_TOKEN=${api_token}"
 else
   registry_auth=(--dev_mode)
-  edge_auth=()
+  # Every local node shares 127.0.0.1: no per-address handshake limit in development.
+  edge_auth=(--handshake_rate_per_ip=0)
   api_line="API             open (--dev_mode: no token needed; scripts/run.sh --secure to require one)"
   token_export=""
 fi

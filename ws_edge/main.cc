@@ -56,9 +56,9 @@ ABSL_FLAG(std::string, registry_cert_file, "",
 ABSL_FLAG(std::string, registry_key_file, "", "PEM private key for --registry_cert_file");
 ABSL_FLAG(std::string, registry_tls_name, "",
           "name to expect in the registry's certificate (default: the --registry host)");
-ABSL_FLAG(double, handshake_rate_per_ip, 20,
+ABSL_FLAG(double, handshake_rate_per_ip, 100,
           "handshake attempts per second allowed from one source address (0: unlimited)");
-ABSL_FLAG(double, handshake_burst, 40, "handshake attempts one source address may burst");
+ABSL_FLAG(double, handshake_burst, 200, "handshake attempts one source address may burst");
 ABSL_FLAG(double, failed_handshake_cost, 5,
           "extra attempts a failed device proof or token check costs its source address");
 ABSL_FLAG(bool, trust_x_forwarded_for, false,

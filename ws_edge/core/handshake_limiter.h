@@ -11,9 +11,9 @@
 namespace tether::edge {
 
 struct HandshakeLimits {
-  double rate_per_sec = 20;  // tokens refilled per second per source address (0: no limit)
-  double burst = 40;         // bucket size
-  double failure_cost = 5;   // extra tokens a failed device proof or token check costs
+  double rate_per_sec = 100;  // tokens refilled per second per source address (0: no limit)
+  double burst = 200;         // bucket size (a NATed fleet reconnecting after an edge restart)
+  double failure_cost = 5;    // extra tokens a failed device proof or token check costs
 };
 
 // Each source address has a bucket: an attempt takes one token, a failed proof takes
