@@ -4,7 +4,10 @@
 #include <cstring>
 #include <string>
 
+#include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
+#include "absl/flags/usage.h"
+#include "absl/synchronization/mutex.h"
 
 extern char** environ;
 
@@ -28,6 +31,13 @@ std::vector<char*> ArgsWithEnvFlags(int argc, char** argv) {
   for (std::string& s : *storage) out.push_back(s.data());
   for (int i = 1; i < argc; ++i) out.push_back(argv[i]);
   return out;
+}
+
+std::vector<char*> ParseFlags(int argc, char** argv, const char* usage) {
+  absl::SetProgramUsageMessage(usage);
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  std::vector<char*> args = ArgsWithEnvFlags(argc, argv);
+  return absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
 }
 
 }  // namespace tether::common

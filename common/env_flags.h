@@ -11,6 +11,11 @@ namespace tether::common {
 // still win. The strings live until the process exits.
 std::vector<char*> ArgsWithEnvFlags(int argc, char** argv);
 
+// The binaries' common start: sets the usage text, turns off Abseil's per-acquisition
+// deadlock detection (tests keep it), parses flags with ArgsWithEnvFlags and returns the
+// positional arguments (argv[0] first).
+std::vector<char*> ParseFlags(int argc, char** argv, const char* usage);
+
 }  // namespace tether::common
 
 #endif  // TETHER_COMMON_ENV_FLAGS_H_

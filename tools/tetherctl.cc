@@ -15,12 +15,12 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/env_flags.h"
+#include "common/files.h"
 #include "proto/tether/v1/registry.grpc.pb.h"
 
 ABSL_FLAG(std::string, registry, "127.0.0.1:7000", "registry gRPC address (env TETHER_REGISTRY)");
@@ -80,13 +80,6 @@ int Fail(const grpc::Status& s) {
 std::string& Token() {
   static std::string token;
   return token;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx(int64_t timeout_ms = 10'000) {
@@ -295,17 +288,20 @@ int Pairing(Registry::Stub& api, const std::vector<char*>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(kUsage);
-  if (const char* r = std::getenv("TETHER_REGISTRY"); r != nullptr && *r) {
-    absl::SetFlag(&FLAGS_registry, r);
-  }
-  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  // Flags also read TETHER_<FLAG> (e.g. TETHER_REGISTRY), as the servers do.
+  std::vector<char*> args = tether::common::ParseFlags(argc, argv, kUsage);
   if (args.size() < 2) {
     std::fprintf(stderr, "%s\n", kUsage);
     return 2;
   }
   if (const std::string f = absl::GetFlag(FLAGS_token_file); !f.empty()) {
-    Token() = std::string(absl::StripAsciiWhitespace(ReadFile(f)));
+    auto token = tether::common::ReadTrimmedFile(f);
+    if (!token.ok()) {
+      std::fprintf(stderr, "tetherctl: --token_file: %s\n",
+                   std::string(token.status().message()).c_str());
+      return 2;
+    }
+    Token() = *token;
   } else if (const char* t = std::getenv("TETHER_TOKEN"); t != nullptr) {
     Token() = t;
   }
@@ -313,7 +309,13 @@ int main(int argc, char** argv) {
   grpc::ChannelArguments channel_args;
   if (const std::string ca = absl::GetFlag(FLAGS_tls_ca_file); !ca.empty()) {
     grpc::SslCredentialsOptions ssl;
-    ssl.pem_root_certs = ReadFile(ca);
+    auto pem = tether::common::ReadTrimmedFile(ca);
+    if (!pem.ok()) {
+      std::fprintf(stderr, "tetherctl: --tls_ca_file: %s\n",
+                   std::string(pem.status().message()).c_str());
+      return 2;
+    }
+    ssl.pem_root_certs = *pem + "\n";
     creds = grpc::SslCredentials(ssl);
     if (!absl::GetFlag(FLAGS_tls_name).empty()) {
       channel_args.SetSslTargetNameOverride(absl::GetFlag(FLAGS_tls_name));

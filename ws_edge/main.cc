@@ -9,13 +9,11 @@
 #include <tuple>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "common/clock.h"
 #include "common/env_flags.h"
+#include "common/files.h"
 #include "common/http_server.h"
 #include "common/ids.h"
 #include "common/log.h"
@@ -71,13 +69,6 @@ ABSL_FLAG(int, verify_threads, 1,
 
 namespace {
 
-std::string ReadFileTrimmed(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return std::string(absl::StripAsciiWhitespace(ss.str()));
-}
-
 std::string Hostname() {
   char buf[256] = {0};
   gethostname(buf, sizeof(buf) - 1);
@@ -87,11 +78,8 @@ std::string Hostname() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Tether WebSocket edge. Flags also read TETHER_<FLAG> env vars.");
-  std::vector<char*> args = tether::common::ArgsWithEnvFlags(argc, argv);
-  // Abseil checks lock-order cycles on every Mutex acquisition; tests keep that, binaries do not.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  tether::common::ParseFlags(argc, argv,
+                             "Tether WebSocket edge. Flags also read TETHER_<FLAG> env vars.");
 
   std::vector<std::string> hp = absl::StrSplit(absl::GetFlag(FLAGS_listen), ':');
   int port = -1;
@@ -104,11 +92,13 @@ int main(int argc, char** argv) {
   if (eo.edge_id.empty()) eo.edge_id = "edge-" + Hostname();
   std::string token;
   if (const std::string f = absl::GetFlag(FLAGS_shared_token_file); !f.empty()) {
-    token = ReadFileTrimmed(f);
-    if (token.empty()) {
-      std::fprintf(stderr, "ws_edge: --shared_token_file %s is empty or unreadable\n", f.c_str());
+    auto content = tether::common::ReadTrimmedFile(f);
+    if (!content.ok()) {
+      std::fprintf(stderr, "ws_edge: --shared_token_file: %s\n",
+                   std::string(content.status().message()).c_str());
       return 2;
     }
+    token = *content;
   } else if (const char* t = std::getenv("TETHER_SHARED_TOKEN"); t != nullptr && *t) {
     token = t;
   } else if (const char* t2 = std::getenv("OPENCLAW_GATEWAY_TOKEN"); t2 != nullptr && *t2) {
@@ -183,12 +173,14 @@ int main(int argc, char** argv) {
         {"--registry_cert_file", absl::GetFlag(FLAGS_registry_cert_file), &lo.cert_pem},
         {"--registry_key_file", absl::GetFlag(FLAGS_registry_key_file), &lo.key_pem}}) {
     if (path.empty()) continue;
-    *out = ReadFileTrimmed(path);
-    if (out->empty()) {
-      std::fprintf(stderr, "ws_edge: %s %s is empty or unreadable\n", flag, path.c_str());
+    auto content = tether::common::ReadTrimmedFile(path);
+    if (!content.ok()) {
+      std::fprintf(stderr, "ws_edge: %s: %s\n", flag,
+                   std::string(content.status().message()).c_str());
       return 2;
     }
-    if (out != &lo.secret) *out += "\n";
+    *out = *content;
+    if (out != &lo.secret) *out += "\n";  // PEM
   }
   if (lo.secret.empty()) {
     if (const char* s = std::getenv("TETHER_EDGE_SECRET"); s != nullptr) lo.secret = s;

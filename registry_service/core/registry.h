@@ -47,8 +47,8 @@ struct RegistryStats {
   std::atomic<int64_t> watchers{0};
 };
 
-inline constexpr const char* kDisconnectReasons[4] = {"disconnect", "edge_lost", "edge_drain",
-                                                      "revoked"};
+inline constexpr const char* kDisconnectReasons[4] = {kReasonDisconnect, kReasonEdgeLost,
+                                                      kReasonEdgeDrain, kReasonRevoked};
 
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;

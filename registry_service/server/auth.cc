@@ -46,16 +46,6 @@ const char* ScopeName(Scope scope) {
   return "?";
 }
 
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError("cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  std::string secret(absl::StripAsciiWhitespace(ss.str()));
-  if (secret.empty()) return absl::InvalidArgumentError(path + " is empty");
-  return secret;
-}
-
 ApiAuth::ApiAuth(std::string path, bool open) : path_(std::move(path)), open_(open) {}
 
 absl::Status ApiAuth::Reload() {

@@ -58,9 +58,6 @@ class EdgeAuth {
 
 inline constexpr char kEdgeSecretHeader[] = "x-tether-edge-secret";
 
-// Reads a secret from a file, trimmed. Empty file or unreadable: error.
-absl::StatusOr<std::string> ReadSecretFile(const std::string& path);
-
 }  // namespace tether::registry
 
 #endif  // TETHER_REGISTRY_SERVICE_SERVER_AUTH_H_

@@ -4,11 +4,9 @@
 #include <thread>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
 #include "absl/strings/strip.h"
-#include "absl/synchronization/mutex.h"
 #include "common/env_flags.h"
+#include "common/files.h"
 #include "common/log.h"
 #include "common/signals.h"
 #include "registry_service/server/auth.h"
@@ -63,11 +61,8 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("Tether registry service. Flags also read TETHER_<FLAG> env vars.");
-  std::vector<char*> args = tether::common::ArgsWithEnvFlags(argc, argv);
-  // Abseil checks lock-order cycles on every Mutex acquisition; tests keep that, binaries do not.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
+  tether::common::ParseFlags(argc, argv,
+                             "Tether registry service. Flags also read TETHER_<FLAG> env vars.");
 
   tether::registry::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
@@ -86,7 +81,7 @@ int main(int argc, char** argv) {
   o.edge_listen = absl::GetFlag(FLAGS_edge_listen);
   auto read = [](const std::string& flag, const std::string& path, std::string* out) {
     if (path.empty()) return true;
-    auto content = tether::registry::ReadSecretFile(path);
+    auto content = tether::common::ReadTrimmedFile(path);
     if (!content.ok()) {
       std::fprintf(stderr, "registry_service: %s: %s\n", flag.c_str(),
                    std::string(content.status().message()).c_str());
