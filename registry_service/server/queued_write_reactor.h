@@ -13,7 +13,39 @@ namespace tether::registry {
 
 // Adds to a server streaming reactor (`Base` is grpc::ServerBidiReactor<In, Msg> or
 // grpc::ServerWriteReactor<Msg>) what the callback API leaves to us: one write in flight at a
-// time, a queue in front of it bounded by `max_queue`, and Finish only once the queue drained.
+// time, a queue in front of it bounded by `max_queue`, and Finish exactly once, only when no
+// write is in flight. gRPC calls OnDone (where reactors unwatch, detach and delete themselves)
+// only after Finish, so a path that never calls Finish leaks the stream and hangs the server's
+// shutdown.
+//
+// States and transitions (each has a case in queued_write_reactor_test.cc):
+//
+//   state     event                         next      action
+//   --------  ----------------------------  --------  ---------------------------------------
+//   kIdle     Enqueue                       kWriting  StartWrite(msg)
+//   kIdle     FinishAfterWrites(s)          kDone     Finish(s)
+//   kWriting  Enqueue, queue has room       kWriting  queued
+//   kWriting  Enqueue, queue full           kDraining drop the queued (not the in-flight) write;
+//                                                     status RESOURCE_EXHAUSTED; returns false
+//   kWriting  OnWriteDone(true), queued     kWriting  StartWrite(next)
+//   kWriting  OnWriteDone(true), none       kIdle
+//   kWriting  OnWriteDone(false)            kDone     drop the queue; Finish(UNAVAILABLE)
+//   kWriting  FinishAfterWrites(s)          kDraining status s; queued writes still go out
+//   kDraining OnWriteDone(true), queued     kDraining StartWrite(next)
+//   kDraining OnWriteDone(true), none       kDone     Finish(first status)
+//   kDraining OnWriteDone(false)            kDone     drop the queue; Finish(first status)
+//   kDraining Enqueue                       kDraining returns false
+//   kDraining FinishAfterWrites             kDraining ignored: the first status wins
+//   kDone     Enqueue / FinishAfterWrites   kDone     returns false / ignored
+//
+// A read that fails (OnReadDone(false)) and a cancellation (OnCancel) are FinishAfterWrites
+// calls of the subclass. The decision to call Finish is taken under the lock by the one
+// transition that enters kDone, and carried out by that same call after the lock is released:
+// no flag is shared between threads, so concurrent OnWriteDone/OnReadDone/Enqueue calls cannot
+// lose or duplicate it. StartWrite and Finish run without the lock: gRPC may run OnWriteDone
+// inline from StartWrite, and OnDone (which may delete this) from Finish, so nothing touches
+// the object after Finish.
+//
 // Thread-safe: Enqueue and FinishAfterWrites may be called from any thread.
 template <class Base, class Msg>
 class QueuedWriteReactor : public Base {
@@ -24,99 +56,107 @@ class QueuedWriteReactor : public Base {
   // the stream is finished with RESOURCE_EXHAUSTED.
   bool Enqueue(Msg msg) ABSL_LOCKS_EXCLUDED(mu_) {
     Msg* start = nullptr;
-    bool ok = true;
     {
       absl::MutexLock lock(&mu_);
-      if (finishing_) return false;
-      if (queue_.size() >= max_queue_) {
-        // Cut the slow reader off now: keep only the write in flight.
-        if (writing_) queue_.erase(queue_.begin() + 1, queue_.end());
-        finish_now_ = BeginFinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                                     "stream reader too slow; reconnect"));
-        ok = false;
-      } else {
-        queue_.push_back(std::move(msg));
-        if (!writing_) {
-          writing_ = true;
+      switch (state_) {
+        case State::kDraining:
+        case State::kDone:
+          return false;
+        case State::kIdle:
+          queue_.push_back(std::move(msg));
+          state_ = State::kWriting;
           start = &queue_.front();
-        }
+          break;
+        case State::kWriting:
+          if (queue_.size() >= max_queue_) {
+            // Cut the slow reader off now: keep only the write in flight.
+            queue_.erase(queue_.begin() + 1, queue_.end());
+            status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                   "stream reader too slow; reconnect");
+            state_ = State::kDraining;
+            return false;
+          }
+          queue_.push_back(std::move(msg));
+          break;
       }
     }
-    // gRPC may run OnWriteDone inline from StartWrite: never call it with mu_ held.
+    // Deque elements stay put while others are pushed or erased behind them, and only
+    // OnWriteDone of this very write pops it.
     if (start != nullptr) this->StartWrite(start);
-    if (!ok) MaybeFinish();
-    return ok;
+    return true;
   }
 
   // True once the stream is finishing (no more reads or writes should start).
   bool finishing() ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    return finishing_;
+    return state_ == State::kDraining || state_ == State::kDone;
   }
 
+  // Finishes with `status` once the queued writes went out (at once when none is in flight).
+  // Later calls are ignored.
   void FinishAfterWrites(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_) {
+    grpc::Status finish;
     {
       absl::MutexLock lock(&mu_);
-      finish_now_ = BeginFinishLocked(status);
+      switch (state_) {
+        case State::kDraining:
+        case State::kDone:
+          return;
+        case State::kWriting:
+          status_ = status;
+          state_ = State::kDraining;
+          return;
+        case State::kIdle:
+          state_ = State::kDone;
+          finish = status;
+          break;
+      }
     }
-    MaybeFinish();
+    this->Finish(finish);
   }
 
  protected:
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
     Msg* next = nullptr;
+    grpc::Status finish;
+    bool do_finish = false;
     {
       absl::MutexLock lock(&mu_);
       queue_.pop_front();
-      writing_ = false;
       if (!ok) {
+        // The peer is gone: nothing more can be written.
         queue_.clear();
-        BeginFinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed"));
-      } else if (!queue_.empty()) {
-        writing_ = true;
+        if (state_ == State::kWriting) {
+          status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed");
+        }
+      }
+      if (!queue_.empty()) {
         next = &queue_.front();
+      } else if (state_ == State::kWriting) {
+        state_ = ok ? State::kIdle : State::kDone;
+        do_finish = !ok;
+      } else if (state_ == State::kDraining) {
+        state_ = State::kDone;
+        do_finish = true;
       }
-      // Whoever asked to finish, Finish is due once no write is in flight: gRPC calls OnDone
-      // (where the reactors unwatch, detach and delete themselves) only after Finish.
-      if (finishing_ && !writing_ && !finished_) {
-        finished_ = true;
-        finish_now_ = true;
-      }
+      if (do_finish) finish = status_;
     }
-    if (next != nullptr) this->StartWrite(next);
-    MaybeFinish();
+    if (next != nullptr) {
+      this->StartWrite(next);
+    } else if (do_finish) {
+      this->Finish(finish);
+    }
   }
 
  private:
-  // Marks the stream finishing; true when Finish may be called now (no write in flight).
-  bool BeginFinishLocked(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finishing_) return false;
-    finishing_ = true;
-    final_ = status;
-    if (writing_ || finished_) return false;
-    finished_ = true;
-    return true;
-  }
-
-  void MaybeFinish() ABSL_LOCKS_EXCLUDED(mu_) {
-    grpc::Status status;
-    {
-      absl::MutexLock lock(&mu_);
-      if (!finish_now_) return;
-      finish_now_ = false;
-      status = final_;
-    }
-    this->Finish(status);
-  }
+  enum class State { kIdle, kWriting, kDraining, kDone };
 
   const size_t max_queue_;
   absl::Mutex mu_;
+  State state_ ABSL_GUARDED_BY(mu_) = State::kIdle;
+  // Front is the write in flight (kWriting, kDraining); empty otherwise.
   std::deque<Msg> queue_ ABSL_GUARDED_BY(mu_);
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
-  bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status final_ ABSL_GUARDED_BY(mu_);
-  bool finish_now_ ABSL_GUARDED_BY(mu_) = false;  // Finish is due, outside the lock
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);  // what Finish will say (kDraining)
 };
 
 }  // namespace tether::registry

@@ -72,8 +72,16 @@ for _ in $(seq 60); do
   sleep 1
 done
 [[ -n $node_id ]] || fail "the node host did not register over wss within 60 s"
-grep -q "wss://127.0.0.1" "$tmp/node-host.log" || fail "the node host did not report a wss:// connection"
-echo "openclaw_wss: PASS: node host connected over wss:// ($node_id)"
+# What matters is that the socket the node registered over was TLS. The edge's port serves
+# wss:// only: it completes a TLS handshake verified against the test CA and answers a plain
+# ws:// upgrade with no 101. (The node host's own log line about its wss:// URL is written
+# asynchronously and may trail the registration: not a reliable witness.)
+openssl s_client -connect "127.0.0.1:$(cat "$tmp/edge.port")" -servername localhost \
+  -CAfile "$tmp/ca.pem" -verify_return_error </dev/null >"$tmp/s_client.log" 2>&1 ||
+  fail "the edge's port did not complete a verified TLS handshake"
+plain="$(timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$1; printf "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" >&3; head -c 12 <&3' _ "$(cat "$tmp/edge.port")" 2>/dev/null)"
+[[ $plain == *" 101"* ]] && fail "the edge's port answered a plain ws:// upgrade"
+echo "openclaw_wss: PASS: node host connected over wss:// ($node_id); the port is TLS-only"
 out="$(ctl invoke "$node_id" system.which '{"bins":["sh"]}')" || fail "invoke over wss failed: $out"
 [[ $out == *'"sh":"/'* ]] || fail "unexpected system.which answer: $out"
 echo "openclaw_wss: PASS: system.which over wss:// -> $out"
