@@ -245,6 +245,9 @@ int main(int argc, char** argv) {
                      [&s] { return static_cast<double>(s.live.load()); });
     metrics.AddGauge("tether_edge_link_reconnects_total", "EdgeLink stream reconnects",
                      [&link] { return static_cast<double>(link.reconnects()); });
+    metrics.AddGauge("tether_edge_link_overflows_total",
+                     "EdgeLink streams cancelled because the registry read too slowly",
+                     [&link] { return static_cast<double>(link.overflows()); });
     metrics.AddGauge("tether_edge_link_attached", "1 when the registry link is attached",
                      [&link] { return link.attached() ? 1.0 : 0.0; });
     http.Handle("/metrics", [&metrics] {

@@ -15,6 +15,9 @@
 namespace tether::testing {
 
 // Records what the core sent to each socket. Not thread-safe (the core is single-threaded).
+// As hostile as websocketpp: when `on_close` is set, Close reports the socket closed inline,
+// before returning (terminate() on plain ws:// does that), so the core sees OnClose from
+// inside its own call.
 class FakeDownstream final : public edge::Downstream {
  public:
   struct Socket {
@@ -33,14 +36,20 @@ class FakeDownstream final : public edge::Downstream {
   }
   void Close(uint64_t socket, int code, const std::string& reason) override {
     Socket& s = sockets[socket];
+    if (s.closed) return;
     s.closed = true;
     s.close_code = code;
     s.close_reason = reason;
+    ++closes_in_progress;
+    if (on_close) on_close(socket);
+    --closes_in_progress;
   }
   void SetMaxMessageSize(uint64_t socket, size_t bytes) override {
     sockets[socket].max_message_size = bytes;
   }
   std::map<uint64_t, Socket> sockets;
+  std::function<void(uint64_t)> on_close;  // e.g. the core's OnClose, called inline
+  int closes_in_progress = 0;
 };
 
 // Records what the core sent to the registry; `up` says whether a stream is attached.

@@ -44,6 +44,19 @@ EdgeCore::EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryL
       started_ms_(clock.NowMs()),
       limiter_(options.handshake_limits) {}
 
+void EdgeCore::EraseClosed() {
+  // Erasing cannot call back into the core, but take the list first all the same.
+  std::vector<uint64_t> closed = std::move(closed_);
+  closed_.clear();
+  for (uint64_t socket : closed) {
+    auto it = sockets_.find(socket);
+    if (it == sockets_.end()) continue;
+    by_conn_id_.erase(it->second.conn_id);
+    sockets_.erase(it);
+  }
+  stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
+}
+
 EdgeCore::Conn* EdgeCore::Find(uint64_t socket) {
   auto it = sockets_.find(socket);
   return it == sockets_.end() ? nullptr : &it->second;
@@ -62,6 +75,7 @@ bool EdgeCore::SendFrame(Conn& conn, const std::string& text) {
 }
 
 void EdgeCore::CloseSlowConsumer(uint64_t socket) {
+  Entry entry(*this);
   Conn* conn = Find(socket);
   if (conn == nullptr || conn->state == State::kClosing) return;
   stats_.slow_consumers_closed.Add();
@@ -83,6 +97,7 @@ void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
 // --- Sockets ---------------------------------------------------------------------------------
 
 void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loopback) {
+  Entry entry(*this);
   if (draining_) {
     downstream_.Close(socket, kCloseServiceRestart, "service restart");
     return;
@@ -109,6 +124,7 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
 }
 
 void EdgeCore::OnMessage(uint64_t socket, const std::string& text) {
+  Entry entry(*this);
   Conn* conn = Find(socket);
   if (conn == nullptr) return;
   switch (conn->state) {
@@ -133,8 +149,9 @@ void EdgeCore::OnMessage(uint64_t socket, const std::string& text) {
 }
 
 void EdgeCore::OnClose(uint64_t socket) {
+  Entry entry(*this);
   Conn* conn = Find(socket);
-  if (conn == nullptr) return;
+  if (conn == nullptr || conn->gone) return;
   // Results this socket delivered were forwarded as they arrived, so on the ordered stream
   // they reach the registry before this close does.
   if (conn->register_request != 0 && link_up_) {
@@ -143,9 +160,9 @@ void EdgeCore::OnClose(uint64_t socket) {
     SendLink(m);
   }
   if (conn->state == State::kLive) stats_.live.fetch_sub(1);
-  by_conn_id_.erase(conn->conn_id);
-  sockets_.erase(socket);
-  stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
+  conn->state = State::kClosing;  // nothing more goes to it
+  conn->gone = true;
+  closed_.push_back(socket);  // erased by the outermost Entry (this one, if not nested)
 }
 
 void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection) {
@@ -211,6 +228,7 @@ void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
         job->result = protocol::CheckHandshake(job->text, config);
       },
       [this, job, socket = conn.socket, conn_id = conn.conn_id] {
+        Entry entry(*this);  // a posted task: a public entry of its own
         --verifying_;
         FinishConnect(socket, conn_id, std::move(job->result));
       });
@@ -286,15 +304,20 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
                                                     std::string(event.status().message()))));
       return;
     }
-    v1::EdgeMessage m;
-    m.mutable_event()->set_conn_id(conn.conn_id);
-    m.mutable_event()->set_node_id(conn.accepted->node_id);
-    m.mutable_event()->set_event(event->event);
-    m.mutable_event()->set_payload_json(event->payload_json.value_or(""));
-    if (!SendLink(m)) {
-      SendFrame(conn, protocol::EncodeResponseError(frame->id,
-                                                    Unavailable("registry link busy or down")));
-      return;
+    // The registry only notes that the node is alive (last seen): send it the event's name,
+    // not its payload (up to 25 MiB), and at most once a second per connection.
+    const int64_t now = clock_.NowMs();
+    if (now >= conn.next_event_forward_ms) {
+      v1::EdgeMessage m;
+      m.mutable_event()->set_conn_id(conn.conn_id);
+      m.mutable_event()->set_node_id(conn.accepted->node_id);
+      m.mutable_event()->set_event(event->event);
+      if (!SendLink(m)) {
+        SendFrame(conn, protocol::EncodeResponseError(frame->id,
+                                                      Unavailable("registry link busy or down")));
+        return;
+      }
+      conn.next_event_forward_ms = now + 1000;
     }
     SendFrame(conn, protocol::EncodeResponseOk(frame->id, json{{"ok", true}}));
   } else if (method == "connect") {
@@ -318,8 +341,9 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
     SendFrame(conn, protocol::EncodeResponseError(frame_id, InvalidRequest("nodeId mismatch")));
     return;
   }
-  conn.invokes.erase(result->id);
-  if (!link_up_) {
+  // Only an invoke delivered on this socket and still open can be settled by the registry:
+  // answer the rest here instead of sending a 25 MiB payload up the link to be ignored.
+  if (conn.invokes.erase(result->id) == 0 || !link_up_) {
     SendFrame(conn, protocol::EncodeResponseOk(frame_id, json{{"ok", true}, {"ignored", true}}));
     return;
   }
@@ -349,6 +373,7 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
 bool EdgeCore::SendLink(const v1::EdgeMessage& message) { return link_up_ && link_.Send(message); }
 
 void EdgeCore::OnLinkUp() {
+  Entry entry(*this);
   link_up_ = true;
   v1::EdgeMessage m;
   v1::Resync* resync = m.mutable_resync();
@@ -363,10 +388,20 @@ void EdgeCore::OnLinkUp() {
 }
 
 void EdgeCore::OnLinkDown() {
+  Entry entry(*this);
   link_up_ = false;
   for (auto& [socket, conn] : sockets_) {
     if (conn.state == State::kRegistering) {
       RefuseUnavailable(conn, conn.accepted->request_id, "registry link lost; reconnect");
+    } else if (conn.state == State::kLive && !conn.invokes.empty()) {
+      // The registry failed these (DISCONNECTED) when the stream broke, and no answer can
+      // reach it: tell the node to stop working on them.
+      for (const std::string& invoke_id : conn.invokes) {
+        SendFrame(conn, protocol::EncodeEvent(
+                            "node.invoke.cancel",
+                            json{{"invokeId", invoke_id}, {"nodeId", conn.accepted->node_id}}));
+      }
+      conn.invokes.clear();
     }
   }
   // The registry fails invokes in flight on a lost link, so these results cannot count.
@@ -380,6 +415,7 @@ void EdgeCore::OnLinkDown() {
 }
 
 void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
+  Entry entry(*this);
   switch (m.msg_case()) {
     case v1::RegistryMessage::kRegisterOutcome:
       HandleRegisterOutcome(m.register_outcome());
@@ -542,6 +578,7 @@ void EdgeCore::AnswerAck(uint64_t request_id, bool ignored) {
 // --- Timer and shutdown ----------------------------------------------------------------------
 
 void EdgeCore::OnTimer() {
+  Entry entry(*this);
   const int64_t now = clock_.NowMs();
   if (now >= next_prune_ms_) {
     limiter_.Prune(now);
@@ -583,6 +620,7 @@ void EdgeCore::OnTimer() {
 }
 
 void EdgeCore::Drain() {
+  Entry entry(*this);
   if (draining_) return;
   draining_ = true;
   if (link_up_) {

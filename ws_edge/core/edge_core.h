@@ -51,6 +51,12 @@ struct EdgeStats {
 // invoke delivery and result forwarding, ticks and retirement of replaced connections.
 // Borrows the downstream, the link and the clock (not owned; must outlive it).
 // Not thread-safe: the event loop that owns the sockets calls every method.
+//
+// Re-entrant: the downstream may call OnClose from inside Close or Send (websocketpp's
+// terminate() on plain ws:// completes synchronously). A socket closed while a method of the
+// core is running is marked gone at once (nothing more is sent to it, its `closed` goes to the
+// registry) and leaves the tables only when the outermost call returns, so no loop over the
+// table and no Conn& held by a caller is invalidated under it.
 class EdgeCore {
  public:
   // `offload` checks signatures; nullptr checks them inline.
@@ -105,12 +111,28 @@ class EdgeCore {
     int64_t seq = 0;
     absl::flat_hash_set<std::string> invokes;  // delivered, not yet answered or cancelled
     std::vector<v1::InvokeRequest> queued;     // arrived before hello-ok went out
+    bool gone = false;                  // OnClose ran; erased when the outermost call returns
+    int64_t next_event_forward_ms = 0;  // node.event touches are sent at most once a second
+  };
+  // Counts nested entries into the core; the outermost one erases sockets closed meanwhile.
+  class Entry {
+   public:
+    explicit Entry(EdgeCore& core) : core_(core) { ++core_.depth_; }
+    ~Entry() {
+      if (--core_.depth_ == 0) core_.EraseClosed();
+    }
+    Entry(const Entry&) = delete;
+    Entry& operator=(const Entry&) = delete;
+
+   private:
+    EdgeCore& core_;
   };
   struct AwaitingAck {
     uint64_t socket = 0;
     std::string frame_id;
   };
 
+  void EraseClosed();
   Conn* Find(uint64_t socket);
   Conn* FindByConnId(const std::string& conn_id);
   bool SendFrame(Conn& conn, const std::string& text);
@@ -146,6 +168,8 @@ class EdgeCore {
   HandshakeLimiter limiter_;
   int64_t verifying_ = 0;  // signature checks queued or running off the loop
   int64_t next_prune_ms_ = 0;
+  int depth_ = 0;                 // nested public calls in progress (see Entry)
+  std::vector<uint64_t> closed_;  // sockets gone during them, to erase
 };
 
 // Close codes the edge uses beyond RFC 6455's.

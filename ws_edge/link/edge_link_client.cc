@@ -7,11 +7,19 @@
 namespace tether::edge {
 
 // One EdgeLink call: one write in flight with a queue in front, reads delivered to the client.
+//
+// Lanes: a heartbeat jumps the queue (at most one waits; a backlog of bulk must not cost every
+// node on the edge its lease); everything else keeps its order, because a node's results must
+// reach the registry before its socket's `closed`. Bulk (results, events: the edge answers the
+// node UNAVAILABLE when refused) is refused above kMaxBulkBytes queued; lifecycle messages are
+// never refused: above kMaxQueuedBytes (a registry that reads nothing) the stream is cancelled,
+// and the resync on the next stream repairs whatever it carried.
 class EdgeLinkClient::Stream final
     : public grpc::ClientBidiReactor<v1::EdgeMessage, v1::RegistryMessage> {
  public:
-  Stream(EdgeLinkClient* owner, v1::EdgeLink::Stub* stub, const v1::EdgeMessage& attach)
-      : owner_(owner) {
+  Stream(EdgeLinkClient* owner, v1::EdgeLink::Stub* stub, const v1::EdgeMessage& attach,
+         uint64_t seq)
+      : owner_(owner), seq_(seq) {
     if (!owner->options_.secret.empty()) {
       ctx_.AddMetadata("x-tether-edge-secret", owner->options_.secret);
     }
@@ -21,21 +29,35 @@ class EdgeLinkClient::Stream final
     StartCall();
   }
 
-  // False when the stream is gone or too much is already waiting for it (a registry that reads
-  // slower than nodes send must not grow the edge without bound).
+  // False when the message will not go out on this stream: the stream is gone, bulk over its
+  // bound, or the queue overflowed (then the stream is cancelled).
   bool Enqueue(const v1::EdgeMessage& m) ABSL_LOCKS_EXCLUDED(mu_) {
-    v1::EdgeMessage* start = nullptr;
+    const v1::EdgeMessage* start = nullptr;
+    bool cancel = false;
     {
       absl::MutexLock lock(&mu_);
-      if (done_) return false;
-      const size_t size = m.ByteSizeLong();
-      if (queued_bytes_ + size > kMaxQueuedBytes && !queue_.empty()) return false;
-      queued_bytes_ += size;
-      queue_.push_back(m);
-      if (!writing_) {
-        writing_ = true;
-        start = &queue_.front();
+      if (done_ || cancelled_) return false;
+      if (m.has_heartbeat()) {
+        if (heartbeat_waiting_) return true;  // one is enough
+        heartbeat_waiting_ = true;
+      } else {
+        const size_t size = m.ByteSizeLong();
+        const bool bulk = m.has_result() || m.has_event();
+        if (bulk && queued_bytes_ + size > kMaxBulkBytes && !queue_.empty()) return false;
+        if (queued_bytes_ + size > kMaxQueuedBytes) {
+          cancelled_ = true;  // never drop a lifecycle message silently: start over
+          cancel = true;
+        } else {
+          queued_bytes_ += size;
+          queue_.push_back(m);
+        }
       }
+      if (!cancel && !writing_) start = NextLocked();
+    }
+    if (cancel) {
+      owner_->overflows_.fetch_add(1);
+      ctx_.TryCancel();
+      return false;
     }
     // gRPC may run OnWriteDone inline from StartWrite: never call it with mu_ held.
     if (start != nullptr) StartWrite(start);
@@ -45,23 +67,26 @@ class EdgeLinkClient::Stream final
   // Waits up to `timeout` for queued writes to go out (for a clean drain).
   void Flush(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_) {
     absl::MutexLock lock(&mu_);
-    auto flushed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return queue_.empty() || done_; };
+    auto flushed = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return (queue_.empty() && !writing_) || done_;
+    };
     mu_.AwaitWithTimeout(absl::Condition(&flushed), timeout);
   }
 
   void Cancel() { ctx_.TryCancel(); }
 
   void OnWriteDone(bool ok) override ABSL_LOCKS_EXCLUDED(mu_) {
-    v1::EdgeMessage* next = nullptr;
+    const v1::EdgeMessage* next = nullptr;
     {
       absl::MutexLock lock(&mu_);
-      queued_bytes_ -= queue_.front().ByteSizeLong();
-      queue_.pop_front();
-      writing_ = false;
-      if (ok && !queue_.empty()) {
-        writing_ = true;
-        next = &queue_.front();
+      if (writing_heartbeat_) {
+        writing_heartbeat_ = false;
+      } else {
+        queued_bytes_ -= queue_.front().ByteSizeLong();
+        queue_.pop_front();
       }
+      writing_ = false;
+      if (ok) next = NextLocked();
     }
     if (next != nullptr) StartWrite(next);
   }
@@ -73,8 +98,10 @@ class EdgeLinkClient::Stream final
       owner_->OnAttached(this);
     } else {
       v1::RegistryMessage copy = in_;
-      owner_->callbacks_.post(
-          [owner = owner_, copy = std::move(copy)] { owner->callbacks_.on_message(copy); });
+      owner_->callbacks_.post([owner = owner_, seq = seq_, copy = std::move(copy)] {
+        if (owner->StaleOnLoop(seq)) return;  // from a stream a newer one replaced
+        owner->callbacks_.on_message(copy);
+      });
     }
     StartRead(&in_);
   }
@@ -90,17 +117,42 @@ class EdgeLinkClient::Stream final
     owner_->OnStreamDone(this);
   }
 
+  uint64_t seq() const { return seq_; }
+
  private:
+  // Picks the next write (the waiting heartbeat first) and marks it in flight; null if none.
+  const v1::EdgeMessage* NextLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (heartbeat_waiting_) {
+      heartbeat_waiting_ = false;
+      writing_heartbeat_ = true;
+      writing_ = true;
+      return &heartbeat_;
+    }
+    if (queue_.empty()) return nullptr;
+    writing_ = true;
+    return &queue_.front();
+  }
+
   EdgeLinkClient* owner_;
+  const uint64_t seq_;  // which of this client's streams it is (1, 2, ...)
   grpc::ClientContext ctx_;
   v1::RegistryMessage in_;
   grpc::Status status_;
   absl::Mutex mu_;
+  static constexpr size_t kMaxBulkBytes = 128 << 20;
   static constexpr size_t kMaxQueuedBytes = 256 << 20;
   std::deque<v1::EdgeMessage> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_heartbeat_ ABSL_GUARDED_BY(mu_) = false;  // the write in flight is heartbeat_
+  bool heartbeat_waiting_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // overflowed: ending
   bool done_ ABSL_GUARDED_BY(mu_) = false;
+  const v1::EdgeMessage heartbeat_ = [] {
+    v1::EdgeMessage m;
+    m.mutable_heartbeat();
+    return m;
+  }();
 };
 
 EdgeLinkClient::EdgeLinkClient(const LinkOptions& options, LinkCallbacks callbacks)
@@ -168,6 +220,8 @@ uint64_t EdgeLinkClient::reconnects() {
   return reconnects_;
 }
 
+bool EdgeLinkClient::StaleOnLoop(uint64_t seq) const { return seq < loop_stream_seq_; }
+
 void EdgeLinkClient::OnAttached(Stream* stream) {
   {
     absl::MutexLock lock(&mu_);
@@ -176,7 +230,11 @@ void EdgeLinkClient::OnAttached(Stream* stream) {
     just_attached_ = true;  // wakes the supervisor to heartbeat at the registry's interval
     heartbeat_ms_ = std::max<int64_t>(heartbeat_from_ack_, 50);
   }
-  callbacks_.post([this] { callbacks_.on_up(); });
+  callbacks_.post([this, seq = stream->seq()] {
+    loop_stream_seq_ = std::max(loop_stream_seq_, seq);
+    if (StaleOnLoop(seq)) return;
+    callbacks_.on_up();
+  });
 }
 
 void EdgeLinkClient::OnStreamDone(Stream* stream) {
@@ -188,7 +246,14 @@ void EdgeLinkClient::OnStreamDone(Stream* stream) {
     attached_ = false;
     stream_done_ = true;
   }
-  if (was_attached) callbacks_.post([this] { callbacks_.on_down(); });
+  // Posted from gRPC's thread, this can reach the loop after the next stream's `up` (a stalled
+  // thread): a stale `down` would leave the edge refusing every handshake while attached.
+  if (was_attached) {
+    callbacks_.post([this, seq = stream->seq()] {
+      if (StaleOnLoop(seq)) return;
+      callbacks_.on_down();
+    });
+  }
 }
 
 void EdgeLinkClient::Supervise() {
@@ -204,7 +269,7 @@ void EdgeLinkClient::Supervise() {
       absl::MutexLock lock(&mu_);
       if (stopping_) break;
       stream_done_ = false;
-      stream_ = std::make_shared<Stream>(this, stub_.get(), attach);
+      stream_ = std::make_shared<Stream>(this, stub_.get(), attach, ++stream_seq_);
     }
     // While the stream lives: heartbeat at the registry's interval.
     bool ever_attached = false;
@@ -225,7 +290,7 @@ void EdgeLinkClient::Supervise() {
       }
       if (attached_) {
         ever_attached = true;
-        (void)stream_->Enqueue(heartbeat);  // a full queue means the registry reads nothing
+        (void)stream_->Enqueue(heartbeat);  // jumps the queue; coalesced if one is waiting
       }
     }
     {

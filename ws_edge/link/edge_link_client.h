@@ -52,15 +52,21 @@ class EdgeLinkClient final : public RegistryLink {
   void Start();
   // Flushes what is queued (bounded wait), then ends the stream and the thread.
   void Stop();
-  // Queues on the attached stream; false when none is attached.
+  // Queues on the attached stream. False when none is attached, when bulk (a result or an
+  // event) is over its bound, or when the queue overflowed: then the stream is cancelled and
+  // the resync on the next one repairs what was lost with it.
   bool Send(const v1::EdgeMessage& message) override ABSL_LOCKS_EXCLUDED(mu_);
   bool attached() ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t reconnects() ABSL_LOCKS_EXCLUDED(mu_);
+  // Streams cancelled because the registry read too slowly for what had to be sent.
+  uint64_t overflows() const { return overflows_.load(); }
 
   class Stream;  // one call's reactor; defined in the .cc
 
  private:
   void Supervise();
+  // On the loop: true for events of a stream older than the newest one that came up.
+  bool StaleOnLoop(uint64_t seq) const;
   void OnAttached(Stream* stream) ABSL_LOCKS_EXCLUDED(mu_);
   void OnStreamDone(Stream* stream) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -78,6 +84,9 @@ class EdgeLinkClient final : public RegistryLink {
   int64_t heartbeat_ms_ ABSL_GUARDED_BY(mu_) = 2'500;
   std::atomic<int64_t> heartbeat_from_ack_{2'500};  // written by the stream's read path
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t stream_seq_ ABSL_GUARDED_BY(mu_) = 0;  // numbers the streams in creation order
+  uint64_t loop_stream_seq_ = 0;  // newest stream that came up; touched on the loop only
+  std::atomic<uint64_t> overflows_{0};
   std::thread supervisor_;
   std::mt19937_64 rng_;
 };

@@ -24,6 +24,8 @@ class EdgeCoreTest : public ::testing::Test {
     options_.shared_token = "secret";
     options_.tick_interval_ms = 1000;
     core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
+    // Hostile, as websocketpp is on ws://: a close completes inline, inside the core's call.
+    down_.on_close = [this](uint64_t socket) { core_->OnClose(socket); };
     core_->OnLinkUp();
     link_.sent.clear();
   }
@@ -424,6 +426,126 @@ TEST_F(EdgeCoreTest, SocketOpenedAfterDrainIsClosedAtOnce) {
   core_->OnOpen(7, "10.0.0.7:1", false);
   EXPECT_TRUE(down_.sockets[7].closed);
   EXPECT_EQ(down_.sockets[7].close_code, 1012);
+}
+
+// A result for an invoke this socket was never given (or already answered or cancelled) is
+// answered {ok:true, ignored:true} by the edge: no payload goes up the link to be ignored.
+TEST_F(EdgeCoreTest, ResultForAnInvokeNotDeliveredHereIsAnsweredLocally) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  link_.sent.clear();
+  NodeSends(1, Result("never-sent", opened.node_id()));
+  EXPECT_TRUE(link_.sent.empty());
+  EXPECT_EQ(LastFrame(1)["payload"], json({{"ok", true}, {"ignored", true}}));
+  // A duplicate of a result already forwarded is answered the same way.
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  ASSERT_EQ(link_.sent.size(), 1u);
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  EXPECT_EQ(link_.sent.size(), 1u);
+}
+
+// The registry only notes that the node is alive: node.event goes up without its payload and
+// at most once a second per connection; the node gets {ok:true} either way.
+TEST_F(EdgeCoreTest, NodeEventsReachTheRegistryAsThrottledTouchesWithoutPayload) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  link_.sent.clear();
+  auto event = [&](const std::string& id) {
+    NodeSends(
+        1, json{{"type", "req"},
+                {"id", id},
+                {"method", "node.event"},
+                {"params",
+                 {{"event", "node.host.stats"}, {"payloadJSON", std::string(1000, ' ') + "{}"}}}});
+    return LastFrame(1);
+  };
+  EXPECT_EQ(event("e1")["payload"]["ok"], true);
+  ASSERT_EQ(link_.sent.size(), 1u);
+  EXPECT_EQ(link_.sent[0].event().event(), "node.host.stats");
+  EXPECT_TRUE(link_.sent[0].event().payload_json().empty());
+  EXPECT_EQ(event("e2")["payload"]["ok"], true);
+  EXPECT_EQ(link_.sent.size(), 1u);  // within the second: answered, not forwarded
+  clock_.Advance(1000);
+  event("e3");
+  EXPECT_EQ(link_.sent.size(), 2u);
+}
+
+// The registry fails a lost link's in-flight invokes; the node is told to stop on them.
+TEST_F(EdgeCoreTest, LinkLossCancelsInFlightInvokesAtTheNode) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  link_.up = false;
+  core_->OnLinkDown();
+  json cancel = LastFrame(1);
+  EXPECT_EQ(cancel["event"], "node.invoke.cancel");
+  EXPECT_EQ(cancel["payload"]["invokeId"], "inv-1");
+  EXPECT_EQ(cancel["payload"]["nodeId"], opened.node_id());
+  EXPECT_FALSE(down_.sockets[1].closed);  // the node itself stays connected
+}
+
+// --- Re-entrant closes (the downstream calls OnClose from inside Close or a failed Send) ------
+
+TEST_F(EdgeCoreTest, DrainClosesEverySocketWhileEachCloseCallsBackInline) {
+  std::vector<v1::ConnectionOpened> opened;
+  for (uint64_t s = 1; s <= 5; ++s) {
+    opened.push_back(Connect(s, protocol::Ed25519Identity::Generate()));
+    Grant(opened.back(), s);
+  }
+  core_->OnOpen(6, "127.0.0.1:1", true);  // still in its handshake
+  link_.sent.clear();
+  core_->Drain();  // iterates the table while each close erases from it
+  int closed = 0;
+  for (const auto& m : link_.sent) closed += m.has_closed() ? 1 : 0;
+  EXPECT_EQ(closed, 5);  // every registered connection reported once
+  for (uint64_t s = 1; s <= 6; ++s) EXPECT_EQ(down_.sockets[s].close_code, 1012) << s;
+  EXPECT_EQ(core_->connection_count(), 0u);
+  EXPECT_EQ(core_->stats().sockets.load(), 0);
+  EXPECT_EQ(core_->live_count(), 0u);
+}
+
+TEST_F(EdgeCoreTest, HelloOkToASlowReaderClosesItInlineAndHeldInvokesAreNotDelivered) {
+  auto opened = Connect(1, identity_);
+  // Two invokes arrive before hello-ok: held on the connection.
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  Invoke(opened.conn_id(), opened.node_id(), "inv-2");
+  down_.sockets[1].refuse_sends = true;  // hello-ok's send fails: slow consumer, closed inline
+  link_.sent.clear();
+  Grant(opened, 1);  // the delivery loop must not touch the erased connection
+  EXPECT_TRUE(down_.sockets[1].closed);
+  EXPECT_EQ(down_.sockets[1].close_code, 1008);
+  ASSERT_EQ(link_.sent.size(), 1u);  // its close: the registry fails both invokes
+  EXPECT_TRUE(link_.sent[0].has_closed());
+  EXPECT_EQ(core_->connection_count(), 0u);
+  EXPECT_EQ(core_->stats().invokes_delivered.value(), 0);
+}
+
+TEST_F(EdgeCoreTest, RejectionWhoseResponseCannotBeSentClosesOnce) {
+  core_->OnOpen(1, "127.0.0.1:5555", true);
+  down_.sockets[1].refuse_sends = true;
+  NodeSends(1, json{{"type", "req"}, {"id", "1"}, {"method", "health"}});  // not connect
+  EXPECT_TRUE(down_.sockets[1].closed);
+  EXPECT_EQ(core_->connection_count(), 0u);
+}
+
+TEST_F(EdgeCoreTest, LinkDownRefusesRegisteringSocketsWhileTheirClosesCallBackInline) {
+  for (uint64_t s = 1; s <= 4; ++s) Connect(s, protocol::Ed25519Identity::Generate());
+  link_.up = false;
+  core_->OnLinkDown();  // iterates the table; each refusal closes inline
+  for (uint64_t s = 1; s <= 4; ++s) {
+    EXPECT_EQ(down_.sockets[s].close_code, 1013) << s;
+    EXPECT_EQ(LastFrame(s)["error"]["code"], "UNAVAILABLE") << s;
+  }
+  EXPECT_EQ(core_->connection_count(), 0u);
+}
+
+TEST_F(EdgeCoreTest, ATimerPassThatClosesEverySocketInline) {
+  for (uint64_t s = 1; s <= 3; ++s) core_->OnOpen(s, "127.0.0.1:1", true);
+  clock_.Advance(options_.handshake_timeout_ms + 1);
+  core_->OnTimer();
+  for (uint64_t s = 1; s <= 3; ++s) EXPECT_TRUE(down_.sockets[s].closed) << s;
+  EXPECT_EQ(core_->connection_count(), 0u);
 }
 
 }  // namespace
