@@ -7,6 +7,7 @@
 #include "common/ids.h"
 #include "common/log.h"
 #include "common/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace tether::registry {
 namespace {
@@ -23,10 +24,12 @@ Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptio
 absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string& epoch,
                                   std::shared_ptr<EdgeSink> sink) {
   Effects effects;
-  RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, clock_.NowMs(), &effects));
   {
+    Decision decision(*this, &effects);
+    RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, clock_.NowMs(), &effects));
+    // Before the decision's commands are queued: they go out on this new stream.
     absl::MutexLock lock(&mu_);
-    routes_[edge_id] = Route{epoch, std::move(sink)};
+    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink))};
     stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
   }
   common::Log(common::LogLevel::kInfo, "edge_attached", {{"edge_id", edge_id}, {"epoch", epoch}});
@@ -39,7 +42,7 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
   {
     absl::MutexLock lock(&mu_);
     auto it = routes_.find(edge_id);
-    if (it != routes_.end() && it->second.sink.get() == sink) {
+    if (it != routes_.end() && it->second.outbox->sink() == sink) {
       routes_.erase(it);
       stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
     }
@@ -51,8 +54,11 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
               {{"edge_id", edge_id}, {"invokes_failed", absl::StrCat(lost.size())}});
   Effects effects;
   const InvokeOutcome failure = Failure(InvokeCode::kDisconnected, "edge link lost");
-  for (const std::string& invoke_id : lost) {
-    store_.FailInvoke(invoke_id, "", "", failure, clock_.NowMs(), &effects);
+  {
+    Decision decision(*this, &effects);
+    for (const std::string& invoke_id : lost) {
+      store_.FailInvoke(invoke_id, "", "", failure, clock_.NowMs(), &effects);
+    }
   }
   Apply(effects);
 }
@@ -63,7 +69,11 @@ absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& 
 
 absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {
   Effects effects;
-  absl::Status status = store_.DrainEdge(edge_id, epoch, clock_.NowMs(), &effects);
+  absl::Status status;
+  {
+    Decision decision(*this, &effects);
+    status = store_.DrainEdge(edge_id, epoch, clock_.NowMs(), &effects);
+  }
   common::Log(common::LogLevel::kInfo, "edge_draining", {{"edge_id", edge_id}});
   Apply(effects);
   return status;
@@ -71,7 +81,11 @@ absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& 
 
 absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
   Effects effects;
-  auto result = store_.Register(spec, clock_.NowMs(), &effects);
+  absl::StatusOr<RegisterResult> result;
+  {
+    Decision decision(*this, &effects);
+    result = store_.Register(spec, clock_.NowMs(), &effects);
+  }
   if (result.ok() && result->granted) {
     stats_.registrations_granted.Add();
     if (common::LogEnabled(common::LogLevel::kDebug)) {
@@ -96,7 +110,11 @@ absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
 
 CloseResult Registry::Close(const std::string& edge_id, const std::string& conn_id) {
   Effects effects;
-  CloseResult result = store_.Close(edge_id, conn_id, clock_.NowMs(), &effects);
+  CloseResult result;
+  {
+    Decision decision(*this, &effects);
+    result = store_.Close(edge_id, conn_id, clock_.NowMs(), &effects);
+  }
   if (result.was_owner) {
     stats_.closes_of_owner.Add();
   } else if (result.known) {
@@ -114,8 +132,12 @@ bool Registry::AcceptResult(const std::string& conn_id, const std::string& invok
                             const std::string& node_id, const InvokeOutcome& outcome,
                             const std::string& edge_id) {
   Effects effects;
-  bool settled =
-      store_.SettleInvoke(invoke_id, node_id, conn_id, edge_id, outcome, clock_.NowMs(), &effects);
+  bool settled = false;
+  {
+    Decision decision(*this, &effects);
+    settled = store_.SettleInvoke(invoke_id, node_id, conn_id, edge_id, outcome, clock_.NowMs(),
+                                  &effects);
+  }
   if (!settled) stats_.results_ignored.Add();
   Apply(effects);
   return settled;
@@ -124,9 +146,12 @@ bool Registry::AcceptResult(const std::string& conn_id, const std::string& invok
 void Registry::Undeliverable(const std::string& edge_id, const std::string& conn_id,
                              const std::string& invoke_id, const std::string& reason) {
   Effects effects;
-  store_.FailInvoke(invoke_id, conn_id, edge_id,
-                    Failure(InvokeCode::kDisconnected, "could not deliver: " + reason),
-                    clock_.NowMs(), &effects);
+  {
+    Decision decision(*this, &effects);
+    store_.FailInvoke(invoke_id, conn_id, edge_id,
+                      Failure(InvokeCode::kDisconnected, "could not deliver: " + reason),
+                      clock_.NowMs(), &effects);
+  }
   Apply(effects);
 }
 
@@ -135,7 +160,11 @@ void Registry::Seen(const std::string& conn_id) { store_.Touch(conn_id, clock_.N
 absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const std::string& epoch,
                                               const std::vector<LiveConnection>& live) {
   Effects effects;
-  auto result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
+  absl::StatusOr<ResyncResult> result;
+  {
+    Decision decision(*this, &effects);
+    result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
+  }
   stats_.resyncs.Add();
   if (result.ok()) {
     common::Log(common::LogLevel::kInfo, "edge_resynced",
@@ -149,6 +178,25 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const 
 
 // --- Invokes ---------------------------------------------------------------------------------
 
+std::string Registry::InvalidInvoke(const InvokeParams& params) const {
+  if (params.node_id.empty() || params.command.empty()) {
+    return "node_id and command are required";
+  }
+  if (params.timeout_ms < 0) {
+    return "timeout_ms must be >= 0 (0 means the default, " +
+           std::to_string(options_.default_invoke_timeout_ms) + " ms)";
+  }
+  if (static_cast<int64_t>(params.params_json.size()) > options_.max_params_bytes) {
+    return "params_json is " + std::to_string(params.params_json.size()) + " bytes; the limit is " +
+           std::to_string(options_.max_params_bytes) + " bytes";
+  }
+  // The node parses it; a caller's typo must not reach it (or be blamed on it).
+  if (!params.params_json.empty() && !nlohmann::json::accept(params.params_json)) {
+    return "params_json is not valid JSON";
+  }
+  return "";
+}
+
 InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   const int64_t now = clock_.NowMs();
   InvokeResult base;
@@ -157,14 +205,16 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   int64_t timeout = params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
   timeout = std::min(timeout, options_.max_invoke_timeout_ms);
   base.effective_timeout_ms = timeout;
-  if (params.node_id.empty() || params.command.empty()) {
+  if (std::string invalid = InvalidInvoke(params); !invalid.empty()) {
     stats_.invokes[static_cast<int>(InvokeCode::kInvalid)].Add();
-    base.outcome = Failure(InvokeCode::kInvalid, "node_id and command are required");
+    base.outcome = Failure(InvokeCode::kInvalid, std::move(invalid));
     done(base);
     return InvokeTicket{};
   }
   int64_t deadline = now + timeout;
-  if (params.caller_deadline_ms > 0) deadline = std::min(deadline, params.caller_deadline_ms);
+  if (params.caller_remaining_ms >= 0) {
+    deadline = std::min(deadline, now + params.caller_remaining_ms);
+  }
 
   InvokeStart start;
   start.invoke_id = common::UniqueId();
@@ -192,16 +242,19 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   // starts afresh, so more than a couple of rounds means something is badly wrong.
   for (int attempt = 0; attempt < 16; ++attempt) {
     Effects effects;
-    InvokeStartResult r = store_.StartInvoke(start, now, &effects);
+    InvokeStartResult r;
+    {
+      Decision decision(*this, &effects);
+      r = store_.StartInvoke(start, now, &effects);
+      // Queued before any later decision (a supersede, the expiry's cancel) can queue its own.
+      if (r.kind == InvokeStartResult::Kind::kDispatched &&
+          !decision.SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1))) {
+        store_.FailInvoke(r.dispatch.invoke_id, "", "",
+                          Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
+      }
+    }
     switch (r.kind) {
       case InvokeStartResult::Kind::kDispatched: {
-        std::shared_ptr<EdgeSink> sink = SinkFor(r.dispatch.edge_id, r.dispatch.invoke_id);
-        if (sink == nullptr) {
-          store_.FailInvoke(r.dispatch.invoke_id, "", "",
-                            Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
-        } else {
-          sink->SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1));
-        }
         Apply(effects);
         return ticket;
       }
@@ -261,7 +314,10 @@ void Registry::CancelInvoke(const InvokeTicket& ticket) {
   result.outcome = Failure(InvokeCode::kCancelled, "cancelled by the caller");
   if (last) {
     Effects effects;
-    store_.FailInvoke(ticket.invoke_id, "", "", result.outcome, clock_.NowMs(), &effects);
+    {
+      Decision decision(*this, &effects);
+      store_.FailInvoke(ticket.invoke_id, "", "", result.outcome, clock_.NowMs(), &effects);
+    }
     Apply(effects);
   }
   done(result);
@@ -346,24 +402,97 @@ absl::StatusOr<Device> Registry::ApprovePairing(const std::string& request_id,
 
 absl::StatusOr<int> Registry::RevokeDevice(const std::string& node_id) {
   Effects effects;
-  auto result = store_.RevokeDevice(node_id, clock_.NowMs(), &effects);
+  absl::StatusOr<int> result;
+  {
+    Decision decision(*this, &effects);
+    result = store_.RevokeDevice(node_id, clock_.NowMs(), &effects);
+  }
   Apply(effects);
   return result;
 }
 
 void Registry::Tick() {
   Effects effects;
-  store_.Expire(clock_.NowMs(), &effects);
+  {
+    Decision decision(*this, &effects);
+    store_.Expire(clock_.NowMs(), &effects);
+  }
   Apply(effects);
 }
 
-std::shared_ptr<EdgeSink> Registry::SinkFor(const std::string& edge_id,
-                                            const std::string& invoke_id) {
+std::shared_ptr<Registry::Outbox> Registry::OutboxFor(const std::string& edge_id) {
   absl::MutexLock lock(&mu_);
   auto it = routes_.find(edge_id);
-  if (it == routes_.end()) return nullptr;
-  sent_via_[invoke_id] = it->second.sink.get();
-  return it->second.sink;
+  return it == routes_.end() ? nullptr : it->second.outbox;
+}
+
+// --- Ordered delivery to edges ---------------------------------------------------------------
+
+void Registry::Outbox::PushInvoke(const Dispatch& dispatch, int64_t remaining_ms) {
+  absl::MutexLock lock(&mu_);
+  Item item;
+  item.invoke = true;
+  item.dispatch = dispatch;
+  item.remaining_ms = remaining_ms;
+  queue_.push_back(std::move(item));
+}
+
+void Registry::Outbox::PushCommand(const EdgeCommand& command) {
+  absl::MutexLock lock(&mu_);
+  Item item;
+  item.command = command;
+  queue_.push_back(std::move(item));
+}
+
+void Registry::Outbox::Drain() {
+  for (;;) {
+    std::deque<Item> batch;
+    {
+      absl::MutexLock lock(&mu_);
+      if (draining_ || queue_.empty()) return;  // the drainer at work sends ours too
+      draining_ = true;
+      batch.swap(queue_);
+    }
+    for (const Item& item : batch) {
+      if (item.invoke) {
+        sink_->SendInvoke(item.dispatch, item.remaining_ms);
+      } else {
+        sink_->SendCommand(item.command);
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    draining_ = false;
+  }
+}
+
+Registry::Decision::Decision(Registry& registry, Effects* effects)
+    : registry_(registry), effects_(effects) {
+  registry_.decide_mu_.Lock();
+}
+
+bool Registry::Decision::SendInvoke(const Dispatch& dispatch, int64_t remaining_ms) {
+  std::shared_ptr<Outbox> outbox;
+  {
+    absl::MutexLock lock(&registry_.mu_);
+    auto it = registry_.routes_.find(dispatch.edge_id);
+    if (it == registry_.routes_.end()) return false;
+    outbox = it->second.outbox;
+    registry_.sent_via_[dispatch.invoke_id] = outbox->sink();
+  }
+  outbox->PushInvoke(dispatch, remaining_ms);
+  touched_.push_back(std::move(outbox));
+  return true;
+}
+
+Registry::Decision::~Decision() {
+  for (const EdgeCommand& c : effects_->to_edges) {
+    std::shared_ptr<Outbox> outbox = registry_.OutboxFor(c.edge_id);
+    if (outbox == nullptr) continue;  // no stream: the edge's resync repairs it
+    outbox->PushCommand(c);
+    touched_.push_back(std::move(outbox));
+  }
+  registry_.decide_mu_.Unlock();
+  for (const std::shared_ptr<Outbox>& outbox : touched_) outbox->Drain();
 }
 
 void Registry::Count(const Effects& effects) {
@@ -416,7 +545,6 @@ void Registry::Count(const Effects& effects) {
 void Registry::Apply(Effects& effects) {
   Count(effects);
   std::vector<std::pair<InvokeDone, InvokeResult>> calls;
-  std::vector<std::pair<std::shared_ptr<EdgeSink>, const EdgeCommand*>> sends;
   {
     absl::MutexLock lock(&mu_);
     for (SettledInvoke& s : effects.settled) {
@@ -431,12 +559,8 @@ void Registry::Apply(Effects& effects) {
       }
       waiters_.erase(it);
     }
-    for (const EdgeCommand& c : effects.to_edges) {
-      auto it = routes_.find(c.edge_id);
-      if (it != routes_.end()) sends.emplace_back(it->second.sink, &c);
-    }
   }
-  for (auto& [sink, command] : sends) sink->SendCommand(*command);
+  // Edge messages were queued and sent by the decision (see Decision), in decision order.
   for (auto& [done, result] : calls) done(result);
   if (!effects.presence.empty()) PumpPresence();
 }

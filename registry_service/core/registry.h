@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <string>
@@ -53,6 +54,10 @@ inline constexpr const char* kDisconnectReasons[4] = {kReasonDisconnect, kReason
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;
   int64_t max_invoke_timeout_ms = 300'000;
+  // Largest params_json an invoke may carry. The node receives it escaped inside a JSON string
+  // (up to twice as long) in one frame that must stay under its 25 MiB maxPayload, and it
+  // travels in one EdgeLink message (64 MiB at most).
+  int64_t max_params_bytes = 12 << 20;
 };
 
 // How an invoke ended, as its caller sees it.
@@ -67,10 +72,12 @@ struct InvokeResult {
 struct InvokeParams {
   std::string node_id;
   std::string command;
-  std::string params_json;
-  int64_t timeout_ms = 0;          // 0: default; clamped to the cap
-  std::string idempotency_key;     // generated when empty
-  int64_t caller_deadline_ms = 0;  // absolute; 0: none
+  std::string params_json;      // empty: no params; else a JSON text of at most max_params_bytes
+  int64_t timeout_ms = 0;       // 0: default; clamped to the cap; < 0: INVALID
+  std::string idempotency_key;  // generated when empty
+  // Time the caller has left (its gRPC deadline minus now, at the call); -1: no deadline.
+  // Relative, so a wall-clock step between caller and registry cannot move it.
+  int64_t caller_remaining_ms = -1;
 };
 
 // Identifies one caller's wait on an invoke, for cancellation.
@@ -149,14 +156,61 @@ class Registry {
   void Tick();
 
  private:
+  // Why the caller's request cannot be run, with the limit it broke; empty when it can.
+  std::string InvalidInvoke(const InvokeParams& params) const;
   struct Waiter {
     uint64_t id = 0;
     InvokeDone done;
     InvokeResult base;  // fields known at start (key, effective timeout)
   };
+  // What the registry sends one edge, in the order it was decided. Decisions push under
+  // decide_mu_ (so pushes follow decision order); whoever finds the outbox idle drains it, with
+  // no lock held while it calls the sink, so a sink that calls back into the registry (a stream
+  // that finishes inline) cannot deadlock and a second drainer never runs at the same time.
+  // Thread-safe.
+  class Outbox {
+   public:
+    explicit Outbox(std::shared_ptr<EdgeSink> sink) : sink_(std::move(sink)) {}
+    void PushInvoke(const Dispatch& dispatch, int64_t remaining_ms) ABSL_LOCKS_EXCLUDED(mu_);
+    void PushCommand(const EdgeCommand& command) ABSL_LOCKS_EXCLUDED(mu_);
+    // Sends what is queued, unless another thread already is (it will send this too).
+    void Drain() ABSL_LOCKS_EXCLUDED(mu_);
+    const EdgeSink* sink() const { return sink_.get(); }
+
+   private:
+    struct Item {
+      bool invoke = false;
+      Dispatch dispatch;
+      int64_t remaining_ms = 0;
+      EdgeCommand command;
+    };
+    const std::shared_ptr<EdgeSink> sink_;
+    absl::Mutex mu_;
+    std::deque<Item> queue_ ABSL_GUARDED_BY(mu_);
+    bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  };
   struct Route {
     std::string epoch;
-    std::shared_ptr<EdgeSink> sink;
+    std::shared_ptr<Outbox> outbox;
+  };
+  // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
+  // their outboxes before the next decision can run. The destructor queues the commands in
+  // `effects`, releases the lock, then drains the outboxes it touched.
+  class Decision {
+   public:
+    Decision(Registry& registry, Effects* effects)
+        ABSL_EXCLUSIVE_LOCK_FUNCTION(registry.decide_mu_);
+    ~Decision() ABSL_UNLOCK_FUNCTION();
+    Decision(const Decision&) = delete;
+    Decision& operator=(const Decision&) = delete;
+    // Queues `dispatch` for its edge, recording the stream it goes out through; false when the
+    // edge has no route (its link is down).
+    bool SendInvoke(const Dispatch& dispatch, int64_t remaining_ms);
+
+   private:
+    Registry& registry_;
+    Effects* effects_;
+    std::vector<std::shared_ptr<Outbox>> touched_;
   };
   struct Watcher {
     uint64_t after = 0;  // deliver only revisions above this
@@ -169,14 +223,17 @@ class Registry {
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
-  // The route to `edge_id`, recording that `invoke_id` goes out through it.
-  std::shared_ptr<EdgeSink> SinkFor(const std::string& edge_id, const std::string& invoke_id)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // The outbox of `edge_id`'s current route, or null.
+  std::shared_ptr<Outbox> OutboxFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned
   const common::Clock& clock_;  // not owned
   const RegistryOptions options_;
   RegistryStats stats_;
+
+  // Serializes decisions with the queuing of their edge messages (see Decision). Taken before
+  // the store's lock and before mu_.
+  absl::Mutex decide_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
   absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;

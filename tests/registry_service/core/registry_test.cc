@@ -1,0 +1,103 @@
+// Registry (the core's delivery side) with threads: what one edge is sent arrives in the order
+// it was decided, whatever thread made each decision and however slow the stream is.
+#include "registry_service/core/registry.h"
+
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "gtest/gtest.h"
+#include "tests/testing/registry_harness.h"
+
+namespace tether::registry {
+namespace {
+
+using ::tether::testing::RegistryHarness;
+
+InvokeParams Params(const std::string& node_id) {
+  InvokeParams p;
+  p.node_id = node_id;
+  p.command = "system.which";
+  p.timeout_ms = 5000;
+  return p;
+}
+
+// An invoke is dispatched to the owner; while its send is still under way (a stalled stream
+// write), the node reconnects and the old owner is superseded. Sent straight from each deciding
+// thread, Superseded overtook the invoke: the edge closed the "idle" old socket and the invoke
+// failed DISCONNECTED while the node was online.
+TEST(RegistryOutbox, SupersededCannotOvertakeAnInvokeDecidedBeforeIt) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("old", "n1"), 0u);
+  absl::Notification in_send, release;
+  sink.before_invoke = [&] {
+    in_send.Notify();
+    release.WaitForNotification();
+  };
+  std::thread caller([&] { h.registry().Invoke(Params("n1"), [](const InvokeResult&) {}); });
+  in_send.WaitForNotification();
+  std::thread reconnect([&] { h.Register("new", "n1"); });
+  reconnect.join();  // its decision is made; its message must wait for the invoke's
+  release.Notify();
+  caller.join();
+  const std::vector<std::string> log = sink.log();
+  ASSERT_GE(log.size(), 2u);
+  EXPECT_EQ(log[0], "invoke old");
+  EXPECT_EQ(log[1], "superseded old");
+}
+
+// The expiry's cancel for an invoke must not reach the edge before the invoke itself.
+TEST(RegistryOutbox, TimeoutCancelCannotOvertakeItsInvoke) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  absl::Notification in_send, release;
+  sink.before_invoke = [&] {
+    in_send.Notify();
+    release.WaitForNotification();
+  };
+  std::thread caller([&] { h.registry().Invoke(Params("n1"), [](const InvokeResult&) {}); });
+  in_send.WaitForNotification();
+  h.clock().Advance(6000);  // past the invoke's deadline
+  std::thread timer([&] { h.registry().Tick(); });
+  timer.join();
+  release.Notify();
+  caller.join();
+  const std::vector<std::string> log = sink.log();
+  ASSERT_EQ(log.size(), 2u);
+  EXPECT_EQ(log[0], "invoke c1");
+  EXPECT_EQ(log[1], "cancel c1");
+}
+
+// Many threads deciding at once: every invoke reaches the edge before the command that
+// retires its connection.
+TEST(RegistryOutbox, ConcurrentDecisionsKeepPerConnectionOrder) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c0", "n1"), 0u);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 200; ++i) h.registry().Invoke(Params("n1"), [](const InvokeResult&) {});
+    });
+  }
+  std::thread reconnects([&] {
+    for (int i = 1; i <= 50; ++i) h.Register("c" + std::to_string(i), "n1");
+  });
+  for (auto& t : threads) t.join();
+  reconnects.join();
+  std::set<std::string> retired;
+  for (const std::string& entry : sink.log()) {
+    const std::string conn = entry.substr(entry.find(' ') + 1);
+    if (entry.rfind("superseded ", 0) == 0 || entry.rfind("close ", 0) == 0) retired.insert(conn);
+    if (entry.rfind("invoke ", 0) == 0) {
+      EXPECT_EQ(retired.count(conn), 0u) << "invoke to " << conn << " after its retirement";
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tether::registry
