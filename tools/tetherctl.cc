@@ -164,6 +164,9 @@ int Invoke(Registry::Stub& api, const std::string& node_id, const std::string& c
   if (auto it = md.find("tether-error-code"); it != md.end()) {
     code = std::string(it->second.data(), it->second.size());
   }
+  // No invoke outcome: the call itself was refused (not authenticated, no write scope, registry
+  // unreachable), with the exit codes every other command uses.
+  if (code.empty()) return Fail(s);
   std::fprintf(stderr, "tetherctl: %s\n", s.error_message().c_str());
   if (code == "NOT_CONNECTED") return 3;
   if (code == "TIMEOUT") return 4;

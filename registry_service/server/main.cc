@@ -18,6 +18,9 @@ ABSL_FLAG(int64_t, superseded_grace_ms, 10'000,
           "how long a replaced connection may finish its own invokes before it is closed");
 ABSL_FLAG(int64_t, default_invoke_timeout_ms, 30'000, "invoke timeout when the caller sets none");
 ABSL_FLAG(int64_t, invoke_timeout_cap_ms, 300'000, "larger invoke timeouts are clamped to this");
+ABSL_FLAG(int64_t, max_params_bytes, 12 << 20,
+          "largest invoke params_json accepted (larger: INVALID_ARGUMENT); at most 16 MiB so the "
+          "escaped frame stays under a node's 25 MiB maxPayload");
 ABSL_FLAG(int64_t, presence_history, 100'000, "presence events kept for resuming watchers");
 ABSL_FLAG(int64_t, idempotency_window_ms, 60'000,
           "finished invokes are replayed for a repeated idempotency key this long");
@@ -51,6 +54,9 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
   if (o.registry.default_invoke_timeout_ms <= 0 || o.registry.max_invoke_timeout_ms <= 0) {
     return absl::InvalidArgumentError("invoke timeouts must be positive");
   }
+  if (o.registry.max_params_bytes < 1024 || o.registry.max_params_bytes > (16 << 20)) {
+    return absl::InvalidArgumentError("--max_params_bytes must be in 1024..16777216");
+  }
   if (o.store.presence_history < 16) {
     return absl::InvalidArgumentError("--presence_history must be >= 16");
   }
@@ -74,6 +80,7 @@ int main(int argc, char** argv) {
   o.store.auto_approve_loopback = absl::GetFlag(FLAGS_auto_approve_loopback);
   o.registry.default_invoke_timeout_ms = absl::GetFlag(FLAGS_default_invoke_timeout_ms);
   o.registry.max_invoke_timeout_ms = absl::GetFlag(FLAGS_invoke_timeout_cap_ms);
+  o.registry.max_params_bytes = absl::GetFlag(FLAGS_max_params_bytes);
   o.tick_ms = absl::GetFlag(FLAGS_tick_ms);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.dev_mode = absl::GetFlag(FLAGS_dev_mode);

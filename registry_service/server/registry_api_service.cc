@@ -1,5 +1,6 @@
 #include "registry_service/server/registry_api_service.h"
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -32,9 +33,11 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
     p.idempotency_key = req->idempotency_key();
     const auto deadline = ctx->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      p.caller_deadline_ms =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline.time_since_epoch())
-              .count();
+      // Both ends of the difference come from the same clock at the same moment.
+      p.caller_remaining_ms =
+          std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   deadline - std::chrono::system_clock::now())
+                                   .count());
     }
     InvokeTicket ticket = registry_.Invoke(p, [this](const InvokeResult& r) { Complete(r); });
     absl::MutexLock lock(&mu_);

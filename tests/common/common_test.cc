@@ -1,3 +1,4 @@
+#include <atomic>
 #include <set>
 
 #include "absl/status/statusor.h"
@@ -63,6 +64,25 @@ TEST(FakeClock, MovesOnlyByHand) {
   EXPECT_EQ(clock.NowMs(), 1005);
   RealClock real;
   EXPECT_GT(real.NowMs(), 1'600'000'000'000);
+}
+
+// The wall clock steps (NTP, an operator) while the steady clock runs on: durations measured
+// with RealClock follow the steady clock only, and its values start at the wall time.
+TEST(RealClock, WallClockStepsMoveNeitherDurationsNorDeadlines) {
+  std::atomic<int64_t> wall{1'700'000'000'000};
+  std::atomic<int64_t> steady{5'000};
+  RealClock clock([&] { return wall.load(); }, [&] { return steady.load(); });
+  EXPECT_EQ(clock.NowMs(), 1'700'000'000'000);
+  const int64_t lease_expires = clock.NowMs() + 10'000;
+  wall += 3'600'000;  // a step forward of an hour: would have expired every lease at once
+  steady += 1'000;
+  EXPECT_EQ(clock.NowMs(), 1'700'000'001'000);
+  EXPECT_LT(clock.NowMs(), lease_expires);
+  wall -= 7'200'000;  // a step back of two hours: would have stopped ticks for two hours
+  steady += 1'000;
+  EXPECT_EQ(clock.NowMs(), 1'700'000'002'000);  // still moving forward at the steady rate
+  steady += 8'000;
+  EXPECT_GE(clock.NowMs(), lease_expires);  // the lease lapses after 10 s of steady time
 }
 
 }  // namespace

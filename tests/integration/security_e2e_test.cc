@@ -176,6 +176,21 @@ TEST_F(SecurityTest, EdgesWithoutTheSecretCannotAttach) {
 
 // A flood of bad handshakes from one address (127.0.0.2) while real nodes connect from another
 // (127.0.0.1): the flood is throttled per address, the real nodes connect in their normal time.
+// Behind a trusted proxy the socket's peer is the proxy (often on loopback). A connection that
+// reaches the edge without X-Forwarded-For (a misrouted one, or a path around the proxy) is not
+// known to come from loopback, so --auto_approve_loopback must not pair it.
+TEST(SecurityProxyTest, MissingForwardedForIsNotLoopback) {
+  Cluster c;
+  c.StartRegistry({"--auto_approve_loopback"});
+  c.StartEdge("edgeA", {"--trust_x_forwarded_for"});
+  DeviceCredentials creds;
+  auto node = c.Node(creds, "edgeA");  // straight from 127.0.0.1, no X-Forwarded-For
+  absl::Status s = node->Connect(absl::Seconds(10));
+  ASSERT_FALSE(s.ok()) << "paired as a loopback device although the proxy named no client";
+  ASSERT_TRUE(node->connect_error().has_value()) << s;
+  EXPECT_EQ(node->connect_error()->details["code"], "PAIRING_REQUIRED");
+}
+
 TEST(SecurityFloodTest, BadHandshakeFloodFromOneAddressDoesNotStarveOthers) {
   Cluster c;
   c.StartRegistry({"--auto_approve"});

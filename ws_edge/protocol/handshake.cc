@@ -225,10 +225,15 @@ HandshakeRejection DeviceTokenRejection(const HandshakeAccepted& accepted) {
 HandshakeRejection PairingRequiredRejection(absl::string_view request_id,
                                             absl::string_view pairing_request_id,
                                             absl::string_view reason) {
+  // Without the last two keys the OpenClaw node host stops reconnecting on PAIRING_REQUIRED
+  // and never notices an operator's approval until it is restarted; with them it keeps
+  // retrying with its backoff (up to 30 s) and comes in once approved.
   return Reject(request_id, kNotPaired, "pairing required",
                 {{"code", "PAIRING_REQUIRED"},
                  {"requestId", std::string(pairing_request_id)},
-                 {"reason", std::string(reason)}});
+                 {"reason", std::string(reason)},
+                 {"pauseReconnect", false},
+                 {"recommendedNextStep", "wait_then_retry"}});
 }
 
 std::string TruncateCloseReason(absl::string_view reason) {

@@ -209,7 +209,10 @@ class WsServerImpl final : public WsServer {
     auto endpoint = con->get_raw_socket().lowest_layer().remote_endpoint(ec);
     if (!ec) loopback = IsLoopback(endpoint.address());
     if (options_.trust_x_forwarded_for) {
-      // The first entry is the client as the (trusted, overwriting) proxy saw it.
+      // The first entry is the client as the (trusted, overwriting) proxy saw it. Without a
+      // usable header the peer is the proxy, whose loopback address says nothing about the
+      // client: never loopback then (--auto_approve_loopback must not pair it).
+      loopback = false;
       std::string forwarded = con->get_request_header("X-Forwarded-For");
       forwarded = forwarded.substr(0, forwarded.find(','));
       forwarded.erase(0, forwarded.find_first_not_of(' '));

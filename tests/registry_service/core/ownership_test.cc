@@ -252,9 +252,51 @@ TEST(Invokes, TimeoutIsClampedAndRemainingTimeIsSent) {
   p.node_id = "n1";
   p.command = "system.which";
   p.timeout_ms = 10000;
-  p.caller_deadline_ms = h.clock().NowMs() + 2500;  // the caller's gRPC deadline is sooner
+  p.caller_remaining_ms = 2500;  // the caller's gRPC deadline is sooner
   h.registry().Invoke(p, [](const InvokeResult&) {});
   EXPECT_EQ(h.Sink("edgeA").remaining()[2], 2500);
+}
+
+// Bad caller input is refused at once with INVALID (gRPC INVALID_ARGUMENT), naming the limit,
+// and nothing reaches the node.
+TEST(Invokes, CallerInputIsValidatedBeforeAnythingIsSent) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  auto run = [&](InvokeParams p) {
+    InvokeResult got;
+    h.registry().Invoke(p, [&](const InvokeResult& r) { got = r; });
+    return got;
+  };
+  InvokeParams p;
+  p.node_id = "n1";
+  p.command = "system.which";
+
+  InvokeParams negative = p;
+  negative.timeout_ms = -5;  // used to become the default silently
+  EXPECT_EQ(run(negative).outcome.code, InvokeCode::kInvalid);
+  EXPECT_NE(run(negative).outcome.message.find("timeout_ms must be >= 0"), std::string::npos);
+
+  InvokeParams not_json = p;
+  not_json.params_json = R"({"bins":["sh"])";
+  EXPECT_EQ(run(not_json).outcome.code, InvokeCode::kInvalid);
+  EXPECT_EQ(run(not_json).outcome.message, "params_json is not valid JSON");
+
+  InvokeParams huge = p;
+  huge.params_json = "\"" + std::string(RegistryOptions{}.max_params_bytes, 'x') + "\"";
+  const InvokeResult r = run(huge);
+  EXPECT_EQ(r.outcome.code, InvokeCode::kInvalid);
+  EXPECT_NE(r.outcome.message.find("the limit is " +
+                                   std::to_string(RegistryOptions{}.max_params_bytes) + " bytes"),
+            std::string::npos)
+      << r.outcome.message;
+
+  EXPECT_TRUE(h.Sink("edgeA").invokes().empty());
+
+  InvokeParams fine = p;
+  fine.params_json = R"({"bins":["sh"]})";
+  run(fine);
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 1u);
 }
 
 TEST(Invokes, IdempotencyKeyJoinsThenReplays) {

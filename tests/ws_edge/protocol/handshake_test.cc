@@ -388,7 +388,8 @@ TEST(HandshakeTest, PairingRequired) {
   EXPECT_EQ(r.error.message, "pairing required");
   EXPECT_EQ(r.error.details, json::parse(
                                  R"({"code":"PAIRING_REQUIRED","requestId":"pr-1",
-                                     "reason":"not-paired"})"));
+                                     "reason":"not-paired","pauseReconnect":false,
+                                     "recommendedNextStep":"wait_then_retry"})"));
   EXPECT_EQ(r.close_code, 1008);
 }
 
