@@ -116,6 +116,14 @@ int RedisClient::AddScript(std::string body) {
   return static_cast<int>(scripts_.size()) - 1;
 }
 
+void RedisClient::SetConnectScript(int handle, std::function<std::vector<std::string>()> args,
+                                   std::function<void(const RedisValue&)> done) {
+  absl::MutexLock lock(&mu_);
+  connect_script_ = handle;
+  connect_args_ = std::move(args);
+  connect_done_ = std::move(done);
+}
+
 absl::Status RedisClient::Connect() {
   absl::MutexLock lock(&mu_);
   return EnsureConnectedLocked();
@@ -154,6 +162,14 @@ absl::Status RedisClient::EnsureConnectedLocked() {
   for (Script& script : scripts_) {
     if (!s.ok()) break;
     s = LoadScriptLocked(script);
+  }
+  if (s.ok() && connect_script_ >= 0) {
+    auto r = EvalLocked(connect_script_, connect_args_());
+    if (r.ok()) {
+      connect_done_(*r);
+    } else {
+      s = r.status();
+    }
   }
   if (!s.ok()) DropConnectionLocked();
   return s;
@@ -199,6 +215,11 @@ absl::StatusOr<RedisValue> RedisClient::Command(const std::vector<std::string>& 
 absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::string>& args) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
+  return EvalLocked(handle, args);
+}
+
+absl::StatusOr<RedisValue> RedisClient::EvalLocked(int handle,
+                                                   const std::vector<std::string>& args) {
   Script& script = scripts_.at(handle);
   std::vector<std::string> argv;
   argv.reserve(args.size() + 3);

@@ -4,6 +4,7 @@
 #define TETHER_REGISTRY_SERVICE_STORE_REDIS_CLIENT_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -56,7 +57,8 @@ struct RedisValue {
 // timeouts apply). A command whose reply was lost may or may not have run: it is not retried.
 // Scripts registered with AddScript are loaded (SCRIPT LOAD) at every connect and run with
 // EVALSHA; a NOSCRIPT answer (the server restarted or flushed its script cache) reloads the
-// script and runs it once more (it had not run). The process must ignore SIGPIPE (the
+// script and runs it once more (it had not run). An optional connect script runs after every
+// connect (RedisStore repairs its counters with it). The process must ignore SIGPIPE (the
 // binaries' main does): hiredis writes to the socket with write(2).
 class RedisClient {
  public:
@@ -67,6 +69,11 @@ class RedisClient {
 
   // Registers a script; returns its handle for Eval. Call before the first command.
   int AddScript(std::string body) ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs script `handle` with ARGV from `args` right after every connect (after the scripts
+  // are loaded) and passes its reply to `done`; a failure fails the connect. At most one; call
+  // before the first command. `args` and `done` must not call back into this client.
+  void SetConnectScript(int handle, std::function<std::vector<std::string>()> args,
+                        std::function<void(const RedisValue&)> done) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Connects now (and loads the scripts), for a clear start-up error.
   absl::Status Connect() ABSL_LOCKS_EXCLUDED(mu_);
@@ -87,12 +94,17 @@ class RedisClient {
   absl::StatusOr<RedisValue> CommandLocked(const std::vector<std::string>& argv)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status LoadScriptLocked(Script& script) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<RedisValue> EvalLocked(int handle, const std::vector<std::string>& args)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropConnectionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RedisClientOptions options_;
   absl::Mutex mu_;
   redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // owned; null when disconnected
   std::vector<Script> scripts_ ABSL_GUARDED_BY(mu_);
+  int connect_script_ ABSL_GUARDED_BY(mu_) = -1;
+  std::function<std::vector<std::string>()> connect_args_ ABSL_GUARDED_BY(mu_);
+  std::function<void(const RedisValue&)> connect_done_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether::registry

@@ -677,6 +677,26 @@ end
 return ok(I(#doomed))
 )lua";
 
+// Run at every connect with ARGV = prefix, highest generation and revision this process saw.
+// Counters lower than that mean Redis lost data (for example a restart that lost the AOF's last
+// second): raise them, so no generation is granted twice, and drop the presence history, whose
+// revisions would no longer be consecutive (watchers are told to re-list). Returns 1 when the
+// generation was raised, 2 when the revision was, 3 for both.
+constexpr char kRaiseCounters[] = R"lua(
+local P = ARGV[1]
+local raised = 0
+if tonumber(ARGV[2]) > tonumber(redis.call('GET', P .. 'generation') or '0') then
+  redis.call('SET', P .. 'generation', ARGV[2])
+  raised = raised + 1
+end
+if tonumber(ARGV[3]) > tonumber(redis.call('GET', P .. 'revision') or '0') then
+  redis.call('SET', P .. 'revision', ARGV[3])
+  redis.call('DEL', P .. 'presence')
+  raised = raised + 2
+end
+return raised
+)lua";
+
 std::string Sha256Hex(const std::string& data) {
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
@@ -880,6 +900,38 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
   approve_ = add(kApprove);
   reject_ = add(kReject);
   revoke_ = add(kRevoke);
+  const int raise = client_->AddScript(kRaiseCounters);
+  client_->SetConnectScript(
+      raise,
+      [this] {
+        return std::vector<std::string>{prefix_, absl::StrCat(highest_generation_.load()),
+                                        absl::StrCat(highest_revision_.load())};
+      },
+      [this](const RedisValue& raised) {
+        if (raised.AsInt() == 0) return;
+        common::Log(common::LogLevel::kWarn, "redis_counters_raised",
+                    {{"generation", absl::StrCat(highest_generation_.load())},
+                     {"revision", absl::StrCat(highest_revision_.load())},
+                     {"why", "Redis lost data; presence watchers must re-list"}});
+      });
+}
+
+void RedisStore::Observe(uint64_t generation, uint64_t revision) {
+  uint64_t g = highest_generation_.load();
+  while (generation > g && !highest_generation_.compare_exchange_weak(g, generation)) {
+  }
+  uint64_t r = highest_revision_.load();
+  while (revision > r && !highest_revision_.compare_exchange_weak(r, revision)) {
+  }
+}
+
+void RedisStore::ObserveEffects(const Effects& effects, size_t presence_from, size_t settled_from) {
+  for (size_t i = presence_from; i < effects.presence.size(); ++i) {
+    Observe(effects.presence[i].generation, effects.presence[i].revision);
+  }
+  for (size_t i = settled_from; i < effects.settled.size(); ++i) {
+    Observe(effects.settled[i].dispatch.generation, 0);
+  }
 }
 
 absl::Status RedisStore::Connect() { return client_->Connect(); }
@@ -907,7 +959,12 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_
     return absl::InternalError("redis store: malformed script reply");
   }
   // Effects first: a decision that refused still reports what it changed (nothing, so far).
-  if (effects != nullptr) DecodeEffects(reply->elements[1], effects);
+  if (effects != nullptr) {
+    const size_t presence_from = effects->presence.size();
+    const size_t settled_from = effects->settled.size();
+    DecodeEffects(reply->elements[1], effects);
+    ObserveEffects(*effects, presence_from, settled_from);
+  }
   std::vector<RedisValue>& result = reply->elements[0].elements;
   const std::string head = result[0].AsString();
   if (head != "OK") {
@@ -1127,6 +1184,7 @@ PresenceSnapshot RedisStore::GetPresence() {
   }
   if (r->empty()) return snap;
   snap.revision = ToUint((*r)[0].AsString());
+  Observe(0, snap.revision);
   for (size_t i = 1; i < r->size(); ++i) snap.nodes.push_back(DecodeView((*r)[i].AsString()));
   return snap;
 }
@@ -1140,6 +1198,7 @@ absl::StatusOr<std::vector<PresenceEvent>> RedisStore::ReadPresence(uint64_t aft
     std::vector<std::string> f = DecodeList(v.AsString());
     if (f.size() < 8) return absl::InternalError("redis store: malformed presence event");
     out.push_back(EventFrom(f, 0));
+    Observe(out.back().generation, out.back().revision);
   }
   return out;
 }
@@ -1150,7 +1209,9 @@ uint64_t RedisStore::HeadRevision() {
     LogFailure("HeadRevision", r.status());
     return 0;
   }
-  return ToUint(r->AsString());
+  const uint64_t head = ToUint(r->AsString());
+  Observe(0, head);
+  return head;
 }
 
 // --- Pairing ---------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 #ifndef TETHER_REGISTRY_SERVICE_STORE_REDIS_STORE_H_
 #define TETHER_REGISTRY_SERVICE_STORE_REDIS_STORE_H_
 
+#include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,8 +28,11 @@ struct RedisStoreOptions {
 // Generations and presence revisions come from INCR counters in Redis: on first use with an
 // empty database both start at 1 (the first generation granted is 1, the first presence
 // revision is 1, HeadRevision() is 0 before any change). They never go back while Redis keeps
-// its data; after a data loss, Resync raises the generation counter above every generation an
-// edge reports. Device tokens are kept only as SHA-256 hex hashes.
+// its data. After a data loss they are repaired two ways: Resync raises the generation counter
+// above every generation an edge reports, and at every (re)connect the store raises both
+// counters to the highest values this process has seen (a Redis that restarted with a lost
+// tail), dropping the presence history when the revision had to be raised (watchers re-list).
+// Device tokens are kept only as SHA-256 hex hashes.
 //
 // Owns its RedisClient (one connection). Thread-safe: the client's mutex serializes every call
 // over that connection. Methods that return a Status report an unreachable or failing Redis as
@@ -92,10 +97,15 @@ class RedisStore final : public Store {
                                               Effects* effects);
   // Logs a failure of a method that cannot return it.
   void LogFailure(const char* method, const absl::Status& status);
+  // Remembers the highest generation and revision seen, for the counters' repair at connect.
+  void Observe(uint64_t generation, uint64_t revision);
+  void ObserveEffects(const Effects& effects, size_t presence_from, size_t settled_from);
 
   const StoreOptions options_;
   const std::string prefix_;
   std::unique_ptr<RedisClient> client_;  // owned
+  std::atomic<uint64_t> highest_generation_{0};
+  std::atomic<uint64_t> highest_revision_{0};
   int attach_ = 0, renew_ = 0, drain_ = 0, resync_ = 0, register_ = 0, close_ = 0, touch_ = 0,
       start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0, get_node_ = 0,
       presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0, approve_ = 0,

@@ -8,7 +8,9 @@
 #include <unistd.h>
 
 #include <memory>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/time/clock.h"
@@ -239,6 +241,67 @@ TEST_F(RedisStoreTest, EdgesResyncRaisesTheGenerationAfterDataLoss) {
   auto r = store->Register(Spec("c9", "n2"), kNow, &fx);
   ASSERT_THAT(r, IsOk());
   EXPECT_GT(r->generation, last);
+}
+
+TEST_F(RedisStoreTest, CountersLostWithARedisRestartAreRaisedAtReconnect) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  uint64_t last = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    last = r->generation;
+  }
+  const uint64_t head = store->HeadRevision();
+  ASSERT_EQ(head, 5u);
+  // As if Redis restarted having lost everything (or the AOF's last second): the data is gone
+  // and the store's connection with it.
+  ASSERT_THAT(server_->Command({"FLUSHALL"}), IsOk());
+  ASSERT_THAT(server_->Command({"CLIENT", "KILL", "TYPE", "normal"}), IsOk());
+  (void)store->HeadRevision();             // finds the dead connection
+  EXPECT_EQ(store->HeadRevision(), head);  // reconnected, counters raised
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  auto r = store->Register(Spec("c9", "n9"), kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_GT(r->generation, last);
+  ASSERT_THAT(fx.presence, ::testing::Not(::testing::IsEmpty()));
+  EXPECT_EQ(fx.presence.back().revision, head + 1);
+  // The history before the loss is gone: a watcher behind it must re-list.
+  EXPECT_THAT(store->ReadPresence(head - 1, 10), StatusIs(absl::StatusCode::kOutOfRange));
+  auto tail = store->ReadPresence(head, 10);
+  ASSERT_THAT(tail, IsOk());
+  EXPECT_EQ(tail->size(), 1u);
+}
+
+TEST_F(RedisStoreTest, ManyThreadsShareOneStore) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects attach;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &attach), IsOk());
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 100;
+  std::vector<std::vector<uint64_t>> granted(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Effects fx;
+        const std::string id = std::to_string(t) + "-" + std::to_string(i);
+        auto r = store->Register(Spec("c" + id, "n" + std::to_string(i % 10)), kNow, &fx);
+        if (r.ok() && r->granted) granted[t].push_back(r->generation);
+        store->Close("A", "c" + id, kNow, &fx);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::set<uint64_t> all;
+  for (const auto& g : granted) all.insert(g.begin(), g.end());
+  EXPECT_EQ(all.size(), static_cast<size_t>(kThreads * kPerThread));  // every grant unique
+  for (int n = 0; n < 10; ++n) EXPECT_FALSE(store->GetNode("n" + std::to_string(n))->connected);
 }
 
 TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
