@@ -88,6 +88,12 @@ local function lease_conns_key(e) return P .. 'lease_conns:' .. e end
 
 local function err(code, msg) return {{code, msg}, out} end
 local function ok(...) return {{'OK', ...}, out} end
+-- 'OK', the arguments, then every item of `list` (unpack() fails beyond ~8000 items).
+local function ok_list(list, ...)
+  local r = {'OK', ...}
+  for i = 1, #list do r[#r + 1] = list[i] end
+  return {r, out}
+end
 
 local function publish(n, kind, reason, c, e, gen)
   local rev = I(redis.call('INCR', G_REV))
@@ -560,14 +566,14 @@ while true do
       if not skip then
         if #nodes == size then
           next_token = dec(nodes[#nodes])[1]
-          return ok(next_token, unpack(nodes))
+          return ok_list(nodes, next_token)
         end
         nodes[#nodes + 1] = enc(v)
       end
     end
   end
 end
-return ok(next_token, unpack(nodes))
+return ok_list(nodes, next_token)
 )lua";
 
 constexpr char kGetNode[] = R"lua(
@@ -588,7 +594,7 @@ while true do
     if v and v[6] ~= '' then nodes[#nodes + 1] = enc(v) end
   end
 end
-return ok(redis.call('GET', G_REV) or '0', unpack(nodes))
+return ok_list(nodes, redis.call('GET', G_REV) or '0')
 )lua";
 
 // A(1..) = after, max.
@@ -607,7 +613,7 @@ if after + 1 < first then
 end
 if max == 0 then return ok() end
 local i = after + 1 - first
-return ok(unpack(redis.call('LRANGE', G_PRESENCE, i, i + max - 1)))
+return ok_list(redis.call('LRANGE', G_PRESENCE, i, i + max - 1))
 )lua";
 
 constexpr char kListPairing[] = R"lua(
@@ -623,7 +629,7 @@ for _, rid in ipairs(ids) do
                      h[7] or '0'})
   end
 end
-return ok(unpack(r))
+return ok_list(r)
 )lua";
 
 constexpr char kListDevices[] = R"lua(
@@ -632,7 +638,7 @@ for _, n in ipairs(redis.call('ZRANGE', G_DEVICES, 0, -1)) do
   local h = redis.call('HMGET', dev_key(n), 'public_key', 'approved_at', 'approved_by')
   r[#r + 1] = enc({n, h[1] or '', h[2] or '0', h[3] or ''})
 end
-return ok(unpack(r))
+return ok_list(r)
 )lua";
 
 // A(1..) = request id, approved by.

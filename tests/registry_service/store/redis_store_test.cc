@@ -304,6 +304,27 @@ TEST_F(RedisStoreTest, ManyThreadsShareOneStore) {
   for (int n = 0; n < 10; ++n) EXPECT_FALSE(store->GetNode("n" + std::to_string(n))->connected);
 }
 
+TEST_F(RedisStoreTest, LargeAnswersAreReturnedWhole) {
+  // More items than Lua's unpack() can spread: the scripts must not use it for lists.
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  constexpr int kNodes = 9000;
+  for (int i = 0; i < kNodes; ++i) {
+    Effects one;
+    auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &one);
+    ASSERT_THAT(r, IsOk());
+  }
+  EXPECT_EQ(store->GetPresence().nodes.size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->ListDevices().size(), static_cast<size_t>(kNodes));
+  auto events = store->ReadPresence(0, kNodes);
+  ASSERT_THAT(events, IsOk());
+  EXPECT_EQ(events->size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000).nodes.size(), 1000u);
+}
+
 TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
   auto a = ParseRedisUrl("redis://127.0.0.1:6380/3");
   ASSERT_THAT(a, IsOk());
