@@ -78,9 +78,9 @@ absl::StatusOr<RedisAddress> ParseRedisUrl(const std::string& url) {
   if (size_t slash = rest.find('/'); slash != absl::string_view::npos) {
     hostport = rest.substr(0, slash);
     absl::string_view db = rest.substr(slash + 1);
-    if (!db.empty() && (!absl::SimpleAtoi(db, &a.db) || a.db < 0 || a.db > 15)) {
+    if (!db.empty() && (!absl::SimpleAtoi(db, &a.db) || a.db < 0)) {
       return absl::InvalidArgumentError(
-          absl::StrCat("store URL '", url, "': database must be a number 0..15"));
+          absl::StrCat("store URL '", url, "': database must be a number >= 0"));
     }
   }
   if (hostport.find('@') != absl::string_view::npos) {
@@ -153,7 +153,10 @@ absl::Status RedisClient::EnsureConnectedLocked() {
   absl::Status s;
   if (!options_.password.empty()) {
     auto r = CommandLocked({"AUTH", options_.password});
-    if (!r.ok()) s = absl::UnavailableError("redis " + where + ": AUTH failed");
+    if (!r.ok()) {
+      s = absl::UnavailableError(
+          absl::StrCat("redis ", where, ": AUTH failed: ", r.status().message()));
+    }
   }
   if (s.ok() && options_.address.db != 0) {
     auto r = CommandLocked({"SELECT", absl::StrCat(options_.address.db)});

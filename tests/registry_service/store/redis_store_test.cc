@@ -325,6 +325,24 @@ TEST_F(RedisStoreTest, LargeAnswersAreReturnedWhole) {
   EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000).nodes.size(), 1000u);
 }
 
+TEST_F(RedisStoreTest, PasswordIsSentWithAuth) {
+  ASSERT_THAT(server_->Command({"CONFIG", "SET", "requirepass", "s3cret"}), IsOk());
+  RedisStoreOptions r;
+  r.client = server_->ClientOptions();
+  RedisStore without(StoreOptions{}, r);
+  EXPECT_THAT(without.Connect(), StatusIs(absl::StatusCode::kUnavailable));
+  r.client.password = "wrong";
+  RedisStore wrong(StoreOptions{}, r);
+  absl::Status s = wrong.Connect();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("AUTH failed"));
+  r.client.password = "s3cret";
+  RedisStore right(StoreOptions{}, r);
+  EXPECT_THAT(right.Connect(), IsOk());
+  Effects fx;
+  EXPECT_THAT(right.AttachEdge("A", "e1", kNow, &fx), IsOk());
+}
+
 TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
   auto a = ParseRedisUrl("redis://127.0.0.1:6380/3");
   ASSERT_THAT(a, IsOk());
@@ -337,7 +355,7 @@ TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
   EXPECT_EQ(b->db, 0);
   for (const char* bad :
        {"http://h:1", "redis://", "redis://:6379", "redis://h:0", "redis://h:99999", "redis://h:x",
-        "redis://h:1/x", "redis://h:1/16", "redis://user:pw@h:1", "memory"}) {
+        "redis://h:1/x", "redis://h:1/-1", "redis://user:pw@h:1", "memory"}) {
     EXPECT_THAT(ParseRedisUrl(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
   }
 }
