@@ -136,6 +136,23 @@ void RedisClient::DropConnectionLocked() {
 
 absl::Status RedisClient::EnsureConnectedLocked() {
   if (context_ != nullptr) return absl::OkStatus();
+  const absl::Time now = absl::Now();
+  if (now < retry_after_) {
+    // Redis did not answer a moment ago: fail at once instead of queueing every caller behind
+    // another timeout.
+    return absl::UnavailableError(
+        absl::StrCat("redis ", options_.address.host, ":", options_.address.port, ": ", last_error_,
+                     " (next attempt in ", absl::FormatDuration(retry_after_ - now), ")"));
+  }
+  absl::Status s = ConnectLocked();
+  if (!s.ok()) {
+    retry_after_ = absl::Now() + options_.reconnect_backoff;
+    last_error_ = std::string(s.message());
+  }
+  return s;
+}
+
+absl::Status RedisClient::ConnectLocked() {
   const std::string where = absl::StrCat(options_.address.host, ":", options_.address.port);
   redisContext* c = redisConnectWithTimeout(options_.address.host.c_str(), options_.address.port,
                                             absl::ToTimeval(options_.connect_timeout));
@@ -195,11 +212,18 @@ absl::StatusOr<RedisValue> RedisClient::CommandLocked(const std::vector<std::str
     args.push_back(a.data());
     lens.push_back(a.size());
   }
+  const absl::Time start = absl::Now();
   void* raw = redisCommandArgv(context_, static_cast<int>(args.size()), args.data(), lens.data());
   if (raw == nullptr) {
     // I/O error or timeout: the connection is unusable (a late reply would be misread).
     std::string why = context_->errstr;
     DropConnectionLocked();
+    if (absl::Now() - start >= options_.command_timeout * 0.9) {
+      // A timeout, not a closed connection: Redis (or the way to it) is stuck; back off.
+      retry_after_ = absl::Now() + options_.reconnect_backoff;
+      last_error_ = "timed out: " + why;
+      why = last_error_;
+    }
     return absl::UnavailableError("redis: " + why);
   }
   auto* reply = static_cast<redisReply*>(raw);

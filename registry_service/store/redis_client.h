@@ -32,6 +32,9 @@ struct RedisClientOptions {
   std::string password;  // empty: no AUTH
   absl::Duration connect_timeout = absl::Seconds(1);
   absl::Duration command_timeout = absl::Seconds(1);
+  // After a failed connect or a command timeout, calls fail at once for this long (so callers
+  // do not queue behind one timeout after another); a closed connection is retried at once.
+  absl::Duration reconnect_backoff = absl::Milliseconds(500);
 };
 
 // A reply, copied out of hiredis's reply tree so it owns its data.
@@ -54,12 +57,14 @@ struct RedisValue {
 //
 // Connects lazily and again on the next call after any I/O error or timeout; every failure to
 // reach the server or to get a reply in time is kUnavailable, never a hang (connect and command
-// timeouts apply). A command whose reply was lost may or may not have run: it is not retried.
-// Scripts registered with AddScript are loaded (SCRIPT LOAD) at every connect and run with
-// EVALSHA; a NOSCRIPT answer (the server restarted or flushed its script cache) reloads the
-// script and runs it once more (it had not run). An optional connect script runs after every
-// connect (RedisStore repairs its counters with it). The process must ignore SIGPIPE (the
-// binaries' main does): hiredis writes to the socket with write(2).
+// timeouts apply, and after a failed connect or a timeout calls fail at once for a short
+// backoff, so a caller waits at most about one timeout for the call ahead of it). A command whose
+// reply was lost may or may not have run: it is not retried. Scripts registered with AddScript are
+// loaded (SCRIPT LOAD) at every connect and run with EVALSHA; a NOSCRIPT answer (the server
+// restarted or flushed its script cache) reloads the script and runs it once more (it had not run).
+// An optional connect script runs after every connect (RedisStore repairs its counters with it).
+// The process must ignore SIGPIPE (the binaries' main does): hiredis writes to the socket with
+// write(2).
 class RedisClient {
  public:
   explicit RedisClient(const RedisClientOptions& options);
@@ -91,6 +96,7 @@ class RedisClient {
     std::string sha;
   };
   absl::Status EnsureConnectedLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status ConnectLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<RedisValue> CommandLocked(const std::vector<std::string>& argv)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status LoadScriptLocked(Script& script) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -102,6 +108,8 @@ class RedisClient {
   absl::Mutex mu_;
   redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // owned; null when disconnected
   std::vector<Script> scripts_ ABSL_GUARDED_BY(mu_);
+  absl::Time retry_after_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  std::string last_error_ ABSL_GUARDED_BY(mu_);
   int connect_script_ ABSL_GUARDED_BY(mu_) = -1;
   std::function<std::vector<std::string>()> connect_args_ ABSL_GUARDED_BY(mu_);
   std::function<void(const RedisValue&)> connect_done_ ABSL_GUARDED_BY(mu_);

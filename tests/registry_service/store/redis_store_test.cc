@@ -162,7 +162,7 @@ TEST_F(RedisStoreTest, UnreachableRedisIsUnavailableWithinASecond) {
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
 }
 
-TEST_F(RedisStoreTest, SilentServerTimesOutWithUnavailable) {
+TEST_F(RedisStoreTest, SilentServerTimesOutWithUnavailableAndCallersDoNotQueueUp) {
   // Accepts connections (the kernel does) and never answers.
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
@@ -178,7 +178,25 @@ TEST_F(RedisStoreTest, SilentServerTimesOutWithUnavailable) {
   RedisStore store(StoreOptions{}, r);
   const absl::Time start = absl::Now();
   EXPECT_THAT(store.Connect(), StatusIs(absl::StatusCode::kUnavailable));
-  EXPECT_LT(absl::Now() - start, absl::Milliseconds(2500));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+  // Four callers at once, after the backoff: one waits for the timeout, the others at most
+  // for that one, not for four timeouts in a row.
+  absl::SleepFor(absl::Milliseconds(600));
+  std::vector<std::thread> threads;
+  std::vector<absl::Duration> took(4);
+  std::vector<absl::StatusCode> codes(4);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const absl::Time begin = absl::Now();
+      codes[t] = store.RenewLease("A", "e1", kNow).code();
+      took[t] = absl::Now() - begin;
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(codes[t], absl::StatusCode::kUnavailable);
+    EXPECT_LT(took[t], absl::Milliseconds(1600)) << t;
+  }
   close(fd);
 }
 
