@@ -6,46 +6,18 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "registry_service/store/redis_store.h"
-#include "tests/testing/redis_server.h"
 #include "tests/testing/registry_harness.h"
+#include "tests/testing/store_scenario.h"
 
 namespace tether::registry {
 namespace {
 
-using ::tether::testing::RedisServer;
 using ::tether::testing::RegistryHarness;
-using ::tether::testing::StoreFactory;
+using ::tether::testing::StoreName;
+using ::tether::testing::StoreNames;
 using Kind = EdgeCommand::Kind;
 
-// Parameterized by the store: "memory" or "redis".
-class Scenario : public ::testing::TestWithParam<std::string> {
- protected:
-  static void SetUpTestSuite() {
-    auto server = RedisServer::Start();
-    ASSERT_TRUE(server.ok()) << server.status();
-    redis_ = std::move(*server);
-  }
-  static void TearDownTestSuite() { redis_.reset(); }
-
-  // Each harness gets an empty store (for Redis: a key prefix of its own).
-  static StoreFactory Factory() {
-    if (GetParam() != "redis") return ::tether::testing::MakeMemoryStore;
-    return [](const StoreOptions& options, int64_t) -> std::unique_ptr<Store> {
-      static int counter = 0;
-      RedisStoreOptions redis;
-      redis.client = redis_->ClientOptions();
-      redis.key_prefix = "scenario" + std::to_string(++counter) + ":";
-      auto store = std::make_unique<RedisStore>(options, redis);
-      EXPECT_TRUE(store->Connect().ok());
-      return store;
-    };
-  }
-
-  static std::unique_ptr<RedisServer> redis_;
-};
-
-std::unique_ptr<RedisServer> Scenario::redis_;
+using Scenario = ::tether::testing::StoreScenarioTest;
 
 using Ownership = Scenario;
 using Invokes = Scenario;
@@ -579,14 +551,12 @@ TEST_P(Nodes, ListFiltersAndPages) {
   EXPECT_EQ(h.store().ListNodes(gone, "", 10).nodes.size(), 1u);
 }
 
-std::string StoreName(const ::testing::TestParamInfo<std::string>& info) { return info.param; }
-
-INSTANTIATE_TEST_SUITE_P(Stores, Ownership, ::testing::Values("memory", "redis"), StoreName);
-INSTANTIATE_TEST_SUITE_P(Stores, Invokes, ::testing::Values("memory", "redis"), StoreName);
-INSTANTIATE_TEST_SUITE_P(Stores, Edges, ::testing::Values("memory", "redis"), StoreName);
-INSTANTIATE_TEST_SUITE_P(Stores, Pairing, ::testing::Values("memory", "redis"), StoreName);
-INSTANTIATE_TEST_SUITE_P(Stores, Presence, ::testing::Values("memory", "redis"), StoreName);
-INSTANTIATE_TEST_SUITE_P(Stores, Nodes, ::testing::Values("memory", "redis"), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Ownership, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Invokes, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Edges, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Pairing, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Presence, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Nodes, StoreNames(), StoreName);
 
 }  // namespace
 }  // namespace tether::registry
