@@ -5,7 +5,7 @@ set -euo pipefail
 
 need=(g++ make pkg-config openssl libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev
       protobuf-compiler libabsl-dev libwebsocketpp-dev libboost-dev libasio-dev libssl-dev
-      nlohmann-json3-dev libhiredis-dev bazel-bootstrap libgtest-dev libgmock-dev)
+      nlohmann-json3-dev libhiredis-dev redis-server bazel-bootstrap libgtest-dev libgmock-dev)
 if [[ "${1:-run}" == "test" ]]; then
   need+=(nginx-light clang-14 libclang-rt-14-dev clang-format python3-yaml gdb)
   command -v npm >/dev/null 2>&1 || need+=(npm)

@@ -26,8 +26,8 @@ RUN --mount=type=cache,target=/root/.cache/tether-bazel-disk \
 FROM debian:12-slim
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libabsl20220623 libc-ares2 libgrpc++1.51 libgrpc29 libprotobuf32 libre2-9 libssl3 \
-      libstdc++6 zlib1g \
+      libabsl20220623 libc-ares2 libgrpc++1.51 libgrpc29 libhiredis0.14 libprotobuf32 libre2-9 \
+      libssl3 libstdc++6 zlib1g \
  && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin tether

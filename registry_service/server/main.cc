@@ -11,8 +11,14 @@
 #include "common/signals.h"
 #include "registry_service/server/auth.h"
 #include "registry_service/server/registry_server.h"
+#include "registry_service/store/redis_client.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7000", "gRPC listen address (port 0: any free port)");
+ABSL_FLAG(std::string, store, "memory",
+          "where the registry's state lives: memory (this process only, lost on restart) or "
+          "redis://HOST:PORT[/DB] (durable, shared by replicas)");
+ABSL_FLAG(std::string, redis_password_file, "",
+          "file with the Redis password (AUTH) for --store=redis://...; empty: none");
 ABSL_FLAG(int64_t, lease_ttl_ms, 10'000, "edge lease TTL; an edge silent this long is lost");
 ABSL_FLAG(int64_t, superseded_grace_ms, 10'000,
           "how long a replaced connection may finish its own invokes before it is closed");
@@ -61,6 +67,11 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
     return absl::InvalidArgumentError("--presence_history must be >= 16");
   }
   if (o.tick_ms <= 0 || o.tick_ms > 1000) return absl::InvalidArgumentError("--tick_ms in 1..1000");
+  if (o.store_url != "memory") {
+    if (auto address = tether::registry::ParseRedisUrl(o.store_url); !address.ok()) {
+      return absl::InvalidArgumentError("--store: " + std::string(address.status().message()));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -72,6 +83,7 @@ int main(int argc, char** argv) {
 
   tether::registry::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
+  o.store_url = absl::GetFlag(FLAGS_store);
   o.store.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));
@@ -101,10 +113,12 @@ int main(int argc, char** argv) {
       !read("--tls_cert_file", absl::GetFlag(FLAGS_tls_cert_file), &o.tls_cert_pem) ||
       !read("--tls_key_file", absl::GetFlag(FLAGS_tls_key_file), &o.tls_key_pem) ||
       !read("--edge_client_ca_file", absl::GetFlag(FLAGS_edge_client_ca_file),
-            &o.edge_client_ca_pem)) {
+            &o.edge_client_ca_pem) ||
+      !read("--redis_password_file", absl::GetFlag(FLAGS_redis_password_file), &o.redis_password)) {
     return 2;
   }
   o.edge_secret = std::string(absl::StripAsciiWhitespace(o.edge_secret));
+  o.redis_password = std::string(absl::StripAsciiWhitespace(o.redis_password));
   if (o.edge_secret.empty()) {
     if (const char* s = std::getenv("TETHER_EDGE_SECRET"); s != nullptr) o.edge_secret = s;
   }
@@ -142,7 +156,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "registry_service: WARNING --auto_approve is on: any device key is paired\n");
   }
-  std::printf("registry_service listening on port %d (store: memory)\n", *port);
+  std::printf("registry_service listening on port %d (store: %s)\n", *port,
+              o.store_url == "memory" ? "memory, lost on restart" : o.store_url.c_str());
   if (!o.edge_listen.empty())
     std::printf("registry_service EdgeLink on port %d\n", server.edge_port());
   if (server.metrics_port() > 0) {

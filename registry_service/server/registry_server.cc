@@ -6,6 +6,7 @@
 #include <chrono>
 
 #include "registry_service/store/memory_store.h"
+#include "registry_service/store/redis_store.h"
 
 namespace tether::registry {
 
@@ -30,7 +31,18 @@ absl::StatusOr<int> RegistryServer::Start() {
   if (absl::Status s = api_auth_->Reload(); !s.ok()) return s;
   edge_auth_ = std::make_unique<EdgeAuth>(options_.edge_secret);
 
-  store_ = std::make_unique<MemoryStore>(options_.store, clock_.NowMs());
+  if (options_.store_url == "memory") {
+    store_ = std::make_unique<MemoryStore>(options_.store, clock_.NowMs());
+  } else {
+    auto address = ParseRedisUrl(options_.store_url);
+    if (!address.ok()) return address.status();
+    RedisStoreOptions redis;
+    redis.client.address = *address;
+    redis.client.password = options_.redis_password;
+    auto store = std::make_unique<RedisStore>(options_.store, redis);
+    if (absl::Status s = store->Connect(); !s.ok()) return s;
+    store_ = std::move(store);
+  }
   registry_ = std::make_unique<Registry>(*store_, clock_, options_.registry);
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,

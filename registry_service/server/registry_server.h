@@ -25,6 +25,9 @@ namespace tether::registry {
 struct ServerOptions {
   std::string listen = "127.0.0.1:0";  // port 0: pick a free port
   StoreOptions store;
+  // "memory", or "redis://HOST:PORT[/DB]" for the RedisStore (checked by Start).
+  std::string store_url = "memory";
+  std::string redis_password;  // AUTH for the Redis store; empty: none
   RegistryOptions registry;
   int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
   std::string metrics_host = "127.0.0.1";

@@ -1,9 +1,11 @@
-// RegistryHarness: a Registry over a MemoryStore and a FakeClock, with recording edges and a
-// presence recorder, for the core's scenario and property tests.
+// RegistryHarness: a Registry over a store (a MemoryStore unless a factory says otherwise) and
+// a FakeClock, with recording edges and a presence recorder, for the core's scenario and
+// property tests.
 #ifndef TETHER_TESTS_TESTING_REGISTRY_HARNESS_H_
 #define TETHER_TESTS_TESTING_REGISTRY_HARNESS_H_
 
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -18,11 +20,22 @@
 
 namespace tether::testing {
 
+// Makes the store under test from the options and the fake clock's start time.
+using StoreFactory = std::function<std::unique_ptr<registry::Store>(
+    const registry::StoreOptions& options, int64_t start_ms)>;
+
+inline std::unique_ptr<registry::Store> MakeMemoryStore(const registry::StoreOptions& options,
+                                                        int64_t start_ms) {
+  return std::make_unique<registry::MemoryStore>(options, start_ms);
+}
+
 // Owns everything it creates. Not thread-safe (single-threaded tests).
 class RegistryHarness {
  public:
-  explicit RegistryHarness(registry::StoreOptions options = DefaultOptions())
-      : store_(options, clock_.NowMs()), registry_(store_, clock_, registry::RegistryOptions{}) {
+  explicit RegistryHarness(registry::StoreOptions options = DefaultOptions(),
+                           const StoreFactory& factory = MakeMemoryStore)
+      : store_(factory(options, clock_.NowMs())),
+        registry_(*store_, clock_, registry::RegistryOptions{}) {
     auto watch =
         registry_.Watch(0, [this](const registry::PresenceEvent& e) { events_.push_back(e); });
     EXPECT_TRUE(watch.ok());
@@ -124,7 +137,7 @@ class RegistryHarness {
   }
 
   registry::NodeView Node(const std::string& node_id) {
-    auto n = store_.GetNode(node_id);
+    auto n = store_->GetNode(node_id);
     EXPECT_TRUE(n.ok()) << n.status();
     return n.ok() ? *n : registry::NodeView{};
   }
@@ -136,7 +149,7 @@ class RegistryHarness {
   }
 
   common::FakeClock& clock() { return clock_; }
-  registry::MemoryStore& store() { return store_; }
+  registry::Store& store() { return *store_; }
   registry::Registry& registry() { return registry_; }
   std::map<std::string, registry::InvokeResult>& results() { return results_; }
   std::vector<registry::PresenceEvent>& events() { return events_; }
@@ -144,7 +157,7 @@ class RegistryHarness {
 
  private:
   common::FakeClock clock_;
-  registry::MemoryStore store_;
+  std::unique_ptr<registry::Store> store_;
   registry::Registry registry_;
   std::map<std::string, std::shared_ptr<RecordingEdgeSink>> sinks_;
   std::map<std::string, std::string> epochs_;

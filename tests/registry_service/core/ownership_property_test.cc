@@ -2,8 +2,10 @@
 // expiry, link partition + resync and edge restart across several nodes and edges, checked
 // after every step against a deliberately simple reference model of architecture.md's rules.
 //
-// Steps: TETHER_PROPERTY_STEPS (default 200000) spread over seeds starting at
-// TETHER_PROPERTY_SEED (default 1). A failure names its seed and step.
+// Runs once per store: the MemoryStore and a RedisStore on a redis-server the test starts.
+// Steps: TETHER_PROPERTY_STEPS (default 200000; for Redis TETHER_PROPERTY_REDIS_STEPS, default
+// 20000) spread over seeds starting at TETHER_PROPERTY_SEED (default 1). A failure names its
+// seed and step.
 #include <cstdlib>
 #include <map>
 #include <random>
@@ -12,12 +14,16 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "registry_service/store/redis_store.h"
+#include "tests/testing/redis_server.h"
 #include "tests/testing/registry_harness.h"
 
 namespace tether::registry {
 namespace {
 
+using ::tether::testing::RedisServer;
 using ::tether::testing::RegistryHarness;
+using ::tether::testing::StoreFactory;
 
 constexpr int kNodes = 5;
 constexpr int kEdges = 3;
@@ -99,7 +105,8 @@ class Model {
 
 class PropertyRun {
  public:
-  explicit PropertyRun(uint32_t seed) : rng_(seed) {
+  PropertyRun(uint32_t seed, const StoreFactory& factory)
+      : h_(RegistryHarness::DefaultOptions(), factory), rng_(seed) {
     for (int e = 0; e < kEdges; ++e) {
       h_.Attach(Edge(e), Epoch(e));
       m_.lease_expiry[e] = h_.clock().NowMs() + kLeaseMs;
@@ -366,18 +373,53 @@ int EnvInt(const char* name, int dflt) {
   return v == nullptr ? dflt : std::atoi(v);
 }
 
-TEST(OwnershipProperty, RandomInterleavingsKeepTheInvariants) {
-  const int total = EnvInt("TETHER_PROPERTY_STEPS", 200'000);
+class OwnershipProperty : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void TearDownTestSuite() { redis_.reset(); }
+
+  // The store for one seed: a MemoryStore, or a RedisStore with its own key prefix.
+  static StoreFactory Factory(int seed) {
+    if (GetParam() != "redis") return ::tether::testing::MakeMemoryStore;
+    return [seed](const StoreOptions& options, int64_t) -> std::unique_ptr<Store> {
+      RedisStoreOptions redis;
+      redis.client = redis_->ClientOptions();
+      redis.key_prefix = "property" + std::to_string(seed) + ":";
+      auto store = std::make_unique<RedisStore>(options, redis);
+      EXPECT_TRUE(store->Connect().ok());
+      return store;
+    };
+  }
+
+  static std::unique_ptr<RedisServer> redis_;
+};
+
+std::unique_ptr<RedisServer> OwnershipProperty::redis_;
+
+TEST_P(OwnershipProperty, RandomInterleavingsKeepTheInvariants) {
+  const bool on_redis = GetParam() == "redis";
+  if (on_redis) {
+    auto server = RedisServer::Start();
+    ASSERT_TRUE(server.ok()) << server.status();
+    redis_ = std::move(*server);
+  }
+  const char* steps_var = on_redis ? "TETHER_PROPERTY_REDIS_STEPS" : "TETHER_PROPERTY_STEPS";
+  const int total = EnvInt(steps_var, on_redis ? 20'000 : 200'000);
   const int first_seed = EnvInt("TETHER_PROPERTY_SEED", 1);
   constexpr int kStepsPerSeed = 5'000;
   for (int done = 0, seed = first_seed; done < total; done += kStepsPerSeed, ++seed) {
-    PropertyRun run(seed);
+    PropertyRun run(seed, Factory(seed));
     if (!run.Run(std::min(kStepsPerSeed, total - done))) {
-      FAIL() << "failing seed: " << seed << " (rerun with TETHER_PROPERTY_SEED=" << seed
-             << " TETHER_PROPERTY_STEPS=" << kStepsPerSeed << ")";
+      FAIL() << "failing seed: " << seed << " on the " << GetParam()
+             << " store (rerun with TETHER_PROPERTY_SEED=" << seed << " " << steps_var << "="
+             << kStepsPerSeed << ")";
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, OwnershipProperty, ::testing::Values("memory", "redis"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 }  // namespace
 }  // namespace tether::registry

@@ -1,20 +1,33 @@
 // Ownership rules of architecture.md, scenario by scenario (including the regression
-// scenarios of OpenClaw PR #78351, re-expressed against the registry core).
+// scenarios of OpenClaw PR #78351, re-expressed against the registry core). Every scenario runs
+// on the MemoryStore and on a RedisStore (a redis-server this test starts).
 #include <algorithm>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/registry_harness.h"
+#include "tests/testing/store_scenario.h"
 
 namespace tether::registry {
 namespace {
 
 using ::tether::testing::RegistryHarness;
+using ::tether::testing::StoreName;
+using ::tether::testing::StoreNames;
 using Kind = EdgeCommand::Kind;
 
-TEST(Ownership, RegisterGrantsIncreasingGenerationsAndPublishesConnect) {
-  RegistryHarness h;
+using Scenario = ::tether::testing::StoreScenarioTest;
+
+using Ownership = Scenario;
+using Invokes = Scenario;
+using Edges = Scenario;
+using Pairing = Scenario;
+using Presence = Scenario;
+using Nodes = Scenario;
+
+TEST_P(Ownership, RegisterGrantsIncreasingGenerationsAndPublishesConnect) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   uint64_t g1 = h.Register("c1", "n1");
   uint64_t g2 = h.Register("c2", "n1");
@@ -28,8 +41,8 @@ TEST(Ownership, RegisterGrantsIncreasingGenerationsAndPublishesConnect) {
 }
 
 // PR #78351: old and new connection, a pending invoke on the old one.
-TEST(Ownership, LateCloseOfOldConnectionKeepsNewSessionAndFailsOnlyOldInvoke) {
-  RegistryHarness h;
+TEST_P(Ownership, LateCloseOfOldConnectionKeepsNewSessionAndFailsOnlyOldInvoke) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   auto& edge = h.Attach("edgeA");
   h.Register("old", "n1");
   h.Invoke("on-old", "n1");
@@ -77,8 +90,8 @@ TEST(Ownership, LateCloseOfOldConnectionKeepsNewSessionAndFailsOnlyOldInvoke) {
   EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 1);
 }
 
-TEST(Ownership, SupersededConnectionIsRetiredOnceItsInvokesSettle) {
-  RegistryHarness h;
+TEST_P(Ownership, SupersededConnectionIsRetiredOnceItsInvokesSettle) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   auto& edge = h.Attach("edgeA");
   h.Register("old", "n1");
   h.Invoke("i", "n1");
@@ -91,16 +104,16 @@ TEST(Ownership, SupersededConnectionIsRetiredOnceItsInvokesSettle) {
   EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 1);
 }
 
-TEST(Ownership, SupersededConnectionWithoutInvokesIsRetiredAtOnce) {
-  RegistryHarness h;
+TEST_P(Ownership, SupersededConnectionWithoutInvokesIsRetiredAtOnce) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   auto& edge = h.Attach("edgeA");
   h.Register("old", "n1");
   h.Register("new", "n1");
   EXPECT_EQ(edge.CommandsFor("old", Kind::kClose), 1);
 }
 
-TEST(Ownership, HalfOpenSupersededConnectionIsRetiredAfterGrace) {
-  RegistryHarness h;
+TEST_P(Ownership, HalfOpenSupersededConnectionIsRetiredAfterGrace) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   auto& edge = h.Attach("edgeA");
   h.Register("old", "n1");
   h.Invoke("i", "n1", /*timeout_ms=*/60000);
@@ -117,10 +130,10 @@ TEST(Ownership, HalfOpenSupersededConnectionIsRetiredAfterGrace) {
 }
 
 // Three generations A→B→C, with their closes in all six orders.
-TEST(Ownership, ThreeGenerationsClosedInEveryOrder) {
+TEST_P(Ownership, ThreeGenerationsClosedInEveryOrder) {
   std::vector<std::string> order = {"A", "B", "C"};
   do {
-    RegistryHarness h;
+    RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
     h.Attach("edgeA");
     h.Register("A", "n1");
     h.Register("B", "n1");
@@ -139,8 +152,8 @@ TEST(Ownership, ThreeGenerationsClosedInEveryOrder) {
   } while (std::next_permutation(order.begin(), order.end()));
 }
 
-TEST(Ownership, SupersededConnectionNeverRegainsOwnership) {
-  RegistryHarness h;
+TEST_P(Ownership, SupersededConnectionNeverRegainsOwnership) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("A", "n1");
   h.Register("B", "n1");
@@ -151,8 +164,8 @@ TEST(Ownership, SupersededConnectionNeverRegainsOwnership) {
   EXPECT_EQ(h.Sink("edgeA").InvokesTo("A"), 0);
 }
 
-TEST(Invokes, DuplicateResultIsIgnored) {
-  RegistryHarness h;
+TEST_P(Invokes, DuplicateResultIsIgnored) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1");
@@ -162,8 +175,8 @@ TEST(Invokes, DuplicateResultIsIgnored) {
   EXPECT_EQ(h.results()["i"].outcome.payload_json, R"({"first":true})");
 }
 
-TEST(Invokes, ResultMustMatchInvokeNodeAndConnection) {
-  RegistryHarness h;
+TEST_P(Invokes, ResultMustMatchInvokeNodeAndConnection) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Register("c2", "n2");
@@ -177,8 +190,8 @@ TEST(Invokes, ResultMustMatchInvokeNodeAndConnection) {
   EXPECT_TRUE(h.registry().AcceptResult("c1", d->invoke_id, "n1", ok));
 }
 
-TEST(Invokes, ResultRacingTimeout) {
-  RegistryHarness h;
+TEST_P(Invokes, ResultRacingTimeout) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1", 1000);
@@ -195,8 +208,8 @@ TEST(Invokes, ResultRacingTimeout) {
   EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kOk);
 }
 
-TEST(Invokes, ResultRacingClose) {
-  RegistryHarness h;
+TEST_P(Invokes, ResultRacingClose) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1");
@@ -213,8 +226,8 @@ TEST(Invokes, ResultRacingClose) {
   EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kOk);
 }
 
-TEST(Invokes, TimeoutRacingClose) {
-  RegistryHarness h;
+TEST_P(Invokes, TimeoutRacingClose) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1", 1000);
@@ -229,8 +242,8 @@ TEST(Invokes, TimeoutRacingClose) {
   EXPECT_EQ(h.results()["j"].outcome.code, InvokeCode::kTimeout);
 }
 
-TEST(Invokes, NotConnectedAndCommandNotAllowed) {
-  RegistryHarness h;
+TEST_P(Invokes, NotConnectedAndCommandNotAllowed) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Invoke("absent", "nobody");
   EXPECT_EQ(h.results()["absent"].outcome.code, InvokeCode::kNotConnected);
@@ -240,8 +253,8 @@ TEST(Invokes, NotConnectedAndCommandNotAllowed) {
   EXPECT_EQ(h.Sink("edgeA").invokes().size(), 0u);
 }
 
-TEST(Invokes, TimeoutIsClampedAndRemainingTimeIsSent) {
-  RegistryHarness h;
+TEST_P(Invokes, TimeoutIsClampedAndRemainingTimeIsSent) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("dflt", "n1", 0);
@@ -259,8 +272,8 @@ TEST(Invokes, TimeoutIsClampedAndRemainingTimeIsSent) {
 
 // Bad caller input is refused at once with INVALID (gRPC INVALID_ARGUMENT), naming the limit,
 // and nothing reaches the node.
-TEST(Invokes, CallerInputIsValidatedBeforeAnythingIsSent) {
-  RegistryHarness h;
+TEST_P(Invokes, CallerInputIsValidatedBeforeAnythingIsSent) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   auto run = [&](InvokeParams p) {
@@ -299,8 +312,8 @@ TEST(Invokes, CallerInputIsValidatedBeforeAnythingIsSent) {
   EXPECT_EQ(h.Sink("edgeA").invokes().size(), 1u);
 }
 
-TEST(Invokes, IdempotencyKeyJoinsThenReplays) {
-  RegistryHarness h;
+TEST_P(Invokes, IdempotencyKeyJoinsThenReplays) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   auto t1 = h.Invoke("first", "n1", 5000, "key-1");
@@ -321,8 +334,8 @@ TEST(Invokes, IdempotencyKeyJoinsThenReplays) {
   EXPECT_FALSE(h.results().count("fourth"));
 }
 
-TEST(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
-  RegistryHarness h;
+TEST_P(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   auto t1 = h.Invoke("a", "n1", 5000, "k");
@@ -340,8 +353,8 @@ TEST(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
   EXPECT_EQ(h.Sink("edgeA").CommandsFor("c1", Kind::kCancel), 1);
 }
 
-TEST(Edges, LeaseExpiryClosesOwnedConnectionsWithEdgeLost) {
-  RegistryHarness h;
+TEST_P(Edges, LeaseExpiryClosesOwnedConnectionsWithEdgeLost) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1", "edgeA");
   h.Register("c2", "n2", "edgeA");
@@ -358,8 +371,8 @@ TEST(Edges, LeaseExpiryClosesOwnedConnectionsWithEdgeLost) {
   EXPECT_FALSE(h.registry().Heartbeat("edgeA", "e1").ok());  // must attach again
 }
 
-TEST(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
-  RegistryHarness h;
+TEST_P(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Attach("edgeB");
   h.Register("a1", "n1", "edgeA");
@@ -376,8 +389,8 @@ TEST(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
   EXPECT_EQ(h.LastInvokeTo("edgeB", "b1").has_value(), true);
 }
 
-TEST(Edges, NewEpochKillsOldEpochConnectionsAtOnce) {
-  RegistryHarness h;
+TEST_P(Edges, NewEpochKillsOldEpochConnectionsAtOnce) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA", "epoch-1");
   h.Register("c1", "n1", "edgeA");
   h.Attach("edgeA", "epoch-2");
@@ -388,8 +401,8 @@ TEST(Edges, NewEpochKillsOldEpochConnectionsAtOnce) {
   EXPECT_FALSE(r.ok());
 }
 
-TEST(Edges, ResyncAfterLinkBlipChangesNothing) {
-  RegistryHarness h;
+TEST_P(Edges, ResyncAfterLinkBlipChangesNothing) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   uint64_t g1 = h.Register("c1", "n1");
   uint64_t g2 = h.Register("c2", "n2");
@@ -406,8 +419,8 @@ TEST(Edges, ResyncAfterLinkBlipChangesNothing) {
   EXPECT_TRUE(h.Node("n1").connected);
 }
 
-TEST(Edges, ResyncDropsConnectionsThatDiedDuringTheBlip) {
-  RegistryHarness h;
+TEST_P(Edges, ResyncDropsConnectionsThatDiedDuringTheBlip) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   uint64_t g1 = h.Register("c1", "n1");
   h.Register("c2", "n2");
@@ -420,16 +433,16 @@ TEST(Edges, ResyncDropsConnectionsThatDiedDuringTheBlip) {
   EXPECT_TRUE(h.Node("n1").connected);
 }
 
-TEST(Edges, ResyncAfterRegistryRestartRebuildsOwnershipByHighestGeneration) {
+TEST_P(Edges, ResyncAfterRegistryRestartRebuildsOwnershipByHighestGeneration) {
   // Life 1: two edges hold two connections of n1; B is the newer.
-  RegistryHarness life1;
+  RegistryHarness life1(RegistryHarness::DefaultOptions(), Factory());
   life1.Attach("edgeA");
   life1.Attach("edgeB");
   uint64_t ga = life1.Register("a1", "n1", "edgeA");
   uint64_t gb = life1.Register("b1", "n1", "edgeB");
   uint64_t gx = life1.Register("x1", "n2", "edgeA");
   // Life 2 (a new in-memory registry, later): edges resync in the "wrong" order.
-  RegistryHarness life2;
+  RegistryHarness life2(RegistryHarness::DefaultOptions(), Factory());
   life2.clock().Set(life1.clock().NowMs() + 1000);
   auto& a = life2.Attach("edgeA");
   life2.Attach("edgeB");
@@ -449,8 +462,8 @@ TEST(Edges, ResyncAfterRegistryRestartRebuildsOwnershipByHighestGeneration) {
   EXPECT_GT(g_new, gb);
 }
 
-TEST(Edges, DetachFailsInFlightInvokesFastAndDrainPublishesEdgeDrain) {
-  RegistryHarness h;
+TEST_P(Edges, DetachFailsInFlightInvokesFastAndDrainPublishesEdgeDrain) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
   h.Invoke("i", "n1", 60000);
@@ -464,9 +477,9 @@ TEST(Edges, DetachFailsInFlightInvokesFastAndDrainPublishesEdgeDrain) {
   EXPECT_EQ(h.events().back().reason, "edge_drain");
 }
 
-TEST(Pairing, UnpairedDeviceIsRefusedUntilApproved) {
+TEST_P(Pairing, UnpairedDeviceIsRefusedUntilApproved) {
   StoreOptions o;
-  RegistryHarness h(o);
+  RegistryHarness h(o, Factory());
   h.Attach("edgeA");
   auto r = h.registry().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1"));
   ASSERT_TRUE(r.ok());
@@ -485,11 +498,11 @@ TEST(Pairing, UnpairedDeviceIsRefusedUntilApproved) {
   EXPECT_TRUE(h.Node("n1").paired);
 }
 
-TEST(Pairing, PendingRequestsAreBoundedAndExpire) {
+TEST_P(Pairing, PendingRequestsAreBoundedAndExpire) {
   StoreOptions o;
   o.max_pairing_requests = 3;
   o.pairing_request_ttl_ms = 60'000;
-  RegistryHarness h(o);
+  RegistryHarness h(o, Factory());
   h.Attach("edgeA");
   for (int i = 0; i < 3; ++i) {
     auto r = h.registry().Register(
@@ -509,8 +522,8 @@ TEST(Pairing, PendingRequestsAreBoundedAndExpire) {
   EXPECT_EQ(later->details_code, "PAIRING_REQUIRED");
 }
 
-TEST(Pairing, DeviceTokenAuthenticatesReconnectsAndRevokeEndsEverything) {
-  RegistryHarness h;
+TEST_P(Pairing, DeviceTokenAuthenticatesReconnectsAndRevokeEndsEverything) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   auto& edge = h.Attach("edgeA");
   auto first = h.registry().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1"));
   ASSERT_TRUE(first->granted);
@@ -535,10 +548,10 @@ TEST(Pairing, DeviceTokenAuthenticatesReconnectsAndRevokeEndsEverything) {
   EXPECT_FALSE(h.registry().Register(spec)->granted);  // the token died with the pairing
 }
 
-TEST(Presence, WatchResumesFromRevisionAndRejectsCompactedHistory) {
+TEST_P(Presence, WatchResumesFromRevisionAndRejectsCompactedHistory) {
   StoreOptions o = RegistryHarness::DefaultOptions();
   o.presence_history = 4;
-  RegistryHarness h(o);
+  RegistryHarness h(o, Factory());
   h.Attach("edgeA");
   const uint64_t start = h.store().HeadRevision();
   h.Register("c1", "n1");  // start+1
@@ -561,8 +574,8 @@ TEST(Presence, WatchResumesFromRevisionAndRejectsCompactedHistory) {
   EXPECT_EQ(future.status().code(), absl::StatusCode::kOutOfRange);
 }
 
-TEST(Nodes, ListFiltersAndPages) {
-  RegistryHarness h;
+TEST_P(Nodes, ListFiltersAndPages) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   for (int i = 0; i < 5; ++i) h.Register("c" + std::to_string(i), "n" + std::to_string(i));
   h.Close("edgeA", "c2");
@@ -579,6 +592,13 @@ TEST(Nodes, ListFiltersAndPages) {
   gone.connected = NodeFilter::Connected::kNot;
   EXPECT_EQ(h.store().ListNodes(gone, "", 10).nodes.size(), 1u);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, Ownership, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Invokes, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Edges, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Pairing, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Presence, StoreNames(), StoreName);
+INSTANTIATE_TEST_SUITE_P(Stores, Nodes, StoreNames(), StoreName);
 
 }  // namespace
 }  // namespace tether::registry

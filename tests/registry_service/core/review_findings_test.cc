@@ -1,25 +1,30 @@
 // Regression tests for findings of a review of the registry core against architecture.md.
-// Each test states the invariant it checks; they fail on the code as reviewed.
+// Each test states the invariant it checks; they fail on the code as reviewed. Every test runs on
+// the MemoryStore and on a RedisStore.
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/registry_harness.h"
+#include "tests/testing/store_scenario.h"
 
 namespace tether::registry {
 namespace {
 
 using ::tether::testing::RecordingEdgeSink;
 using ::tether::testing::RegistryHarness;
+using ::tether::testing::StoreName;
+using ::tether::testing::StoreNames;
 using Kind = EdgeCommand::Kind;
+using ReviewFindings = ::tether::testing::StoreScenarioTest;
 
 // Invariant 7: a superseded connection is told to close. When the supersede happens while the
 // old connection's edge has no EdgeLink stream, the kClose is dropped by Registry::Apply (no
 // route) and MemoryStore has already set retire_sent; the edge's resync reports the connection
 // again, it is "kept", and nothing ever retires it: the half-open old socket lingers forever.
-TEST(ReviewFindings, SupersededWhileEdgeLinkDownIsStillRetiredAfterResync) {
-  RegistryHarness h;
+TEST_P(ReviewFindings, SupersededWhileEdgeLinkDownIsStillRetiredAfterResync) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Attach("edgeB");
   const uint64_t ga = h.Register("a1", "n1", "edgeA");
@@ -40,10 +45,10 @@ TEST(ReviewFindings, SupersededWhileEdgeLinkDownIsStillRetiredAfterResync) {
 // publishes more events than the presence history holds (an edge restart with many owners)
 // makes PumpPresence's ReadPresence fail; it then skips published_ to the head and every
 // watcher silently misses those events (and keeps believing the nodes are connected).
-TEST(ReviewFindings, WatcherDoesNotSilentlyMissABurstLargerThanTheHistory) {
+TEST_P(ReviewFindings, WatcherDoesNotSilentlyMissABurstLargerThanTheHistory) {
   StoreOptions o = RegistryHarness::DefaultOptions();
   o.presence_history = 4;
-  RegistryHarness h(o);
+  RegistryHarness h(o, Factory());
   h.Attach("edgeA", "epoch-1");
   for (int i = 0; i < 6; ++i) {
     ASSERT_GT(h.Register("c" + std::to_string(i), "n" + std::to_string(i)), 0u);
@@ -73,8 +78,8 @@ TEST(ReviewFindings, WatcherDoesNotSilentlyMissABurstLargerThanTheHistory) {
 // failing the invokes that were sent into the dead stream; the resync keeps the connection, so
 // those invokes hang until their (up to 300 s) timeout. The edge itself assumes the registry
 // fails them (EdgeCore::OnLinkDown).
-TEST(ReviewFindings, InvokesSentIntoAReplacedStreamFailFast) {
-  RegistryHarness h;
+TEST_P(ReviewFindings, InvokesSentIntoAReplacedStreamFailFast) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   const uint64_t g = h.Register("c1", "n1");
   h.Invoke("i", "n1", 60'000);
@@ -91,6 +96,8 @@ TEST(ReviewFindings, InvokesSentIntoAReplacedStreamFailFast) {
       << "the invoke sent into the dead stream is still pending; it ends only at its timeout";
   EXPECT_EQ(h.results()["i"].outcome.code, InvokeCode::kDisconnected);
 }
+
+INSTANTIATE_TEST_SUITE_P(Stores, ReviewFindings, StoreNames(), StoreName);
 
 }  // namespace
 }  // namespace tether::registry

@@ -1,0 +1,88 @@
+// The registry server with --store=redis://...: the wiring from ServerOptions to RedisStore,
+// start-up errors, and state that outlives a registry process.
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "gtest/gtest.h"
+#include "proto/tether/v1/registry.grpc.pb.h"
+#include "registry_service/server/registry_server.h"
+#include "tests/testing/fake_edge.h"
+#include "tests/testing/redis_server.h"
+
+namespace tether::registry {
+namespace {
+
+using ::tether::testing::FakeEdge;
+using ::tether::testing::RedisServer;
+
+ServerOptions Options(const std::string& store_url) {
+  ServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.store.auto_approve_all = true;
+  o.dev_mode = true;
+  o.store_url = store_url;
+  return o;
+}
+
+v1::Node GetNode(const std::string& target, const std::string& node_id) {
+  auto api = v1::Registry::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  v1::GetNodeRequest req;
+  req.set_node_id(node_id);
+  v1::Node node;
+  grpc::Status s = api->GetNode(&ctx, req, &node);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return node;
+}
+
+TEST(RegistryServerRedisTest, OwnershipAndGenerationsOutliveTheRegistryProcess) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  uint64_t first_generation = 0;
+  {
+    RegistryServer server(Options((*redis)->url()));
+    auto port = server.Start();
+    ASSERT_TRUE(port.ok()) << port.status();
+    const std::string target = "127.0.0.1:" + std::to_string(*port);
+    FakeEdge edge(target, "edgeA");
+    ASSERT_TRUE(edge.Attach().has_value());
+    auto granted = edge.Open("c1", "n1");
+    ASSERT_TRUE(granted.has_value());
+    ASSERT_TRUE(granted->granted());
+    first_generation = granted->generation();
+    EXPECT_TRUE(GetNode(target, "n1").connected());
+    server.Shutdown();
+  }
+  // A new registry process on the same Redis: the node is still owned, new grants go higher.
+  RegistryServer server(Options((*redis)->url()));
+  auto port = server.Start();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string target = "127.0.0.1:" + std::to_string(*port);
+  v1::Node n1 = GetNode(target, "n1");
+  EXPECT_TRUE(n1.connected());
+  EXPECT_EQ(n1.conn_id(), "c1");
+  FakeEdge edge(target, "edgeA");
+  ASSERT_TRUE(edge.Attach().has_value());
+  auto again = edge.Open("c2", "n1");
+  ASSERT_TRUE(again.has_value());
+  ASSERT_TRUE(again->granted());
+  EXPECT_GT(again->generation(), first_generation);
+  EXPECT_EQ(GetNode(target, "n1").conn_id(), "c2");
+  server.Shutdown();
+}
+
+TEST(RegistryServerRedisTest, BadUrlOrUnreachableRedisFailsStart) {
+  RegistryServer bad(Options("redis://127.0.0.1:notaport"));
+  EXPECT_EQ(bad.Start().status().code(), absl::StatusCode::kInvalidArgument);
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string url = (*redis)->url();
+  (*redis)->Kill();
+  RegistryServer unreachable(Options(url));
+  EXPECT_EQ(unreachable.Start().status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace tether::registry

@@ -1,0 +1,390 @@
+// What only the Redis store has: durability across store instances, fail-fast when Redis is
+// unreachable or silent, reconnects, the generation counter repaired after a FLUSHALL, tokens
+// stored hashed, script reloads, and the store URL.
+#include "registry_service/store/redis_store.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "registry_service/store/redis_client.h"
+#include "tests/testing/redis_server.h"
+#include "tests/testing/status_matchers.h"
+
+namespace tether::registry {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::Field;
+using ::testing::HasSubstr;
+using ::tether::testing::IsOk;
+using ::tether::testing::RedisServer;
+using ::tether::testing::StatusIs;
+
+constexpr int64_t kNow = 1'700'000'000'000;
+
+ConnectionSpec Spec(const std::string& conn, const std::string& node,
+                    const std::string& epoch = "e1") {
+  ConnectionSpec s;
+  s.conn_id = conn;
+  s.node_id = node;
+  s.edge_id = "A";
+  s.edge_epoch = epoch;
+  s.public_key = "pk-" + node;
+  s.shared_token_ok = true;
+  s.client.commands = {"system.which"};
+  return s;
+}
+
+class RedisStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto server = RedisServer::Start();
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+  }
+
+  std::unique_ptr<RedisStore> NewStore(const StoreOptions& options) {
+    RedisStoreOptions r;
+    r.client = server_->ClientOptions();
+    r.key_prefix = "t:";
+    auto store = std::make_unique<RedisStore>(options, r);
+    EXPECT_THAT(store->Connect(), IsOk());
+    return store;
+  }
+
+  // Pairs `node` through a pairing request and its approval.
+  void Pair(Store& store, const std::string& node) {
+    Effects fx;
+    auto r = store.Register(Spec("pair-" + node, node), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    ASSERT_EQ(r->error_code, "NOT_PAIRED");
+    ASSERT_THAT(store.ApprovePairing(r->pairing_request_id, "op", kNow), IsOk());
+  }
+
+  std::unique_ptr<RedisServer> server_;
+};
+
+TEST_F(RedisStoreTest, DevicesTokensRevocationsAndCountersSurviveANewStore) {
+  StoreOptions o;  // no auto-approval: pairing is explicit
+  std::string token;
+  uint64_t generation = 0;
+  uint64_t head = 0;
+  {
+    auto store = NewStore(o);
+    Effects fx;
+    ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+    Pair(*store, "n1");
+    Pair(*store, "n2");
+    auto r = store->Register(Spec("c1", "n1"), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    ASSERT_TRUE(r->granted);
+    token = r->device_token;
+    generation = r->generation;
+    ASSERT_THAT(store->RevokeDevice("n2", kNow, &fx), IsOk());
+    head = store->HeadRevision();
+    EXPECT_GT(head, 0u);
+  }
+  auto store = NewStore(o);
+  EXPECT_THAT(store->ListDevices(), ElementsAre(Field(&Device::node_id, "n1")));
+  EXPECT_EQ(store->HeadRevision(), head);
+  EXPECT_TRUE(store->GetNode("n1")->connected);  // ownership is in Redis too
+
+  Effects fx;
+  ConnectionSpec s = Spec("c2", "n1");
+  s.shared_token_ok = false;
+  s.device_token = token;
+  auto r = store->Register(s, kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->granted) << r->details_code;
+  EXPECT_GT(r->generation, generation);
+  EXPECT_GT(store->HeadRevision(), head);
+
+  // The revocation held: an edge's report does not bring n2 back, and it must pair again.
+  LiveConnection live;
+  live.spec = Spec("c9", "n2");
+  live.generation = 3;
+  auto resync = store->Resync("A", "e1", {live}, kNow, &fx);
+  ASSERT_THAT(resync, IsOk());
+  EXPECT_EQ(resync->closed, 3);  // c9 (revoked); c1 and c2 (held but not reported)
+  auto again = store->Register(Spec("c10", "n2"), kNow, &fx);
+  ASSERT_THAT(again, IsOk());
+  EXPECT_EQ(again->error_code, "NOT_PAIRED");
+}
+
+TEST_F(RedisStoreTest, DeviceTokensAreStoredOnlyAsHashes) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  auto r = store->Register(Spec("c1", "n1"), kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  ASSERT_FALSE(r->device_token.empty());
+  auto device = server_->Command({"HGETALL", "t:{n1}:device"});
+  ASSERT_THAT(device, IsOk());
+  std::string hash;
+  for (size_t i = 0; i + 1 < device->elements.size(); i += 2) {
+    EXPECT_THAT(device->elements[i + 1].str, ::testing::Not(HasSubstr(r->device_token)));
+    if (device->elements[i].str == "token_hash") hash = device->elements[i + 1].str;
+  }
+  EXPECT_EQ(hash.size(), 64u);
+  EXPECT_EQ(hash.find_first_not_of("0123456789abcdef"), std::string::npos);
+}
+
+TEST_F(RedisStoreTest, UnreachableRedisIsUnavailableWithinASecond) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  server_->Kill();
+  for (int attempt = 0; attempt < 2; ++attempt) {  // the dead connection, then a reconnect
+    const absl::Time start = absl::Now();
+    EXPECT_THAT(store->Register(Spec("c1", "n1"), kNow, &fx),
+                StatusIs(absl::StatusCode::kUnavailable));
+    EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+  }
+  const absl::Time start = absl::Now();
+  EXPECT_FALSE(store->Close("A", "c1", kNow, &fx).known);  // logged, nothing changed
+  EXPECT_THAT(store->RenewLease("A", "e1", kNow), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(store->ReadPresence(0, 10), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+}
+
+TEST_F(RedisStoreTest, SilentServerTimesOutWithUnavailableAndCallersDoNotQueueUp) {
+  // Accepts connections (the kernel does) and never answers.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 16), 0);
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  RedisStoreOptions r;
+  r.client.address.host = "127.0.0.1";
+  r.client.address.port = ntohs(addr.sin_port);
+  RedisStore store(StoreOptions{}, r);
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(store.Connect(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(1500));
+  // Four callers at once, after the backoff: one waits for the timeout, the others at most
+  // for that one, not for four timeouts in a row.
+  absl::SleepFor(absl::Milliseconds(600));
+  std::vector<std::thread> threads;
+  std::vector<absl::Duration> took(4);
+  std::vector<absl::StatusCode> codes(4);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      const absl::Time begin = absl::Now();
+      codes[t] = store.RenewLease("A", "e1", kNow).code();
+      took[t] = absl::Now() - begin;
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(codes[t], absl::StatusCode::kUnavailable);
+    EXPECT_LT(took[t], absl::Milliseconds(1600)) << t;
+  }
+  close(fd);
+}
+
+TEST_F(RedisStoreTest, NoServerAtAllIsUnavailableAtConnect) {
+  RedisStoreOptions r;
+  r.client.address.host = "127.0.0.1";
+  r.client.address.port = server_->port();
+  server_->Kill();
+  RedisStore store(StoreOptions{}, r);
+  EXPECT_THAT(store.Connect(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(RedisStoreTest, ReconnectsAfterTheConnectionWasDropped) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  ASSERT_THAT(server_->Command({"CLIENT", "KILL", "TYPE", "normal"}), IsOk());
+  // The first call may find the dead connection; a later one reconnects.
+  (void)store->RenewLease("A", "e1", kNow);
+  EXPECT_THAT(store->RenewLease("A", "e1", kNow), IsOk());
+}
+
+TEST_F(RedisStoreTest, ScriptsAreReloadedAfterTheServerForgotThem) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  ASSERT_THAT(server_->Command({"SCRIPT", "FLUSH"}), IsOk());
+  Effects fx;
+  EXPECT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  auto r = store->Register(Spec("c1", "n1"), kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_TRUE(r->granted);
+}
+
+TEST_F(RedisStoreTest, EdgesResyncRaisesTheGenerationAfterDataLoss) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  uint64_t last = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto r = store->Register(Spec("c" + std::to_string(i), "n1"), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    last = r->generation;
+  }
+  EXPECT_EQ(last, 5u);  // the counter starts at 1 in an empty database
+  ASSERT_THAT(server_->Command({"FLUSHALL"}), IsOk());
+  EXPECT_EQ(store->HeadRevision(), 0u);
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  LiveConnection live;
+  live.spec = Spec("c4", "n1");
+  live.generation = last;
+  auto resync = store->Resync("A", "e1", {live}, kNow, &fx);
+  ASSERT_THAT(resync, IsOk());
+  EXPECT_EQ(resync->kept, 1);
+  EXPECT_EQ(store->GetNode("n1")->generation, last);
+  auto r = store->Register(Spec("c9", "n2"), kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_GT(r->generation, last);
+}
+
+TEST_F(RedisStoreTest, CountersLostWithARedisRestartAreRaisedAtReconnect) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  uint64_t last = 0;
+  for (int i = 0; i < 5; ++i) {
+    auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    last = r->generation;
+  }
+  const uint64_t head = store->HeadRevision();
+  ASSERT_EQ(head, 5u);
+  // As if Redis restarted having lost everything (or the AOF's last second): the data is gone
+  // and the store's connection with it.
+  ASSERT_THAT(server_->Command({"FLUSHALL"}), IsOk());
+  ASSERT_THAT(server_->Command({"CLIENT", "KILL", "TYPE", "normal"}), IsOk());
+  (void)store->HeadRevision();             // finds the dead connection
+  EXPECT_EQ(store->HeadRevision(), head);  // reconnected, counters raised
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  auto r = store->Register(Spec("c9", "n9"), kNow, &fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_GT(r->generation, last);
+  ASSERT_THAT(fx.presence, ::testing::Not(::testing::IsEmpty()));
+  EXPECT_EQ(fx.presence.back().revision, head + 1);
+  // The history before the loss is gone: a watcher behind it must re-list.
+  EXPECT_THAT(store->ReadPresence(head - 1, 10), StatusIs(absl::StatusCode::kOutOfRange));
+  auto tail = store->ReadPresence(head, 10);
+  ASSERT_THAT(tail, IsOk());
+  EXPECT_EQ(tail->size(), 1u);
+}
+
+TEST_F(RedisStoreTest, ManyThreadsShareOneStore) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects attach;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &attach), IsOk());
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 100;
+  std::vector<std::vector<uint64_t>> granted(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        Effects fx;
+        const std::string id = std::to_string(t) + "-" + std::to_string(i);
+        auto r = store->Register(Spec("c" + id, "n" + std::to_string(i % 10)), kNow, &fx);
+        if (r.ok() && r->granted) granted[t].push_back(r->generation);
+        store->Close("A", "c" + id, kNow, &fx);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::set<uint64_t> all;
+  for (const auto& g : granted) all.insert(g.begin(), g.end());
+  EXPECT_EQ(all.size(), static_cast<size_t>(kThreads * kPerThread));  // every grant unique
+  for (int n = 0; n < 10; ++n) EXPECT_FALSE(store->GetNode("n" + std::to_string(n))->connected);
+}
+
+TEST_F(RedisStoreTest, LargeAnswersAreReturnedWhole) {
+  // More items than Lua's unpack() can spread: the scripts must not use it for lists.
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  constexpr int kNodes = 9000;
+  for (int i = 0; i < kNodes; ++i) {
+    Effects one;
+    auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &one);
+    ASSERT_THAT(r, IsOk());
+  }
+  EXPECT_EQ(store->GetPresence().nodes.size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->ListDevices().size(), static_cast<size_t>(kNodes));
+  auto events = store->ReadPresence(0, kNodes);
+  ASSERT_THAT(events, IsOk());
+  EXPECT_EQ(events->size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000).nodes.size(), 1000u);
+}
+
+TEST_F(RedisStoreTest, PasswordIsSentWithAuth) {
+  ASSERT_THAT(server_->Command({"CONFIG", "SET", "requirepass", "s3cret"}), IsOk());
+  RedisStoreOptions r;
+  r.client = server_->ClientOptions();
+  RedisStore without(StoreOptions{}, r);
+  EXPECT_THAT(without.Connect(), StatusIs(absl::StatusCode::kUnavailable));
+  r.client.password = "wrong";
+  RedisStore wrong(StoreOptions{}, r);
+  absl::Status s = wrong.Connect();
+  EXPECT_THAT(s, StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("AUTH failed"));
+  r.client.password = "s3cret";
+  RedisStore right(StoreOptions{}, r);
+  EXPECT_THAT(right.Connect(), IsOk());
+  Effects fx;
+  EXPECT_THAT(right.AttachEdge("A", "e1", kNow, &fx), IsOk());
+}
+
+TEST(RedisUrlTest, ParsesHostPortAndDatabase) {
+  auto a = ParseRedisUrl("redis://127.0.0.1:6380/3");
+  ASSERT_THAT(a, IsOk());
+  EXPECT_EQ(a->host, "127.0.0.1");
+  EXPECT_EQ(a->port, 6380);
+  EXPECT_EQ(a->db, 3);
+  auto b = ParseRedisUrl("redis://redis.internal");
+  ASSERT_THAT(b, IsOk());
+  EXPECT_EQ(b->port, 6379);
+  EXPECT_EQ(b->db, 0);
+  for (const char* bad :
+       {"http://h:1", "redis://", "redis://:6379", "redis://h:0", "redis://h:99999", "redis://h:x",
+        "redis://h:1/x", "redis://h:1/-1", "redis://user:pw@h:1", "memory"}) {
+    EXPECT_THAT(ParseRedisUrl(bad), StatusIs(absl::StatusCode::kInvalidArgument)) << bad;
+  }
+}
+
+TEST(RedisListEncodingTest, RoundTrips) {
+  const std::vector<std::string> items = {"", "a", "with:colon", std::string("nul\0byte", 8),
+                                          "12:34"};
+  EXPECT_EQ(RedisStore::DecodeList(RedisStore::EncodeList(items)), items);
+  EXPECT_TRUE(RedisStore::DecodeList("").empty());
+  EXPECT_EQ(RedisStore::DecodeList("3:abc9:short"), std::vector<std::string>{"abc"});
+}
+
+}  // namespace
+}  // namespace tether::registry

@@ -1,0 +1,77 @@
+#include "tests/testing/redis_server.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <thread>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+
+namespace tether::testing {
+namespace {
+
+std::string RedisServerBinary() {
+  for (const char* path : {"/usr/bin/redis-server", "/usr/local/bin/redis-server"}) {
+    if (access(path, X_OK) == 0) return path;
+  }
+  return "";
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start() {
+  signal(SIGPIPE, SIG_IGN);
+  const std::string binary = RedisServerBinary();
+  if (binary.empty()) {
+    return absl::FailedPreconditionError("redis-server not installed (scripts/install_deps.sh)");
+  }
+  std::unique_ptr<RedisServer> server(new RedisServer());
+  const std::string dir = TempPath("redis");
+  mkdir(dir.c_str(), 0700);
+  server->port_ = FreePort();
+  server->process_ = std::make_unique<ChildProcess>(
+      binary,
+      std::vector<std::string>{"--port", std::to_string(server->port_), "--bind", "127.0.0.1",
+                               "--save", "", "--appendonly", "no", "--dir", dir},
+      std::vector<std::string>{}, /*port_file_flag=*/false);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::Status last;
+  while (absl::Now() < deadline) {
+    if (!server->process_->running()) {
+      return absl::InternalError("redis-server exited:\n" + server->process_->Log());
+    }
+    auto pong = server->Command({"PING"});
+    if (pong.ok()) return server;
+    last = pong.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return absl::DeadlineExceededError("redis-server did not answer PING: " + last.ToString() + "\n" +
+                                     server->process_->Log());
+}
+
+RedisServer::~RedisServer() { Kill(); }
+
+registry::RedisClientOptions RedisServer::ClientOptions() const {
+  registry::RedisClientOptions o;
+  o.address.host = "127.0.0.1";
+  o.address.port = port_;
+  return o;
+}
+
+absl::StatusOr<registry::RedisValue> RedisServer::Command(const std::vector<std::string>& argv) {
+  registry::RedisClientOptions o = ClientOptions();
+  o.connect_timeout = absl::Milliseconds(500);
+  o.command_timeout = absl::Seconds(5);
+  registry::RedisClient client(o);
+  return client.Command(argv);
+}
+
+void RedisServer::Kill() {
+  if (process_ == nullptr) return;
+  process_->Signal(SIGKILL);
+  process_->Wait(absl::Seconds(10));
+}
+
+}  // namespace tether::testing

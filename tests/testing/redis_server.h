@@ -1,0 +1,43 @@
+// RedisServer: a throw-away redis-server on 127.0.0.1 for tests that need a real Redis.
+#ifndef TETHER_TESTS_TESTING_REDIS_SERVER_H_
+#define TETHER_TESTS_TESTING_REDIS_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "registry_service/store/redis_client.h"
+#include "tests/testing/process.h"
+
+namespace tether::testing {
+
+// Owns one redis-server child process with no persistence (--save "" --appendonly no), its
+// working directory under TEST_TMPDIR, on a free loopback port. Killed (SIGKILL) and reaped on
+// destruction or Kill(). Not thread-safe. Ignores SIGPIPE for the test process (a client
+// writing to a killed server must get an error, not a signal).
+class RedisServer {
+ public:
+  // Starts redis-server and waits (bounded, 10 s) until it answers PING.
+  static absl::StatusOr<std::unique_ptr<RedisServer>> Start();
+  ~RedisServer();
+
+  int port() const { return port_; }
+  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  registry::RedisClientOptions ClientOptions() const;
+  // Runs one command on a fresh connection (FLUSHALL, HGETALL, ...).
+  absl::StatusOr<registry::RedisValue> Command(const std::vector<std::string>& argv);
+  // SIGKILLs the server and waits for it to exit.
+  void Kill();
+  std::string Log() const { return process_ ? process_->Log() : ""; }
+
+ private:
+  RedisServer() = default;
+  int port_ = 0;
+  std::unique_ptr<ChildProcess> process_;
+};
+
+}  // namespace tether::testing
+
+#endif  // TETHER_TESTS_TESTING_REDIS_SERVER_H_
