@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# bench/run.sh [SCENARIO...] [-- BENCH_FLAGS...]
+# bench/run.sh [--store redis|memory] [SCENARIO...] [-- BENCH_FLAGS...]
+#
+# --store redis (the default, as in production) starts a redis-server on loopback for the run
+# (no persistence, so the figure is the registry's, not the disk's) and points the registry at
+# it; --store memory runs the registry on its in-process store.
 #
 # Builds the benchmark and the servers with -c opt, then for each scenario starts a registry,
 # edge(s) and fleet process(es) on loopback, runs it, prints its results table and appends it to
@@ -14,6 +18,7 @@ cd "$(dirname "$0")/.."
 
 scenarios=()
 extra=()
+store=redis
 while [[ $# -gt 0 ]]; do
   if [[ $1 == "--" ]]; then
     shift
@@ -21,6 +26,8 @@ while [[ $# -gt 0 ]]; do
     break
   fi
   case $1 in
+    --store) store="${2:?--store needs redis or memory}"; shift ;;
+    --store=*) store="${1#--store=}" ;;
     idle | handshake | invoke | storm | core) scenarios+=("$1") ;;
     *) echo "usage: bench/run.sh [idle|handshake|invoke|storm|core ...] [-- bench flags]" >&2; exit 2 ;;
   esac
@@ -42,9 +49,26 @@ machine="$(nproc) cores (${cpu_model:-unknown CPU}), ${mem_gib} GiB RAM, $(uname
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || rev="$rev + uncommitted changes"
 
+redis_pid=""
+store_flags=()
+if [[ $store == redis ]]; then
+  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work" --save "" --appendonly no \
+    >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  trap '[[ -n $redis_pid ]] && kill $redis_pid 2>/dev/null' EXIT
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  store_flags=(--registry_flags="--dev_mode --store=redis://127.0.0.1:$redis_port")
+elif [[ $store != memory ]]; then
+  echo "--store is redis or memory" >&2
+  exit 2
+fi
+
 status=0
 for s in "${scenarios[@]}"; do
-  cmd="bench/run.sh $s"
+  # A fresh database per scenario: each starts from an empty registry.
+  [[ -n $redis_pid ]] && redis-cli -p "$redis_port" flushall >/dev/null
+  cmd="bench/run.sh --store $store $s"
   [[ ${#extra[@]} -gt 0 ]] && cmd+=" --$(printf ' %q' "${extra[@]}")"
   # How busy the machine was just before (other work on the two cores skews every figure).
   read -r _ u1 n1 s1 i1 w1 q1 sq1 _ </proc/stat
@@ -55,7 +79,8 @@ for s in "${scenarios[@]}"; do
   busy_pct=$(( 100 * (busy2 - busy1) / (busy2 - busy1 + idle_d + 1) ))
   echo "=== $cmd (logs in $work)" >&2
   out="$work/$s.md"
-  "$bin/bench/bench" --scenario="$s" --bin_dir="$bin" --work_dir="$work" "${extra[@]}" >"$out" 2>"$work/$s.stderr" &
+  "$bin/bench/bench" --scenario="$s" --bin_dir="$bin" --work_dir="$work" "${store_flags[@]}" \
+    "${extra[@]}" >"$out" 2>"$work/$s.stderr" &
   pid=$!
   # The fleets' progress lines, as they come.
   tail -f --pid=$pid "$work/$s.stderr" >&2 2>/dev/null
@@ -66,7 +91,10 @@ for s in "${scenarios[@]}"; do
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M') UTC — \`$s\` (bench/run.sh)"
     echo
-    echo "Machine: $machine; CPU ${busy_pct} % busy in the 2 s before the run. Commit $rev, \`-c opt\`."
+    echo "Machine: $machine; CPU ${busy_pct} % busy in the 2 s before the run. Commit $rev, \`-c opt\`, store: $store."
+    if [[ -n $redis_pid ]]; then
+      echo "Redis memory after the run: $(redis-cli -p "$redis_port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r'), $(redis-cli -p "$redis_port" dbsize | tr -d '\r') keys."
+    fi
     echo "Command: \`$cmd\`"
     echo
     if [[ $rc -eq 2 ]]; then

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs Tether on loopback: one registry (in-memory state)
-# and one edge; or, with --edges N, N edges behind nginx as the WebSocket load balancer.
-# Ctrl-C stops everything it started.
-#   scripts/run.sh [--edges N] [--secure]
+# Installs what is missing, builds, and runs Tether on loopback: a local redis-server (the
+# registry's durable state: pairings, device tokens, ownership, counters, presence history), one
+# registry on it and one edge; or, with --edges N, N edges behind nginx as the WebSocket load
+# balancer. --store memory runs the registry without Redis (state lost on restart; says so).
+# Ctrl-C stops everything it started; the Redis data folder stays (printed) for the next run.
+#   scripts/run.sh [--edges N] [--secure] [--store redis|memory]
 #   env: TETHER_REGISTRY_PORT (7000)  TETHER_EDGE_PORT (18789: the edge, or the balancer)
+#        TETHER_REDIS_PORT (6390)  TETHER_DATA_DIR (~/.local/share/tether: Redis data lives here)
 #        TETHER_SHARED_TOKEN (nodes' gateway token; random when unset)
 #        TETHER_TOKEN (an admin API token to require; implies --secure)
 # By default this is a development setup on loopback: the registry runs with --dev_mode (the
@@ -14,16 +17,20 @@ cd "$(dirname "$0")/.."
 
 edges=0
 secure=0
+store=redis
 [[ -n "${TETHER_TOKEN:-}" ]] && secure=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --edges) edges="${2:?--edges needs a number}"; shift 2 ;;
     --edges=*) edges="${1#--edges=}"; shift ;;
     --secure) secure=1; shift ;;
-    *) echo "usage: scripts/run.sh [--edges N] [--secure]" >&2; exit 2 ;;
+    --store) store="${2:?--store needs redis or memory}"; shift 2 ;;
+    --store=*) store="${1#--store=}"; shift ;;
+    *) echo "usage: scripts/run.sh [--edges N] [--secure] [--store redis|memory]" >&2; exit 2 ;;
   esac
 done
 [[ "$edges" =~ ^[0-9]+$ ]] || { echo "--edges takes a number" >&2; exit 2; }
+[[ "$store" == redis || "$store" == memory ]] || { echo "--store is redis or memory" >&2; exit 2; }
 
 scripts/install_deps.sh run
 if ((edges > 0)) && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
@@ -76,9 +83,37 @@ wait_for() {  # file pattern
   exit 1
 }
 
+if [[ "$store" == redis ]]; then
+  redis_port="${TETHER_REDIS_PORT:-6390}"
+  data="${TETHER_DATA_DIR:-${HOME:-/root}/.local/share/tether}/redis"
+  mkdir -p "$data"
+  chmod 700 "$data"
+  # Loopback only; append-only file fsynced every second (a crash of the machine loses at most
+  # the last second of decisions: see registry_service/store/README.md).
+  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$data" --appendonly yes \
+    --appendfsync everysec --save "" --maxmemory-policy noeviction --protected-mode yes \
+    >"$logs/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 100); do
+    redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break
+    sleep 0.1
+  done
+  redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG || {
+    echo "redis-server did not start; see $logs/redis.log" >&2
+    cat "$logs/redis.log" >&2
+    exit 1
+  }
+  store_flags=(--store="redis://127.0.0.1:${redis_port}")
+  state_line="Redis on 127.0.0.1:${redis_port}, data in $data"
+else
+  store_flags=(--store=memory)
+  state_line="in-memory state: lost when the registry stops (--store memory)"
+fi
+
 # Development mode: every new device key is paired automatically (the registry warns loudly).
 "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  --auto_approve --metrics_port=0 "${registry_auth[@]}" >"$logs/registry.log" 2>&1 &
+  "${store_flags[@]}" --auto_approve --metrics_port=0 "${registry_auth[@]}" \
+  >"$logs/registry.log" 2>&1 &
 pids+=($!)
 wait_for "$logs/registry.log" "listening"
 
@@ -119,7 +154,7 @@ fi
 metrics="$(grep -ho 'http://[0-9.:]*/metrics' "$logs"/*.log | tr '\n' ' ')"
 cat <<INFO
 
-Tether is running (in-memory state; logs in $logs):
+Tether is running (${state_line}; logs in $logs):
   registry gRPC   127.0.0.1:${reg_port}    (tether.v1.Registry; health and reflection enabled)
   ${topology}
   node token      ${token}   (nodes' shared gateway token)

@@ -95,6 +95,35 @@ class Proc:
             return None, timeout
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(name, d, env, work):
+    """Starts redis-server for a registry booted from a config; returns (Proc, store URL)."""
+    port = free_port()
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", d,
+            "--save", "", "--appendonly", "no"]
+    password_file = env.get("TETHER_REDIS_PASSWORD_FILE")
+    password = open(password_file).read().strip() if password_file else ""
+    if password:
+        argv += ["--requirepass", password]
+    proc = Proc(f"{name}-redis", argv, {"PATH": "/usr/bin:/bin"}, work)
+
+    def up():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(b"PING\r\n")
+                return c.recv(64) != b""
+        except OSError:
+            return False
+    if not eventually(up):
+        fail(name, f"redis-server did not start:\n{proc.text()}")
+    return proc, f"redis://127.0.0.1:{port}"
+
+
 ADDRESS_FLAGS = ("listen", "edge_listen", "metrics_host", "metrics_port", "registry", "port_file")
 
 
@@ -131,6 +160,11 @@ class Booted:
             env["TETHER_METRICS_PORT"] = "0"
         if registry:
             env["TETHER_REGISTRY"] = f"127.0.0.1:{registry.port}"
+        self.redis = None
+        if env.get("TETHER_STORE", "").startswith("redis://"):
+            # A real redis-server on loopback stands where the manifest's Redis would be, with
+            # the password the example Secret gives, if any.
+            self.redis, env["TETHER_STORE"] = start_redis(name, d, env, work)
         self.proc = Proc(name, [os.path.join(bin_root, cd.BINARIES[cfg["kind"]]), *args],
                          cd.clean_env(env), work)
         port_file = env["TETHER_PORT_FILE"]
@@ -276,6 +310,8 @@ def boot_k8s(src, bin_root, work, images):
     finally:
         for b in reversed(started):
             b.proc.stop()
+            if b.redis:
+                b.redis.stop()
 
 
 def boot_compose(src, bin_root, work, images):
@@ -350,6 +386,8 @@ def boot_compose(src, bin_root, work, images):
             lb.stop()
         for b in reversed(started):
             b.proc.stop()
+            if b.redis:
+                b.redis.stop()
 
 
 def nginx_t(src, work):

@@ -135,6 +135,12 @@ def port_of(addr):
         return None
 
 
+def redis_host(url):
+    """The host of a redis://HOST:PORT[/DB] store URL, or None."""
+    m = re.match(r"redis://([^:/]+)", url or "")
+    return m.group(1) if m else None
+
+
 def image_kind(image):
     """tether/registry[:tag], or some.registry/tether/registry:tag -> 'registry'."""
     m = re.search(r"(?:^|/)tether/(registry|edge|lb)(?::[\w.-]+)?$", image or "")
@@ -346,6 +352,9 @@ def check_config(cfg, bins):
             error(where, f"{k}={v}: its key is missing from the example Secret")
     if kind == "registry" and not ("TETHER_API_TOKENS_FILE" in cfg["env"]):
         error(where, "the registry needs TETHER_API_TOKENS_FILE (its public API is authenticated)")
+    if kind == "registry" and not cfg["env"].get("TETHER_STORE", "").startswith("redis://"):
+        error(where, "the registry must keep its state in Redis (TETHER_STORE=redis://...): with "
+                     "the memory store a restart locks out nodes that reconnect with device tokens")
     if not ({"TETHER_EDGE_SECRET", "TETHER_EDGE_SECRET_FILE"} & set(cfg["env"])):
         error(where, "no edge secret (TETHER_EDGE_SECRET or TETHER_EDGE_SECRET_FILE)")
 
@@ -376,6 +385,9 @@ def check_k8s(k8s_dir, bins, images):
         ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
         pods_by_app[pod["metadata"]["labels"]["app.kubernetes.io/name"]] = ports
         env = cfg["env"]
+        host = redis_host(env.get("TETHER_STORE", ""))
+        if kind == "registry" and host and host not in services:
+            error(where, f"TETHER_STORE names {host}, which is no Service in the manifests")
         if port_of(env.get("TETHER_LISTEN")) not in ports.values():
             error(where, f"no containerPort for TETHER_LISTEN {env.get('TETHER_LISTEN')}")
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -405,10 +417,22 @@ def check_k8s(k8s_dir, bins, images):
                     p["port"] for p in svc["spec"]["ports"]]:
                 error(where, f"TETHER_REGISTRY {env.get('TETHER_REGISTRY')} is no Service port")
 
+    # Workloads that are not ours (Redis) count for Services too, and must keep their data.
+    for (k, n), d in docs.items():
+        if k != "StatefulSet":
+            continue
+        pod = d["spec"]["template"]
+        ports = {p.get("name"): p["containerPort"]
+                 for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        pods_by_app[pod["metadata"]["labels"]["app.kubernetes.io/name"]] = ports
+        if not pod["spec"].get("securityContext", {}).get("runAsNonRoot"):
+            error(f"k8s StatefulSet {n}", "the pod must set runAsNonRoot")
+        if not d["spec"].get("volumeClaimTemplates"):
+            error(f"k8s StatefulSet {n}", "no volumeClaimTemplates: its data would not survive")
     for name, svc in services.items():
         ports = pods_by_app.get(svc["spec"]["selector"].get("app.kubernetes.io/name"))
         if ports is None:
-            error(f"k8s Service {name}", "its selector matches no Deployment")
+            error(f"k8s Service {name}", "its selector matches no Deployment or StatefulSet")
             continue
         for p in svc["spec"]["ports"]:
             t = p.get("targetPort", p["port"])
@@ -485,6 +509,12 @@ def check_compose(path, bins, images):
             if src.startswith("./") and src[2:] not in ignored:
                 error(where, f"{src} holds a secret but is not git-ignored")
         check_config(cfg, bins)
+        if kind == "registry":
+            host = redis_host(cfg["env"].get("TETHER_STORE", ""))
+            if host and host not in svcs:
+                error(where, f"TETHER_STORE names {host}, which is no compose service")
+            elif host and host not in s.get("depends_on", {}):
+                error(where, f"the registry must depend on {host} (healthy) to start after it")
         if kind == "edge":
             reg = cfg["env"].get("TETHER_REGISTRY", "")
             host = reg.rsplit(":", 1)[0]

@@ -10,7 +10,10 @@
 #       reconnects by itself and invokes work again;
 #   (d) after the edge is SIGKILLed and the node host reconnects through another edge on the
 #       same port, the lapse of the dead edge's lease (edge_lost) does not unregister the new
-#       session: the node stays connected past the lapse and invokes still work.
+#       session: the node stays connected past the lapse and invokes still work;
+#   (e) the registry keeps its state in a real redis-server: after `kill -9` of the registry and
+#       a restart on the same Redis (without --auto_approve), the node host restarted with its
+#       device token alone (no OPENCLAW_GATEWAY_TOKEN) is accepted and answers invokes.
 # Prints one PASS/FAIL line per check. Exit 0 all passed, 1 a failure, 77 skipped (the npm
 # registry cannot be reached to install OpenClaw). Logs are kept on failure.
 #
@@ -26,7 +29,7 @@ cd "${root}" || exit 1
 
 TOKEN="interop-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 LEASE_TTL_MS=4000    # the registry's edge lease; (d) waits for it to lapse
-TOTAL_BUDGET_S="${TETHER_INTEROP_BUDGET_S:-100}"  # seconds for the run after install and build
+TOTAL_BUDGET_S="${TETHER_INTEROP_BUDGET_S:-150}"  # seconds for the run after install and build
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/tether-openclaw-interop.XXXXXX")"
 pids=()         # process-group leaders we started (each under setsid)
@@ -158,9 +161,21 @@ if [[ "${registry_help}" == *--edge_secret_file* && "${edge_help}" == *--edge_se
   registry_auth+=(--edge_secret_file="${tmp}/edge_secret")
   edge_auth+=(--edge_secret_file="${tmp}/edge_secret")
 fi
+# The registry's state lives in a real redis-server, as in production.
+redis_port="$("${NODE}" -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => {
+  console.log(s.address().port); s.close(); });')"
+mkdir -p "${tmp}/redis"
+start "${tmp}/redis.log" redis-server --bind 127.0.0.1 --port "${redis_port}" --dir "${tmp}/redis" \
+  --appendonly yes --appendfsync everysec --save ""
+if ! wait_for 20 bash -c "redis-cli -p ${redis_port} ping 2>/dev/null | grep -q PONG"; then
+  fail setup "redis-server did not start"
+  exit 1
+fi
+registry_store=(--store="redis://127.0.0.1:${redis_port}")
 start "${tmp}/registry.log" "${tmp}/bin/registry_service" --listen=127.0.0.1:0 \
   --port_file="${tmp}/registry.port" --auto_approve --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20 \
-  "${registry_auth[@]}"
+  "${registry_store[@]}" "${registry_auth[@]}"
+registry_pid=${started}
 if ! wait_for 20 test -s "${tmp}/registry.port"; then
   fail setup "the registry did not start"
   exit 1
@@ -358,6 +373,40 @@ else
       "${LEASE_TTL_MS} ms lease; presence: ${summary}"
     invoke_which "d (invoke after the lease lapsed)"
   fi
+fi
+
+# --- (e) registry kill -9 and restart on the same Redis; the node host returns with its device
+# token alone --------------------------------------------------------------------------------
+node_env=(OPENCLAW_STATE_DIR="${tmp}/openclaw/state" OPENCLAW_HOME="${tmp}/openclaw/home"
+  OPENCLAW_CONFIG_PATH="${tmp}/openclaw/openclaw.json" OPENCLAW_DISABLE_BONJOUR=1
+  OPENCLAW_NO_AUTO_UPDATE=1 NO_COLOR=1)
+conn_before="$(js "$(node_json)" 'j.connId')"
+# The node host leaves; it keeps the device token of its last hello-ok in its state folder.
+for pid in "${pids[@]}"; do
+  if ps -o args= -p "${pid}" 2>/dev/null | grep -q "openclaw.mjs node run"; then
+    stop_group "${pid}" TERM
+    wait_for 10 bash -c "! kill -0 ${pid} 2>/dev/null"
+  fi
+done
+kill -KILL "${registry_pid}"
+wait "${registry_pid}" 2>/dev/null
+# No --auto_approve from here on: only the pairing kept in Redis can let the node in.
+start "${tmp}/registry2.log" "${tmp}/bin/registry_service" --listen="127.0.0.1:${registry_port}" \
+  --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20 "${registry_store[@]}" "${registry_auth[@]}"
+registry_pid=${started}
+node_log="${tmp}/openclaw-node-device-token.log"
+start "${node_log}" env -C "${tmp}/openclaw" "${node_env[@]}" \
+  "${NODE}" "${OPENCLAW}/openclaw.mjs" node run --host 127.0.0.1 --port "${edge_port}"
+current_edge=edgeB  # where (d) left it
+if ! wait_for 45 connected_via "${current_edge}" "${conn_before}"; then
+  fail e "after the registry restart the node host did not come back with its device token" \
+    "alone: $(sed 's/\x1b\[[0-9;]*m//g' "${node_log}" | grep -iE 'token|pair|closed' | tail -n 3)"
+elif grep -q "AUTH_DEVICE_TOKEN_MISMATCH" "${node_log}"; then
+  fail e "the node host was refused with AUTH_DEVICE_TOKEN_MISMATCH before it got in"
+else
+  pass "e: registry kill -9 + restart on the same Redis; the node host reconnected with its" \
+    "device token alone (no shared token, no auto-approve) as $(js "$(node_json)" 'j.connId')"
+  invoke_which "e (invoke after the registry restart)"
 fi
 
 # --- What the edge and the node host logged that looks wrong ---------------------------------
