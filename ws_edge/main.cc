@@ -1,6 +1,7 @@
 // ws_edge: terminates node WebSockets and forwards their lifecycle to the registry.
 #include <unistd.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -40,7 +41,12 @@ ABSL_FLAG(int64_t, max_send_buffer_bytes, 52'428'800,
           "unsent bytes per socket before it is closed as a slow consumer (1008)");
 ABSL_FLAG(int64_t, ping_interval_ms, 25'000, "WebSocket ping period");
 ABSL_FLAG(int64_t, pong_timeout_ms, 25'000, "a socket silent this long after a ping is dropped");
-ABSL_FLAG(int64_t, drain_timeout_ms, 5'000, "on SIGTERM, wait this long for sockets to close");
+ABSL_FLAG(int64_t, drain_timeout_ms, 5'000,
+          "on SIGTERM, wait this long for sockets to close (in-flight invokes get until 1 s "
+          "before it)");
+ABSL_FLAG(int64_t, drain_spread_ms, 2'000,
+          "on SIGTERM, spread the 1012 closes over this long (at most half the drain timeout) "
+          "so nodes do not reconnect as one herd");
 ABSL_FLAG(std::string, port_file, "", "if set, write the bound port here once listening");
 ABSL_FLAG(int, metrics_port, -1,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
@@ -119,6 +125,9 @@ int main(int argc, char** argv) {
   eo.handshake_limits.burst = absl::GetFlag(FLAGS_handshake_burst);
   eo.handshake_limits.failure_cost = absl::GetFlag(FLAGS_failed_handshake_cost);
   eo.tick_interval_ms = absl::GetFlag(FLAGS_tick_interval_ms);
+  eo.drain_timeout_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_drain_timeout_ms) - 1'000);
+  eo.drain_spread_ms =
+      std::clamp<int64_t>(absl::GetFlag(FLAGS_drain_spread_ms), 0, eo.drain_timeout_ms / 2);
   eo.max_payload = absl::GetFlag(FLAGS_max_payload);
   eo.max_buffered_bytes = absl::GetFlag(FLAGS_max_send_buffer_bytes);
   if (eo.max_payload > (48 << 20)) {

@@ -42,7 +42,8 @@ EdgeCore::EdgeCore(const EdgeOptions& options, Downstream& downstream, RegistryL
       clock_(clock),
       offload_(offload != nullptr ? *offload : inline_offload_),
       started_ms_(clock.NowMs()),
-      limiter_(options.handshake_limits) {}
+      limiter_(options.handshake_limits),
+      rng_(options.random_seed != 0 ? options.random_seed : std::random_device{}()) {}
 
 void EdgeCore::EraseClosed() {
   // Erasing cannot call back into the core, but take the list first all the same.
@@ -55,6 +56,10 @@ void EdgeCore::EraseClosed() {
     sockets_.erase(it);
   }
   stats_.sockets.store(static_cast<int64_t>(sockets_.size()));
+  if (draining_ && !closed.empty()) {
+    Entry entry(*this);  // closes made by the step are erased when it ends (and step again)
+    DrainStep(clock_.NowMs());
+  }
 }
 
 EdgeCore::Conn* EdgeCore::Find(uint64_t socket) {
@@ -603,6 +608,7 @@ void EdgeCore::OnTimer() {
         }
         break;
       case State::kLive:
+        if (draining_) break;  // DrainStep below
         if (conn->superseded && now >= conn->retire_at_ms) {
           stats_.superseded_closed.Add();
           CloseConn(*conn, kCloseReplaced, "replaced");
@@ -617,18 +623,43 @@ void EdgeCore::OnTimer() {
         break;
     }
   }
+  if (draining_) DrainStep(now);
 }
 
 void EdgeCore::Drain() {
   Entry entry(*this);
   if (draining_) return;
   draining_ = true;
+  const int64_t now = clock_.NowMs();
+  drain_deadline_ms_ = now + options_.drain_timeout_ms;
+  std::uniform_int_distribution<int64_t> jitter(0, std::max<int64_t>(0, options_.drain_spread_ms));
+  for (auto& [socket, conn] : sockets_) {
+    if (conn.state == State::kLive) {
+      conn.drain_close_at_ms = now + jitter(rng_);
+    } else {
+      CloseConn(conn, kCloseServiceRestart, "service restart");  // no session to hand over
+    }
+  }
+  DrainStep(now);
+}
+
+void EdgeCore::DrainStep(int64_t now) {
+  const bool overdue = now >= drain_deadline_ms_;
+  for (auto& [socket, conn] : sockets_) {
+    if (conn.state != State::kLive || now < conn.drain_close_at_ms) continue;
+    // Its own invokes first (their results still count), unless the drain ran out of time.
+    if (!conn.invokes.empty() && !overdue) continue;
+    CloseConn(conn, kCloseServiceRestart, "service restart");
+  }
+  // Sockets closed inline are erased by the outermost call, which runs this again.
+  if (drain_sent_ || !sockets_.empty()) return;
+  // Every socket is gone, each with its own `closed`: the lease can end now.
+  drain_sent_ = true;
   if (link_up_) {
     v1::EdgeMessage m;
     m.mutable_drain();
     SendLink(m);
   }
-  for (auto& [socket, conn] : sockets_) CloseConn(conn, kCloseServiceRestart, "service restart");
 }
 
 }  // namespace tether::edge

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,12 @@ struct EdgeOptions {
   int64_t tick_interval_ms = 30'000;        // advertised; ticks are sent at this period
   int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
   int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound
+  // Drain (SIGTERM): live sockets are closed with 1012 at random moments within the spread, so
+  // their nodes do not all reconnect at once; one with invokes in flight waits for them, up to
+  // the drain timeout. Then the registry is told (edge_drain) and the edge can exit.
+  int64_t drain_spread_ms = 2'000;
+  int64_t drain_timeout_ms = 5'000;
+  uint64_t random_seed = 0;  // 0: from the system
   HandshakeLimits handshake_limits;
 };
 
@@ -82,8 +89,11 @@ class EdgeCore {
   // --- From the loop's timer ---
   void OnTimer();
 
-  // Shutdown: tell the registry (edge_drain) and close every socket with 1012.
+  // Shutdown: refuse new sockets, close sockets still in their handshake with 1012 now and live
+  // ones with 1012 spread over drain_spread_ms (each after its own invokes, up to
+  // drain_timeout_ms); once none is left, tell the registry (drain: the lease ends).
   void Drain();
+  bool drained() const { return drain_sent_; }
 
   size_t connection_count() const { return sockets_.size(); }
   size_t live_count() const { return static_cast<size_t>(stats_.live.load()); }
@@ -113,6 +123,7 @@ class EdgeCore {
     std::vector<v1::InvokeRequest> queued;     // arrived before hello-ok went out
     bool gone = false;                  // OnClose ran; erased when the outermost call returns
     int64_t next_event_forward_ms = 0;  // node.event touches are sent at most once a second
+    int64_t drain_close_at_ms = 0;      // draining: closed with 1012 from then on
   };
   // Counts nested entries into the core; the outermost one erases sockets closed meanwhile.
   class Entry {
@@ -133,6 +144,7 @@ class EdgeCore {
   };
 
   void EraseClosed();
+  void DrainStep(int64_t now);  // closes what the drain schedule says, then tells the registry
   Conn* Find(uint64_t socket);
   Conn* FindByConnId(const std::string& conn_id);
   bool SendFrame(Conn& conn, const std::string& text);
@@ -168,7 +180,10 @@ class EdgeCore {
   HandshakeLimiter limiter_;
   int64_t verifying_ = 0;  // signature checks queued or running off the loop
   int64_t next_prune_ms_ = 0;
-  int depth_ = 0;                 // nested public calls in progress (see Entry)
+  int depth_ = 0;  // nested public calls in progress (see Entry)
+  int64_t drain_deadline_ms_ = 0;
+  bool drain_sent_ = false;
+  std::mt19937_64 rng_;
   std::vector<uint64_t> closed_;  // sockets gone during them, to erase
 };
 

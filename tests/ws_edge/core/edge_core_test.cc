@@ -1,6 +1,8 @@
 // The edge core against fake sockets and a fake registry link.
 #include "ws_edge/core/edge_core.h"
 
+#include <map>
+#include <set>
 #include <string>
 
 #include "common/clock.h"
@@ -373,14 +375,51 @@ TEST_F(EdgeCoreTest, AFloodFromOneAddressIsRefusedAtOpenWhileOthersConnect) {
   EXPECT_EQ(opened.node_id(), identity_.device_id());
 }
 
-TEST_F(EdgeCoreTest, DrainTellsTheRegistryAndClosesWith1012) {
-  auto opened = Connect(1, identity_);
-  Grant(opened, 1);
+// Drain: live sockets close with 1012 at jittered moments within the spread (nodes do not
+// reconnect as one herd), a socket with an invoke in flight waits for its result, and the
+// registry hears `drain` only once every socket is gone (each told it with its own `closed`).
+TEST_F(EdgeCoreTest, DrainSpreadsTheClosesWaitsForInvokesThenTellsTheRegistry) {
+  std::vector<v1::ConnectionOpened> opened;
+  for (uint64_t s = 1; s <= 20; ++s) {
+    opened.push_back(Connect(s, protocol::Ed25519Identity::Generate()));
+    Grant(opened.back(), s);
+  }
+  Invoke(opened[0].conn_id(), opened[0].node_id(), "busy");  // socket 1 has work in flight
+  core_->OnOpen(99, "127.0.0.1:1", true);                    // still in its handshake
   link_.sent.clear();
   core_->Drain();
-  ASSERT_FALSE(link_.sent.empty());
-  EXPECT_TRUE(link_.sent[0].has_drain());
+  EXPECT_EQ(down_.sockets[99].close_code, 1012);  // nothing to hand over: at once
+  std::map<uint64_t, int64_t> closed_at;          // socket -> when it was first seen closed
+  for (int64_t t = 0; t <= options_.drain_spread_ms + 100; t += 100) {
+    for (uint64_t s = 2; s <= 20; ++s) {
+      if (down_.sockets[s].closed && closed_at.count(s) == 0) closed_at[s] = t;
+    }
+    clock_.Advance(100);
+    core_->OnTimer();
+  }
+  std::set<int64_t> close_times;
+  for (const auto& [socket, t] : closed_at) close_times.insert(t);
+  for (uint64_t s = 2; s <= 20; ++s) EXPECT_EQ(down_.sockets[s].close_code, 1012) << s;
+  EXPECT_GT(close_times.size(), 3u) << "closes not spread over the window";
+  EXPECT_FALSE(down_.sockets[1].closed) << "closed with its invoke in flight";
+  for (const auto& m : link_.sent) EXPECT_FALSE(m.has_drain()) << "drain before the sockets left";
+  NodeSends(1, Result("busy", opened[0].node_id()));  // the result still counts
+  core_->OnTimer();
   EXPECT_EQ(down_.sockets[1].close_code, 1012);
+  ASSERT_FALSE(link_.sent.empty());
+  EXPECT_TRUE(link_.sent.back().has_drain());
+  EXPECT_TRUE(core_->drained());
+}
+
+TEST_F(EdgeCoreTest, DrainClosesAnInvokesSocketAtTheDeadlineAtTheLatest) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "never-answered");
+  core_->Drain();
+  clock_.Advance(options_.drain_timeout_ms);
+  core_->OnTimer();
+  EXPECT_EQ(down_.sockets[1].close_code, 1012);
+  EXPECT_TRUE(core_->drained());
 }
 
 // EdgeLinkClient::OnAttached sets attached_ (so Send() succeeds) on the gRPC thread and only
@@ -496,6 +535,8 @@ TEST_F(EdgeCoreTest, DrainClosesEverySocketWhileEachCloseCallsBackInline) {
   core_->OnOpen(6, "127.0.0.1:1", true);  // still in its handshake
   link_.sent.clear();
   core_->Drain();  // iterates the table while each close erases from it
+  clock_.Advance(options_.drain_spread_ms);
+  core_->OnTimer();  // the rest, the same way
   int closed = 0;
   for (const auto& m : link_.sent) closed += m.has_closed() ? 1 : 0;
   EXPECT_EQ(closed, 5);  // every registered connection reported once
