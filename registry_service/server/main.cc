@@ -17,6 +17,9 @@ ABSL_FLAG(std::string, listen, "127.0.0.1:7000", "gRPC listen address (port 0: a
 ABSL_FLAG(std::string, store, "memory",
           "where the registry's state lives: memory (this process only, lost on restart) or "
           "redis://HOST:PORT[/DB] (durable, shared by replicas)");
+ABSL_FLAG(int64_t, redis_timeout_ms, 1000,
+          "Redis connect and command timeout: RPCs fail UNAVAILABLE after this long when Redis "
+          "is dead or silent (a whole-fleet read such as GetPresence is one command)");
 ABSL_FLAG(std::string, redis_password_file, "",
           "file with the Redis password (AUTH) for --store=redis://...; empty: none");
 ABSL_FLAG(int64_t, lease_ttl_ms, 10'000, "edge lease TTL; an edge silent this long is lost");
@@ -63,6 +66,9 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
   if (o.registry.max_params_bytes < 1024 || o.registry.max_params_bytes > (16 << 20)) {
     return absl::InvalidArgumentError("--max_params_bytes must be in 1024..16777216");
   }
+  if (o.redis_timeout_ms < 10 || o.redis_timeout_ms > 60'000) {
+    return absl::InvalidArgumentError("--redis_timeout_ms must be in 10..60000");
+  }
   if (o.store.presence_history < 16) {
     return absl::InvalidArgumentError("--presence_history must be >= 16");
   }
@@ -84,6 +90,7 @@ int main(int argc, char** argv) {
   tether::registry::ServerOptions o;
   o.listen = absl::GetFlag(FLAGS_listen);
   o.store_url = absl::GetFlag(FLAGS_store);
+  o.redis_timeout_ms = absl::GetFlag(FLAGS_redis_timeout_ms);
   o.store.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));

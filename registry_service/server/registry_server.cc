@@ -39,6 +39,8 @@ absl::StatusOr<int> RegistryServer::Start() {
     RedisStoreOptions redis;
     redis.client.address = *address;
     redis.client.password = options_.redis_password;
+    redis.client.connect_timeout = absl::Milliseconds(options_.redis_timeout_ms);
+    redis.client.command_timeout = absl::Milliseconds(options_.redis_timeout_ms);
     auto store = std::make_unique<RedisStore>(options_.store, redis);
     if (absl::Status s = store->Connect(); !s.ok()) return s;
     store_ = std::move(store);

@@ -28,6 +28,9 @@ struct ServerOptions {
   // "memory", or "redis://HOST:PORT[/DB]" for the RedisStore (checked by Start).
   std::string store_url = "memory";
   std::string redis_password;  // AUTH for the Redis store; empty: none
+  // Connect and command timeout for the Redis store: a dead or silent Redis makes RPCs fail
+  // (UNAVAILABLE) after this long instead of hanging.
+  int64_t redis_timeout_ms = 1000;
   RegistryOptions registry;
   int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
   std::string metrics_host = "127.0.0.1";
