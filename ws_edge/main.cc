@@ -1,4 +1,5 @@
 // ws_edge: terminates node WebSockets and forwards their lifecycle to the registry.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,6 +45,9 @@ ABSL_FLAG(int64_t, pong_timeout_ms, 25'000, "a socket silent this long after a p
 ABSL_FLAG(int64_t, drain_timeout_ms, 5'000,
           "on SIGTERM, wait this long for sockets to close (in-flight invokes get until 1 s "
           "before it)");
+ABSL_FLAG(int64_t, max_connections, 0,
+          "sockets held at once; more are refused at open with 1013 (0: the open-file limit "
+          "minus 256 for the registry link, metrics and logs)");
 ABSL_FLAG(int64_t, drain_spread_ms, 2'000,
           "on SIGTERM, spread the 1012 closes over this long (at most half the drain timeout) "
           "so nodes do not reconnect as one herd");
@@ -125,6 +129,15 @@ int main(int argc, char** argv) {
   eo.handshake_limits.burst = absl::GetFlag(FLAGS_handshake_burst);
   eo.handshake_limits.failure_cost = absl::GetFlag(FLAGS_failed_handshake_cost);
   eo.tick_interval_ms = absl::GetFlag(FLAGS_tick_interval_ms);
+  if (const int64_t max = absl::GetFlag(FLAGS_max_connections); max > 0) {
+    eo.max_connections = static_cast<size_t>(max);
+  } else {
+    rlimit files{};
+    if (getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur != RLIM_INFINITY &&
+        files.rlim_cur > 512) {
+      eo.max_connections = static_cast<size_t>(files.rlim_cur - 256);
+    }
+  }
   eo.drain_timeout_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_drain_timeout_ms) - 1'000);
   eo.drain_spread_ms =
       std::clamp<int64_t>(absl::GetFlag(FLAGS_drain_spread_ms), 0, eo.drain_timeout_ms / 2);
@@ -246,6 +259,8 @@ int main(int argc, char** argv) {
     expose("tether_edge_handshakes_rate_limited_total",
            "Sockets refused at open because their source address was over its limit",
            s.handshakes_rate_limited);
+    expose("tether_edge_connections_refused_total",
+           "Sockets refused at open because --max_connections was reached", s.connections_refused);
     expose("tether_edge_send_queue_drops_total",
            "Sockets closed as slow consumers (send queue over its bound)", s.slow_consumers_closed);
     metrics.AddGauge("tether_edge_connections", "Open node sockets (any state)",

@@ -107,6 +107,11 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
     downstream_.Close(socket, kCloseServiceRestart, "service restart");
     return;
   }
+  if (options_.max_connections > 0 && sockets_.size() >= options_.max_connections) {
+    stats_.connections_refused.Add();
+    downstream_.Close(socket, kCloseTryAgainLater, "edge at capacity; try again later");
+    return;
+  }
   const int64_t now = clock_.NowMs();
   if (!limiter_.Allow(HostOf(remote_addr), now)) {
     // Cheapest possible refusal: no challenge, no state kept. 1013 makes real nodes retry later.

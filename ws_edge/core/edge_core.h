@@ -33,6 +33,9 @@ struct EdgeOptions {
   // Drain (SIGTERM): live sockets are closed with 1012 at random moments within the spread, so
   // their nodes do not all reconnect at once; one with invokes in flight waits for them, up to
   // the drain timeout. Then the registry is told (edge_drain) and the edge can exit.
+  // Sockets held at once (any state); more are refused at open with 1013 so that the process
+  // never runs out of file descriptors (accept would then fail over and over). 0: no limit.
+  size_t max_connections = 0;
   int64_t drain_spread_ms = 2'000;
   int64_t drain_timeout_ms = 5'000;
   uint64_t random_seed = 0;  // 0: from the system
@@ -50,6 +53,7 @@ struct EdgeStats {
   common::Counter superseded_closed;
   common::Counter slow_consumers_closed;
   common::Counter handshakes_rate_limited;  // sockets refused at open: their address was over limit
+  common::Counter connections_refused;      // sockets refused at open: --max_connections reached
   std::atomic<int64_t> sockets{0};
   std::atomic<int64_t> live{0};
 };

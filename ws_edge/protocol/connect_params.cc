@@ -117,17 +117,32 @@ absl::Status GetOptString(const json& obj, absl::string_view path, const char* k
   return absl::OkStatus();
 }
 
+constexpr size_t kMaxListItems = 512;
+constexpr size_t kMaxListItemChars = 256;
+
 absl::Status GetOptStringArray(const json& obj, absl::string_view path, const char* key,
                                std::vector<std::string>* out) {
   auto it = obj.find(key);
   if (it == obj.end()) return absl::OkStatus();
   const std::string array_path = Child(path, key);
   if (!it->is_array()) return Invalid(array_path, "must be array");
+  // The registry keeps these per node for as long as it knows the node: bounded, so that a
+  // fleet of hostile nodes cannot fill it (the real node host declares about 20 commands).
+  if (it->size() > kMaxListItems) {
+    return Invalid(array_path, absl::StrCat("must NOT have more than ", kMaxListItems, " items"));
+  }
   out->reserve(it->size());
   for (size_t i = 0; i < it->size(); ++i) {
     const json& item = (*it)[i];
-    if (auto s = CheckString(item, Child(array_path, absl::StrCat(i)), kNonEmpty); !s.ok()) {
-      return s;
+    const std::string item_path = Child(array_path, absl::StrCat(i));
+    if (auto s = CheckString(item, item_path, kNonEmpty); !s.ok()) return s;
+    const std::string& text = item.get_ref<const std::string&>();
+    const size_t chars = static_cast<size_t>(std::count_if(text.begin(), text.end(), [](char c) {
+      return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+    }));
+    if (chars > kMaxListItemChars) {
+      return Invalid(item_path,
+                     absl::StrCat("must NOT have more than ", kMaxListItemChars, " characters"));
     }
     out->push_back(item.get_ref<const std::string&>());
   }

@@ -510,6 +510,31 @@ TEST_F(EdgeCoreTest, NodeEventsReachTheRegistryAsThrottledTouchesWithoutPayload)
   EXPECT_EQ(link_.sent.size(), 2u);
 }
 
+// At --max_connections the next socket is refused at open with 1013 (nodes retry elsewhere or
+// later) and the ones held are not affected.
+TEST(EdgeCoreCapacityTest, SocketsOverMaxConnectionsAreRefusedAtOpen) {
+  EdgeOptions options;
+  options.edge_id = "edge-test";
+  options.max_connections = 2;
+  testing::FakeDownstream down;
+  testing::FakeLink link;
+  common::FakeClock clock;
+  EdgeCore core(options, down, link, clock);
+  down.on_close = [&](uint64_t socket) { core.OnClose(socket); };
+  core.OnLinkUp();
+  core.OnOpen(1, "127.0.0.1:1", true);
+  core.OnOpen(2, "127.0.0.1:2", true);
+  core.OnOpen(3, "127.0.0.1:3", true);
+  EXPECT_FALSE(down.sockets[1].closed);
+  EXPECT_FALSE(down.sockets[2].closed);
+  EXPECT_EQ(down.sockets[3].close_code, 1013);
+  EXPECT_TRUE(down.sockets[3].frames.empty());  // no challenge, no state kept
+  EXPECT_EQ(core.stats().connections_refused.value(), 1u);
+  core.OnClose(1);
+  core.OnOpen(4, "127.0.0.1:4", true);  // room again
+  EXPECT_FALSE(down.sockets[4].closed);
+}
+
 // The registry fails a lost link's in-flight invokes; the node is told to stop on them.
 TEST_F(EdgeCoreTest, LinkLossCancelsInFlightInvokesAtTheNode) {
   auto opened = Connect(1, identity_);

@@ -151,6 +151,11 @@ TEST(ConnectParamsTest, ErrorPaths) {
       },
       "at /caps/1: must NOT have fewer than 1 characters");
   ExpectRejected([](json& p) { p["commands"] = {1}; }, "at /commands/0: must be string");
+  // Bounded: the registry keeps these per node.
+  ExpectRejected([](json& p) { p["commands"] = std::vector<std::string>(513, "system.run"); },
+                 "at /commands: must NOT have more than 512 items");
+  ExpectRejected([](json& p) { p["caps"] = {std::string(257, 'c')}; },
+                 "at /caps/0: must NOT have more than 256 characters");
   ExpectRejected(
       [](json& p) {
         p["permissions"] = {{"camera", "yes"}};
