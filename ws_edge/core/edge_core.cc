@@ -113,7 +113,7 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
     return;
   }
   const int64_t now = clock_.NowMs();
-  if (!limiter_.Allow(HostOf(remote_addr), now)) {
+  if (!limiter_.Allow(LimitKeyOf(remote_addr), now)) {
     // Cheapest possible refusal: no challenge, no state kept. 1013 makes real nodes retry later.
     stats_.handshakes_rate_limited.Add();
     common::Log(common::LogLevel::kDebug, "handshake_rate_limited", {{"remote", remote_addr}});
@@ -177,7 +177,7 @@ void EdgeCore::OnClose(uint64_t socket) {
 
 void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection) {
   stats_.handshakes_rejected.Add();
-  limiter_.ChargeFailure(HostOf(conn.remote_addr), clock_.NowMs());
+  limiter_.ChargeFailure(LimitKeyOf(conn.remote_addr), clock_.NowMs());
   const nlohmann::json& d = rejection.error.details;
   const std::string detail = d.is_object() && d.contains("code") && d["code"].is_string()
                                  ? d["code"].get<std::string>()

@@ -1,6 +1,9 @@
 #include "ws_edge/core/handshake_limiter.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
+#include <cstdio>
 #include <vector>
 
 namespace tether::edge {
@@ -13,6 +16,23 @@ std::string HostOf(absl::string_view address) {
   const size_t colon = address.rfind(':');
   if (colon == absl::string_view::npos || address.find(':') != colon) return std::string(address);
   return std::string(address.substr(0, colon));
+}
+
+std::string LimitKeyOf(absl::string_view address) {
+  std::string host = HostOf(address);
+  in6_addr a{};
+  if (host.find(':') == std::string::npos || inet_pton(AF_INET6, host.c_str(), &a) != 1) {
+    return host;
+  }
+  const unsigned char* b = a.s6_addr;
+  char out[INET6_ADDRSTRLEN + 4];
+  if (IN6_IS_ADDR_V4MAPPED(&a)) {
+    std::snprintf(out, sizeof(out), "%u.%u.%u.%u", b[12], b[13], b[14], b[15]);
+  } else {
+    std::snprintf(out, sizeof(out), "%x:%x:%x:%x::/64", b[0] << 8 | b[1], b[2] << 8 | b[3],
+                  b[4] << 8 | b[5], b[6] << 8 | b[7]);
+  }
+  return out;
 }
 
 HandshakeLimiter::Bucket& HandshakeLimiter::Refill(absl::string_view source, int64_t now_ms) {

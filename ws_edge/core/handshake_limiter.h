@@ -45,6 +45,11 @@ class HandshakeLimiter {
 // "1.2.3.4:5678" -> "1.2.3.4"; "[::1]:5678" -> "::1".
 std::string HostOf(absl::string_view address);
 
+// The source a limit applies to: the host of an IPv4 address (also when IPv4-mapped), and the
+// /64 prefix of an IPv6 one ("2001:db8:1:2::/64"): one IPv6 subscriber usually holds a whole
+// /64, so per-address limits would let it open as many handshakes as it has addresses.
+std::string LimitKeyOf(absl::string_view address);
+
 }  // namespace tether::edge
 
 #endif  // TETHER_WS_EDGE_CORE_HANDSHAKE_LIMITER_H_

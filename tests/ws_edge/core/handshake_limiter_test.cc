@@ -40,5 +40,19 @@ TEST(HandshakeLimiter, HostOfStripsThePort) {
   EXPECT_EQ(HostOf("10.1.1.1"), "10.1.1.1");
 }
 
+TEST(HandshakeLimiter, IPv6IsLimitedPerSlash64) {
+  EXPECT_EQ(LimitKeyOf("127.0.0.2:5555"), "127.0.0.2");
+  EXPECT_EQ(LimitKeyOf("[2001:db8:1:2::17]:443"), "2001:db8:1:2::/64");
+  EXPECT_EQ(LimitKeyOf("[2001:db8:1:2:ffff:1:2:3]:443"), "2001:db8:1:2::/64");
+  EXPECT_NE(LimitKeyOf("[2001:db8:1:3::17]:443"), LimitKeyOf("[2001:db8:1:2::17]:443"));
+  EXPECT_EQ(LimitKeyOf("[::ffff:10.0.0.7]:80"), "10.0.0.7");  // IPv4-mapped: per address
+  // One host rotating through its /64 shares one bucket.
+  HandshakeLimiter limiter(HandshakeLimits{1, 2, 0});
+  EXPECT_TRUE(limiter.Allow(LimitKeyOf("[2001:db8::1]:1"), 0));
+  EXPECT_TRUE(limiter.Allow(LimitKeyOf("[2001:db8::2]:1"), 0));
+  EXPECT_FALSE(limiter.Allow(LimitKeyOf("[2001:db8::3]:1"), 0));
+  EXPECT_TRUE(limiter.Allow(LimitKeyOf("[2001:db8:0:1::3]:1"), 0));  // another /64
+}
+
 }  // namespace
 }  // namespace tether::edge
