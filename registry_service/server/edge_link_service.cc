@@ -14,8 +14,11 @@ namespace {
 
 using Base = grpc::ServerBidiReactor<v1::EdgeMessage, v1::RegistryMessage>;
 
-// Edges get generous room: a reconnect storm sends many commands at once.
+// Edges get generous room: a reconnect storm sends many commands at once. Invokes carry params
+// (up to --max_params_bytes each), so bytes are bounded too; over either bound the stream ends
+// (RESOURCE_EXHAUSTED) and the edge's resync on its next stream repairs what was lost with it.
 constexpr size_t kMaxQueuedToEdge = 1 << 20;
+constexpr size_t kMaxQueuedBytesToEdge = 256 << 20;
 
 class LinkReactor;
 
@@ -40,7 +43,8 @@ class StreamSink final : public EdgeSink {
 class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
  public:
   LinkReactor(Registry& registry, int64_t lease_ttl_ms, int64_t grace_ms)
-      : QueuedWriteReactor(kMaxQueuedToEdge),
+      : QueuedWriteReactor(kMaxQueuedToEdge, kMaxQueuedBytesToEdge,
+                           [](const v1::RegistryMessage& m) { return m.ByteSizeLong(); }),
         registry_(registry),
         lease_ttl_ms_(lease_ttl_ms),
         grace_ms_(grace_ms),

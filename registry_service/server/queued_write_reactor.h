@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <deque>
+#include <functional>
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
@@ -13,7 +14,9 @@ namespace tether::registry {
 
 // Adds to a server streaming reactor (`Base` is grpc::ServerBidiReactor<In, Msg> or
 // grpc::ServerWriteReactor<Msg>) what the callback API leaves to us: one write in flight at a
-// time, a queue in front of it bounded by `max_queue`, and Finish exactly once, only when no
+// time, a queue in front of it bounded by `max_queue` messages and, when a `sizer` is given,
+// by `max_bytes` of them (a count alone lets a few huge messages hold gigabytes), and Finish
+// exactly once, only when no
 // write is in flight. gRPC calls OnDone (where reactors unwatch, detach and delete themselves)
 // only after Finish, so a path that never calls Finish leaks the stream and hangs the server's
 // shutdown.
@@ -25,7 +28,8 @@ namespace tether::registry {
 //   kIdle     Enqueue                       kWriting  StartWrite(msg)
 //   kIdle     FinishAfterWrites(s)          kDone     Finish(s)
 //   kWriting  Enqueue, queue has room       kWriting  queued
-//   kWriting  Enqueue, queue full           kDraining drop the queued (not the in-flight) write;
+//   kWriting  Enqueue, queue full (count    kDraining drop the queued (not the in-flight) write;
+//             or bytes)
 //                                                     status RESOURCE_EXHAUSTED; returns false
 //   kWriting  OnWriteDone(true), queued     kWriting  StartWrite(next)
 //   kWriting  OnWriteDone(true), none       kIdle
@@ -50,7 +54,9 @@ namespace tether::registry {
 template <class Base, class Msg>
 class QueuedWriteReactor : public Base {
  public:
-  explicit QueuedWriteReactor(size_t max_queue) : max_queue_(max_queue) {}
+  using Sizer = std::function<size_t(const Msg&)>;
+  explicit QueuedWriteReactor(size_t max_queue, size_t max_bytes = 0, Sizer sizer = nullptr)
+      : max_queue_(max_queue), max_bytes_(max_bytes), sizer_(std::move(sizer)) {}
 
   // False when the stream is finishing or the reader is too slow (the queue is full); then
   // the stream is finished with RESOURCE_EXHAUSTED.
@@ -63,21 +69,27 @@ class QueuedWriteReactor : public Base {
         case State::kDone:
           return false;
         case State::kIdle:
+          queued_bytes_ += SizeOf(msg);
           queue_.push_back(std::move(msg));
           state_ = State::kWriting;
           start = &queue_.front();
           break;
-        case State::kWriting:
-          if (queue_.size() >= max_queue_) {
+        case State::kWriting: {
+          const size_t size = SizeOf(msg);
+          if (queue_.size() >= max_queue_ ||
+              (sizer_ != nullptr && queued_bytes_ + size > max_bytes_)) {
             // Cut the slow reader off now: keep only the write in flight.
             queue_.erase(queue_.begin() + 1, queue_.end());
+            queued_bytes_ = SizeOf(queue_.front());
             status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                    "stream reader too slow; reconnect");
             state_ = State::kDraining;
             return false;
           }
+          queued_bytes_ += size;
           queue_.push_back(std::move(msg));
           break;
+        }
       }
     }
     // Deque elements stay put while others are pushed or erased behind them, and only
@@ -122,10 +134,12 @@ class QueuedWriteReactor : public Base {
     bool do_finish = false;
     {
       absl::MutexLock lock(&mu_);
+      queued_bytes_ -= SizeOf(queue_.front());
       queue_.pop_front();
       if (!ok) {
         // The peer is gone: nothing more can be written.
         queue_.clear();
+        queued_bytes_ = 0;
         if (state_ == State::kWriting) {
           status_ = grpc::Status(grpc::StatusCode::UNAVAILABLE, "write failed");
         }
@@ -151,12 +165,17 @@ class QueuedWriteReactor : public Base {
  private:
   enum class State { kIdle, kWriting, kDraining, kDone };
 
+  size_t SizeOf(const Msg& msg) const { return sizer_ != nullptr ? sizer_(msg) : 0; }
+
   const size_t max_queue_;
+  const size_t max_bytes_;
+  const Sizer sizer_;
   absl::Mutex mu_;
   State state_ ABSL_GUARDED_BY(mu_) = State::kIdle;
   // Front is the write in flight (kWriting, kDraining); empty otherwise.
   std::deque<Msg> queue_ ABSL_GUARDED_BY(mu_);
-  grpc::Status status_ ABSL_GUARDED_BY(mu_);  // what Finish will say (kDraining)
+  size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // by sizer_, the write in flight included
+  grpc::Status status_ ABSL_GUARDED_BY(mu_);      // what Finish will say (kDraining)
 };
 
 }  // namespace tether::registry

@@ -44,7 +44,8 @@ class FakeBase {
 
 class Reactor final : public QueuedWriteReactor<FakeBase, int> {
  public:
-  explicit Reactor(size_t max_queue) : QueuedWriteReactor(max_queue) {}
+  explicit Reactor(size_t max_queue, size_t max_bytes = 0, Sizer sizer = nullptr)
+      : QueuedWriteReactor(max_queue, max_bytes, std::move(sizer)) {}
   // What gRPC does when the write in flight completes.
   void WriteDone(bool ok) {
     {
@@ -109,6 +110,31 @@ TEST(QueuedWriteReactor, WritingEnqueueWhenFullCutsTheSlowReaderOff) {
   EXPECT_EQ(r.writes, std::vector<int>{1});  // the queued write was dropped
   ASSERT_EQ(r.finishes.size(), 1u);
   EXPECT_EQ(r.finishes[0].error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+// A few huge messages must not hold gigabytes: with a sizer, bytes are bounded too (here each
+// message "weighs" its value).
+TEST(QueuedWriteReactor, WritingEnqueueOverTheByteBoundCutsTheSlowReaderOff) {
+  Reactor r(1000, 100, [](const int& m) { return static_cast<size_t>(m); });
+  ASSERT_TRUE(r.Enqueue(40));   // in flight
+  ASSERT_TRUE(r.Enqueue(50));   // 90 queued
+  EXPECT_FALSE(r.Enqueue(20));  // 110 > 100
+  EXPECT_TRUE(r.finishing());
+  r.WriteDone(true);
+  EXPECT_EQ(r.writes, std::vector<int>{40});
+  ASSERT_EQ(r.finishes.size(), 1u);
+  EXPECT_EQ(r.finishes[0].error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+}
+
+TEST(QueuedWriteReactor, WrittenMessagesFreeTheirBytes) {
+  Reactor r(1000, 100, [](const int& m) { return static_cast<size_t>(m); });
+  ASSERT_TRUE(r.Enqueue(60));  // in flight
+  ASSERT_TRUE(r.Enqueue(30));  // 90 queued
+  for (int i = 0; i < 20; ++i) {
+    r.WriteDone(true);  // the older one is written: its bytes are free again
+    ASSERT_TRUE(r.Enqueue(i % 2 == 0 ? 60 : 30)) << i;  // never over 90 queued
+  }
+  EXPECT_TRUE(r.finishes.empty());
 }
 
 TEST(QueuedWriteReactor, WritingWriteDoneStartsTheNextQueuedWrite) {
