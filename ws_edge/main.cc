@@ -48,6 +48,9 @@ ABSL_FLAG(int64_t, drain_timeout_ms, 5'000,
 ABSL_FLAG(int64_t, max_connections, 0,
           "sockets held at once; more are refused at open with 1013 (0: the open-file limit "
           "minus 256 for the registry link, metrics and logs)");
+ABSL_FLAG(int64_t, max_pending_handshakes, 8'192,
+          "sockets not yet past hello-ok held at once (each may cost up to 64 KiB of frame "
+          "buffer); more are refused at open with 1013; 0: no limit");
 ABSL_FLAG(int64_t, drain_spread_ms, 2'000,
           "on SIGTERM, spread the 1012 closes over this long (at most half the drain timeout) "
           "so nodes do not reconnect as one herd");
@@ -138,6 +141,8 @@ int main(int argc, char** argv) {
       eo.max_connections = static_cast<size_t>(files.rlim_cur - 256);
     }
   }
+  eo.max_pending_handshakes =
+      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_pending_handshakes)));
   eo.drain_timeout_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_drain_timeout_ms) - 1'000);
   eo.drain_spread_ms =
       std::clamp<int64_t>(absl::GetFlag(FLAGS_drain_spread_ms), 0, eo.drain_timeout_ms / 2);

@@ -107,7 +107,9 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
     downstream_.Close(socket, kCloseServiceRestart, "service restart");
     return;
   }
-  if (options_.max_connections > 0 && sockets_.size() >= options_.max_connections) {
+  if ((options_.max_connections > 0 && sockets_.size() >= options_.max_connections) ||
+      (options_.max_pending_handshakes > 0 &&
+       pending_handshakes_ >= options_.max_pending_handshakes)) {
     stats_.connections_refused.Add();
     downstream_.Close(socket, kCloseTryAgainLater, "edge at capacity; try again later");
     return;
@@ -121,6 +123,7 @@ void EdgeCore::OnOpen(uint64_t socket, const std::string& remote_addr, bool loop
     return;
   }
   Conn& conn = sockets_[socket];
+  ++pending_handshakes_;
   conn.socket = socket;
   conn.conn_id = common::UniqueId();  // ours, never the client's
   conn.nonce = common::RandomUuid();
@@ -172,6 +175,10 @@ void EdgeCore::OnClose(uint64_t socket) {
   if (conn->state == State::kLive) stats_.live.fetch_sub(1);
   conn->state = State::kClosing;  // nothing more goes to it
   conn->gone = true;
+  if (conn->pending_handshake) {
+    conn->pending_handshake = false;
+    --pending_handshakes_;
+  }
   closed_.push_back(socket);  // erased by the outermost Entry (this one, if not nested)
 }
 
@@ -531,6 +538,8 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
   }
   const int64_t now = clock_.NowMs();
   conn->state = State::kLive;
+  conn->pending_handshake = false;
+  --pending_handshakes_;
   stats_.live.fetch_add(1);
   conn->generation = o.generation();
   protocol::HelloOkOptions hello;

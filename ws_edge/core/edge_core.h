@@ -36,6 +36,10 @@ struct EdgeOptions {
   // Sockets held at once (any state); more are refused at open with 1013 so that the process
   // never runs out of file descriptors (accept would then fail over and over). 0: no limit.
   size_t max_connections = 0;
+  // Sockets before hello-ok (each may make the transport reserve up to the 64 KiB pre-hello
+  // frame limit for a frame header that declares it): a budget for the memory strangers can
+  // make the edge hold. More are refused at open with 1013. 0: no limit.
+  size_t max_pending_handshakes = 0;
   int64_t drain_spread_ms = 2'000;
   int64_t drain_timeout_ms = 5'000;
   uint64_t random_seed = 0;  // 0: from the system
@@ -128,6 +132,7 @@ class EdgeCore {
     bool gone = false;                  // OnClose ran; erased when the outermost call returns
     int64_t next_event_forward_ms = 0;  // node.event touches are sent at most once a second
     int64_t drain_close_at_ms = 0;      // draining: closed with 1012 from then on
+    bool pending_handshake = true;      // counted in pending_handshakes_ until hello-ok
   };
   // Counts nested entries into the core; the outermost one erases sockets closed meanwhile.
   class Entry {
@@ -184,7 +189,8 @@ class EdgeCore {
   HandshakeLimiter limiter_;
   int64_t verifying_ = 0;  // signature checks queued or running off the loop
   int64_t next_prune_ms_ = 0;
-  int depth_ = 0;  // nested public calls in progress (see Entry)
+  size_t pending_handshakes_ = 0;  // sockets open but not yet past hello-ok
+  int depth_ = 0;                  // nested public calls in progress (see Entry)
   int64_t drain_deadline_ms_ = 0;
   bool drain_sent_ = false;
   std::mt19937_64 rng_;

@@ -535,6 +535,42 @@ TEST(EdgeCoreCapacityTest, SocketsOverMaxConnectionsAreRefusedAtOpen) {
   EXPECT_FALSE(down.sockets[4].closed);
 }
 
+// Strangers that never finish their handshake are bounded as a whole: past the budget new
+// sockets are refused at open, while sockets past hello-ok do not count against it.
+TEST(EdgeCoreCapacityTest, PendingHandshakesHaveABudget) {
+  EdgeOptions options;
+  options.edge_id = "edge-test";
+  options.shared_token = "secret";
+  options.max_pending_handshakes = 2;
+  testing::FakeDownstream down;
+  testing::FakeLink link;
+  common::FakeClock clock;
+  EdgeCore core(options, down, link, clock);
+  down.on_close = [&](uint64_t socket) { core.OnClose(socket); };
+  core.OnLinkUp();
+  core.OnOpen(1, "127.0.0.1:1", true);
+  core.OnOpen(2, "127.0.0.1:2", true);
+  core.OnOpen(3, "127.0.0.1:3", true);
+  EXPECT_EQ(down.sockets[3].close_code, 1013);
+  core.OnClose(2);  // a stranger leaves: room for one more
+  core.OnOpen(4, "127.0.0.1:4", true);
+  EXPECT_FALSE(down.sockets[4].closed);
+  core.OnOpen(5, "127.0.0.1:5", true);
+  EXPECT_EQ(down.sockets[5].close_code, 1013);
+}
+
+TEST_F(EdgeCoreTest, SocketsPastHelloDoNotCountAgainstTheHandshakeBudget) {
+  options_.max_pending_handshakes = 1;
+  core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
+  core_->OnLinkUp();
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);                       // live: no longer a pending handshake
+  core_->OnOpen(2, "127.0.0.1:2", true);  // the one pending slot
+  EXPECT_FALSE(down_.sockets[2].closed);
+  core_->OnOpen(3, "127.0.0.1:3", true);
+  EXPECT_EQ(down_.sockets[3].close_code, 1013);
+}
+
 // The registry fails a lost link's in-flight invokes; the node is told to stop on them.
 TEST_F(EdgeCoreTest, LinkLossCancelsInFlightInvokesAtTheNode) {
   auto opened = Connect(1, identity_);
