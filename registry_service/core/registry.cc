@@ -17,7 +17,62 @@ constexpr size_t kPumpBatch = 4096;
 }  // namespace
 
 Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptions& options)
-    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {}
+    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {
+  if (options_.recovery_grace_ms > 0 && store_.StartedEmpty()) {
+    absl::MutexLock lock(&mu_);
+    recovering_.store(true);
+    recovery_ends_ms_ = clock_.NowMs() + options_.recovery_grace_ms;
+    common::Log(common::LogLevel::kWarn, "recovery_started",
+                {{"grace_ms", absl::StrCat(options_.recovery_grace_ms)},
+                 {"expected_edges", absl::StrCat(options_.recovery_edges)},
+                 {"why", "the store's table was empty at start: waiting for edges to resync"}});
+  }
+}
+
+// --- Recovery --------------------------------------------------------------------------------
+
+absl::Status Registry::ServingStatus() const {
+  if (!recovering_.load()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  const int64_t left = std::max<int64_t>(0, recovery_ends_ms_ - clock_.NowMs());
+  return absl::UnavailableError(absl::StrCat(
+      "registry is recovering (its table was empty at start): ", resynced_.size(),
+      " edge(s) resynced, ", owing_resync_.size(), " attached edge(s) still to resync, at most ",
+      left, " ms of grace left; retry after ",
+      std::min<int64_t>(std::max<int64_t>(left, 100), 1000), " ms"));
+}
+
+int64_t Registry::RetryAfterMs() const {
+  if (!recovering_.load()) return 0;
+  absl::MutexLock lock(&mu_);
+  const int64_t left = std::max<int64_t>(0, recovery_ends_ms_ - clock_.NowMs());
+  return std::min<int64_t>(std::max<int64_t>(left, 100), 1000);
+}
+
+void Registry::MaybeEndRecovery() {
+  if (!recovering_.load()) return;
+  std::string why;
+  size_t resynced = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!recovering_.load()) return;
+    if (clock_.NowMs() >= recovery_ends_ms_) {
+      why = "grace passed";
+    } else if (options_.recovery_edges > 0 &&
+               resynced_.size() >= static_cast<size_t>(options_.recovery_edges) &&
+               owing_resync_.empty()) {
+      why = "expected edges resynced";
+    } else {
+      return;
+    }
+    resynced = resynced_.size();
+    recovering_.store(false);
+    owing_resync_.clear();
+    resynced_.clear();
+  }
+  common::Log(common::LogLevel::kInfo, "recovery_ended",
+              {{"why", why}, {"edges_resynced", absl::StrCat(resynced)}});
+}
 
 // --- EdgeLink side ---------------------------------------------------------------------------
 
@@ -31,6 +86,7 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
     absl::MutexLock lock(&mu_);
     routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink))};
     stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
+    if (recovering_.load() && !resynced_.contains(edge_id)) owing_resync_.insert(edge_id);
   }
   common::Log(common::LogLevel::kInfo, "edge_attached", {{"edge_id", edge_id}, {"epoch", epoch}});
   Apply(effects);
@@ -80,6 +136,11 @@ absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& 
 }
 
 absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
+  if (absl::Status serving = ServingStatus(); !serving.ok()) {
+    // A generation granted now could be lower than one an edge has yet to report.
+    stats_.registrations_refused.Add();
+    return serving;
+  }
   Effects effects;
   absl::StatusOr<RegisterResult> result;
   {
@@ -171,8 +232,14 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const 
                 {{"edge_id", edge_id},
                  {"kept", absl::StrCat(result->kept)},
                  {"closed", absl::StrCat(result->closed)}});
+    if (recovering_.load()) {
+      absl::MutexLock lock(&mu_);
+      owing_resync_.erase(edge_id);
+      resynced_.insert(edge_id);
+    }
   }
   Apply(effects);
+  MaybeEndRecovery();
   return result;
 }
 
@@ -412,6 +479,10 @@ absl::StatusOr<int> Registry::RevokeDevice(const std::string& node_id) {
 }
 
 void Registry::Tick() {
+  MaybeEndRecovery();
+  // No expiry while recovering: a lease, deadline or grace must not end a connection that an
+  // edge has not reported yet. What is due runs at the first tick after recovery.
+  if (recovering_.load()) return;
   Effects effects;
   {
     Decision decision(*this, &effects);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -58,6 +59,13 @@ struct RegistryOptions {
   // (up to twice as long) in one frame that must stay under its 25 MiB maxPayload, and it
   // travels in one EdgeLink message (64 MiB at most).
   int64_t max_params_bytes = 12 << 20;
+  // Recovery after a start with an empty table (Store::StartedEmpty): the longest the registry
+  // waits for edges to resync before it serves. 0: no recovery phase (serve at once).
+  int64_t recovery_grace_ms = 0;
+  // Ends recovery before the grace once this many distinct edges have resynced and no attached
+  // edge still owes its resync. 0: only the grace ends it (the registry cannot know how many
+  // edges the fleet has; an operator can).
+  int recovery_edges = 0;
 };
 
 // How an invoke ended, as its caller sees it.
@@ -89,6 +97,17 @@ struct InvokeTicket {
 // Runs every registry operation: asks the store to decide, then delivers what the decision
 // changed (invoke completions to waiting callers, commands to edges, presence events to
 // watchers) after every lock is released, so callbacks may call back into the Registry.
+//
+// Recovery: when the store started with an empty table (and recovery_grace_ms > 0) the
+// registry starts *recovering*: the connections live on edges are unknown until each edge
+// resyncs, so reads and invokes would answer wrongly (NOT_CONNECTED for online nodes). While
+// recovering, ServingStatus() is kUnavailable with a retry hint (the API shell answers reads
+// and invokes with it and reports not ready), new registrations are refused as retryable
+// (a generation granted now could be below one an edge has yet to report), and Tick() runs no
+// expiry at all, so no lease lapse, timeout or grace can publish DISCONNECTED for a
+// connection not yet reported. Attaches and resyncs are served: they are how the table is
+// rebuilt. Recovery ends, once and for good, when recovery_grace_ms has passed or earlier when
+// recovery_edges edges resynced and no attached edge still owes its resync.
 //
 // Not owned: the store and the clock, which must outlive it. Thread-safe. Time only moves
 // through Tick(), which the server calls from a timer and tests call by hand.
@@ -146,6 +165,15 @@ class Registry {
   void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
 
   const RegistryStats& stats() const { return stats_; }
+
+  // --- Recovery ----------------------------------------------------------------------------
+  // True until recovery ends (always false without a recovery phase). Lock-free.
+  bool Recovering() const { return recovering_.load(); }
+  // kUnavailable while recovering, with a message naming the retry hint; OK once serving.
+  // The API shell checks it before every ownership read and invoke.
+  absl::Status ServingStatus() const ABSL_LOCKS_EXCLUDED(mu_);
+  // How long a refused caller should wait before retrying (0 when serving).
+  int64_t RetryAfterMs() const ABSL_LOCKS_EXCLUDED(mu_);
 
   absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
                                         const std::string& approved_by);
@@ -225,6 +253,8 @@ class Registry {
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
   // The outbox of `edge_id`'s current route, or null.
   std::shared_ptr<Outbox> OutboxFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends recovery if its grace passed or every expected edge resynced; logs once.
+  void MaybeEndRecovery() ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned
   const common::Clock& clock_;  // not owned
@@ -235,12 +265,18 @@ class Registry {
   // the store's lock and before mu_.
   absl::Mutex decide_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, std::vector<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
   // Pending invokes by the stream they went out through: a dead stream fails exactly these.
   absl::flat_hash_map<std::string, const EdgeSink*> sent_via_ ABSL_GUARDED_BY(mu_);
+
+  // Recovery (see the class comment). recovering_ only goes from true to false.
+  std::atomic<bool> recovering_{false};
+  int64_t recovery_ends_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<std::string> owing_resync_ ABSL_GUARDED_BY(mu_);  // attached, not resynced
+  absl::flat_hash_set<std::string> resynced_ ABSL_GUARDED_BY(mu_);
 
   // Orders presence delivery: events go out in revision order, read back from the store's log.
   absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);

@@ -185,6 +185,12 @@ class Store {
   // Unpairs the device, invalidates its token and closes its connections (revoked).
   virtual absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                            Effects* effects) = 0;
+
+  // --- Start-up ----------------------------------------------------------------------------
+  // True when the ownership table was empty when this store was opened: a fresh process with
+  // the memory store, or a Redis that is new or lost its data. Connections that are live on
+  // edges are then unknown until the edges resync, so the Registry starts in recovery.
+  virtual bool StartedEmpty() const = 0;
 };
 
 }  // namespace tether::registry

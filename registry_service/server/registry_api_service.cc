@@ -134,10 +134,18 @@ class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEven
 
 }  // namespace
 
+grpc::Status RegistryApiService::Serving(grpc::CallbackServerContext* ctx) const {
+  absl::Status s = registry_.ServingStatus();
+  if (s.ok()) return grpc::Status::OK;
+  ctx->AddTrailingMetadata("retry-after-ms", std::to_string(registry_.RetryAfterMs()));
+  return ToGrpc(s);
+}
+
 grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerContext* ctx,
                                                         const v1::ListNodesRequest* req,
                                                         v1::ListNodesResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   NodeFilter f;
   if (req->connected() == v1::ListNodesRequest::CONNECTED_ONLY) {
     f.connected = NodeFilter::Connected::kOnly;
@@ -162,6 +170,7 @@ grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContex
                                                       const v1::GetNodeRequest* req,
                                                       v1::Node* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   auto node = registry_.store().GetNode(req->node_id());
   if (!node.ok()) return Done(ctx, ToGrpc(node.status()));
   ToProto(*node, resp);
@@ -172,6 +181,7 @@ grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerCon
                                                          const v1::InvokeNodeRequest* req,
                                                          v1::InvokeNodeResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kWrite); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   return new InvokeReactor(registry_, ctx, req, resp);
 }
 
@@ -179,6 +189,7 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
                                                           const v1::GetPresenceRequest*,
                                                           v1::GetPresenceResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   PresenceSnapshot snap = registry_.store().GetPresence();
   for (const NodeView& n : snap.nodes) ToProto(n, resp->add_nodes());
   resp->set_revision(snap.revision);
@@ -188,6 +199,7 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
 grpc::ServerWriteReactor<v1::PresenceEvent>* RegistryApiService::WatchPresence(
     grpc::CallbackServerContext* ctx, const v1::WatchPresenceRequest* req) {
   grpc::Status a = auth_.Authorize(*ctx, Scope::kRead);
+  if (a.ok()) a = Serving(ctx);
   return new WatchReactor(registry_, a.ok() ? req->from_revision() : 0, a);
 }
 

@@ -104,17 +104,28 @@ absl::StatusOr<int> RegistryServer::Start() {
     });
     http_.Handle("/healthz", [] { return common::HttpResponse{200, "text/plain", "ok\n"}; });
     http_.Handle("/readyz", [this] {
-      return stopping_.load() ? common::HttpResponse{503, "text/plain", "stopping\n"}
-                              : common::HttpResponse{200, "text/plain", "ready\n"};
+      if (stopping_.load()) return common::HttpResponse{503, "text/plain", "stopping\n"};
+      if (registry_->Recovering()) {
+        return common::HttpResponse{503, "text/plain",
+                                    std::string(registry_->ServingStatus().message()) + "\n"};
+      }
+      return common::HttpResponse{200, "text/plain", "ready\n"};
     });
     auto mport = http_.Start(options_.metrics_host, options_.metrics_port);
     if (!mport.ok()) return mport.status();
     metrics_port_ = *mport;
   }
-  ticker_ = std::thread([this] {
+  // NOT_SERVING while recovering; the ticker flips it once recovery ends (it never returns).
+  bool serving = !registry_->Recovering();
+  server_->GetHealthCheckService()->SetServingStatus(serving);
+  ticker_ = std::thread([this, serving]() mutable {
     while (!stopping_.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));
       registry_->Tick();
+      if (!serving && !registry_->Recovering()) {
+        serving = true;
+        server_->GetHealthCheckService()->SetServingStatus(true);
+      }
     }
   });
   return port;

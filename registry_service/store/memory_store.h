@@ -70,6 +70,9 @@ class MemoryStore final : public Store {
   absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                    Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
 
+  // Always true: a new process starts with an empty table.
+  bool StartedEmpty() const override { return true; }
+
   // For tests and benchmarks: counts of live records.
   size_t ConnectionCountForTest() ABSL_LOCKS_EXCLUDED(mu_);
   size_t PendingInvokeCountForTest() ABSL_LOCKS_EXCLUDED(mu_);

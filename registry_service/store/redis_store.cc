@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 
 namespace tether::registry {
 namespace {
@@ -940,7 +941,21 @@ void RedisStore::ObserveEffects(const Effects& effects, size_t presence_from, si
   }
 }
 
-absl::Status RedisStore::Connect() { return client_->Connect(); }
+absl::Status RedisStore::Connect() {
+  RETURN_IF_ERROR(client_->Connect());
+  // SET NX GET is Redis 7 only; two commands are enough: a replica that starts between them
+  // also sees an empty table and recovers too, which is harmless.
+  auto marker = client_->Command({"EXISTS", prefix_ + "table"});
+  if (!marker.ok()) return marker.status();
+  started_empty_ = marker->AsInt() == 0;
+  auto set = client_->Command({"SET", prefix_ + "table", "1", "NX"});
+  if (!set.ok()) return set.status();
+  if (started_empty_) {
+    common::Log(common::LogLevel::kWarn, "redis_table_empty",
+                {{"prefix", prefix_}, {"why", "new database or data lost: recovering from edges"}});
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_ms,
                                                         const std::vector<std::string>& args,

@@ -45,7 +45,12 @@ class RedisStore final : public Store {
   RedisStore(const StoreOptions& options, const RedisStoreOptions& redis);
 
   // Connects and loads the scripts: kUnavailable when Redis cannot be reached (start-up).
+  // Also reads (and then sets) the table marker `<prefix>table`: absent means Redis is new or
+  // lost its data since a registry last connected (see StartedEmpty).
   absl::Status Connect();
+  // Whether Connect found no table marker. Redis cannot tell a new database from one that lost
+  // its data; both start the Registry in recovery.
+  bool StartedEmpty() const override { return started_empty_; }
 
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch, int64_t now_ms,
                           Effects* effects) override;
@@ -106,6 +111,7 @@ class RedisStore final : public Store {
   std::unique_ptr<RedisClient> client_;  // owned
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
+  bool started_empty_ = false;  // written once by Connect, before the store is shared
   int attach_ = 0, renew_ = 0, drain_ = 0, resync_ = 0, register_ = 0, close_ = 0, touch_ = 0,
       start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0, get_node_ = 0,
       presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0, approve_ = 0,

@@ -160,6 +160,7 @@ if [[ "${registry_help}" == *--edge_secret_file* && "${edge_help}" == *--edge_se
 fi
 start "${tmp}/registry.log" "${tmp}/bin/registry_service" --listen=127.0.0.1:0 \
   --port_file="${tmp}/registry.port" --auto_approve --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20 \
+  --recovery_grace_ms=0 \
   "${registry_auth[@]}"
 if ! wait_for 20 test -s "${tmp}/registry.port"; then
   fail setup "the registry did not start"

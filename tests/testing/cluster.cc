@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -102,6 +103,12 @@ int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
   std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20",
                                    "--metrics_port=0", "--api_tokens_file=" + tokens_file_,
                                    "--edge_secret_file=" + edge_secret_file_};
+  // No recovery phase unless the test asks for one: most tests start the registry before any
+  // edge and would otherwise wait out the grace (tests of recovery pass their own flag).
+  if (std::none_of(flags.begin(), flags.end(),
+                   [](const std::string& f) { return f.rfind("--recovery_grace_ms=", 0) == 0; })) {
+    args.push_back("--recovery_grace_ms=0");
+  }
   args.insert(args.end(), flags.begin(), flags.end());
   registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
   auto p = registry_->WaitForPort(absl::Seconds(20));

@@ -386,5 +386,16 @@ TEST(RedisListEncodingTest, RoundTrips) {
   EXPECT_EQ(RedisStore::DecodeList("3:abc9:short"), std::vector<std::string>{"abc"});
 }
 
+// A registry opening a Redis with no table marker starts in recovery: a new database and one
+// that lost its data look alike. A restart on a Redis that kept its data serves at once.
+TEST_F(RedisStoreTest, StartedEmptyOnANewOrFlushedDatabaseOnly) {
+  StoreOptions o;
+  EXPECT_TRUE(NewStore(o)->StartedEmpty());
+  EXPECT_FALSE(NewStore(o)->StartedEmpty());  // the first one left the marker
+  ASSERT_THAT(server_->Command({"FLUSHALL"}), IsOk());
+  EXPECT_TRUE(NewStore(o)->StartedEmpty());
+  EXPECT_FALSE(NewStore(o)->StartedEmpty());
+}
+
 }  // namespace
 }  // namespace tether::registry
