@@ -115,16 +115,19 @@ absl::StatusOr<int> RegistryServer::Start() {
     if (!mport.ok()) return mport.status();
     metrics_port_ = *mport;
   }
+  // gRPC health: the server as a whole ("") is SERVING while the process runs (liveness and
+  // startup probes ask it; a recovering registry must not be restarted, nor must edges wait for
+  // it before they attach, which is how recovery ends). The API service, kApiHealthService, is
   // NOT_SERVING while recovering; the ticker flips it once recovery ends (it never returns).
   bool serving = !registry_->Recovering();
-  server_->GetHealthCheckService()->SetServingStatus(serving);
+  server_->GetHealthCheckService()->SetServingStatus(kApiHealthService, serving);
   ticker_ = std::thread([this, serving]() mutable {
     while (!stopping_.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));
       registry_->Tick();
       if (!serving && !registry_->Recovering()) {
         serving = true;
-        server_->GetHealthCheckService()->SetServingStatus(true);
+        server_->GetHealthCheckService()->SetServingStatus(kApiHealthService, true);
       }
     }
   });

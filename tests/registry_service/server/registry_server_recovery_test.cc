@@ -1,7 +1,8 @@
 // The registry server in recovery (memory store, an empty table at start), over real loopback
-// gRPC and HTTP: /readyz 503, gRPC health NOT_SERVING, ownership reads and invokes UNAVAILABLE
-// with `retry-after-ms`, registrations refused as retryable; once the expected edge resynced:
-// ready, serving, and the resynced node is connected without ever having been disconnected.
+// gRPC and HTTP: /readyz 503, gRPC health NOT_SERVING for tether.v1.Registry, ownership reads and
+// invokes UNAVAILABLE with `retry-after-ms`, registrations refused as retryable; once the expected
+// edge resynced: ready, serving, and the resynced node is connected without ever having been
+// disconnected.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
@@ -24,15 +25,18 @@ namespace {
 using ::tether::testing::FakeEdge;
 using ::tether::testing::HttpGet;
 
-// grpc.health.v1.Health/Check for the whole server; the raw response bytes (Debian ships no
+// grpc.health.v1.Health/Check for `service`; the raw response bytes (Debian ships no
 // generated health stubs: field 1 varint, 1 SERVING, 2 NOT_SERVING).
-std::string HealthCheck(const std::string& target) {
+std::string HealthCheck(const std::string& target, const std::string& service) {
   grpc::GenericStub stub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  grpc::ByteBuffer request;  // an empty HealthCheckRequest: service ""
-  grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
+  // HealthCheckRequest{service}: field 1, length-delimited (names here are < 128 bytes).
+  std::string req_bytes;
+  if (!service.empty())
+    req_bytes = std::string("\x0a") + static_cast<char>(service.size()) + service;
+  grpc::Slice slice(req_bytes);
+  grpc::ByteBuffer request(&slice, 1);
   grpc::ByteBuffer response;
   std::promise<grpc::Status> done;
   stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
@@ -73,7 +77,8 @@ TEST(RegistryServerRecovery, NotServingUntilTheExpectedEdgeResynced) {
   auto api = v1::Registry::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
 
   EXPECT_NE(HttpGet(server.metrics_port(), "/readyz").find("503"), std::string::npos);
-  EXPECT_EQ(HealthCheck(target), kNotServing);
+  EXPECT_EQ(HealthCheck(target, kApiHealthService), kNotServing);
+  EXPECT_EQ(HealthCheck(target, ""), kServing);  // alive: liveness probes must not restart it
   {
     grpc::ClientContext ctx;
     v1::ListNodesResponse resp;
@@ -107,7 +112,7 @@ TEST(RegistryServerRecovery, NotServingUntilTheExpectedEdgeResynced) {
   ASSERT_TRUE(refused.has_value());
   EXPECT_FALSE(refused->granted());
   EXPECT_EQ(refused->error_code(), "UNAVAILABLE");
-  EXPECT_EQ(HealthCheck(target), kNotServing);
+  EXPECT_EQ(HealthCheck(target, kApiHealthService), kNotServing);
 
   // The edge reports the connection it kept through the registry's restart.
   v1::EdgeMessage m;
@@ -125,10 +130,11 @@ TEST(RegistryServerRecovery, NotServingUntilTheExpectedEdgeResynced) {
 
   // The ticker flips gRPC health within a tick or two.
   const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (HealthCheck(target) != kServing && std::chrono::steady_clock::now() < until) {
+  while (HealthCheck(target, kApiHealthService) != kServing &&
+         std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  EXPECT_EQ(HealthCheck(target), kServing);
+  EXPECT_EQ(HealthCheck(target, kApiHealthService), kServing);
   EXPECT_NE(HttpGet(server.metrics_port(), "/readyz").find("200"), std::string::npos);
   {
     grpc::ClientContext ctx;
