@@ -326,6 +326,57 @@ TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreIsHealedByResync) {
       Eventually([&] { return stale.status().error_code() == grpc::StatusCode::OUT_OF_RANGE; }));
 }
 
+// The same restart with a recovery phase: until the grace passed the new registry is not
+// ready and answers reads and invokes UNAVAILABLE with a retry hint (instead of NOT_CONNECTED
+// for a node that never left); the edge's resync during recovery rebuilds ownership; nothing
+// is ever announced disconnected.
+TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreRecoversBeforeServing) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  const int port = std::stoi(c_.registry().Log().substr(c_.registry().Log().find("port ") + 5));
+  auto before = c_.GetNode(creds.node_id());
+  ASSERT_TRUE(before.has_value());
+  c_.StopRegistry(SIGKILL);
+  c_.StartRegistry({"--auto_approve", "--lease_ttl_ms=2000", "--recovery_grace_ms=4000"}, port);
+  const int metrics = testing::MetricsPort(c_.registry());
+  {
+    auto ctx = testing::AuthedContext();
+    v1::ListNodesResponse resp;
+    grpc::Status s = c_.api().ListNodes(ctx.get(), v1::ListNodesRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    EXPECT_NE(s.error_message().find("recovering"), std::string::npos) << s.error_message();
+    EXPECT_EQ(ctx->GetServerTrailingMetadata().count("retry-after-ms"), 1u);
+  }
+  auto refused = c_.Invoke(creds.node_id());
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(refused.error_code.empty()) << refused.error_code;  // not NOT_CONNECTED
+  EXPECT_NE(testing::HttpGet(metrics, "/readyz").find(" 503 "), std::string::npos);
+
+  ASSERT_TRUE(Eventually(
+      [&] { return testing::HttpGet(metrics, "/readyz").find(" 200 ") != std::string::npos; },
+      absl::Seconds(15)));
+  const std::string log = c_.registry().Log();
+  ASSERT_NE(log.find("edge_resynced"), std::string::npos);
+  EXPECT_LT(log.find("edge_resynced"), log.find("recovery_ended"));  // resynced while recovering
+  auto after = c_.GetNode(creds.node_id());
+  ASSERT_TRUE(after.has_value());
+  EXPECT_TRUE(after->connected());
+  EXPECT_EQ(after->conn_id(), before->conn_id());
+  EXPECT_EQ(after->generation(), before->generation());
+  auto ok = c_.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past a lease TTL
+  const std::string scrape = testing::HttpGet(metrics, "/metrics");
+  for (const char* reason : {"disconnect", "edge_lost", "edge_drain", "revoked"}) {
+    EXPECT_EQ(
+        testing::MetricValue(
+            scrape, std::string("tether_registry_disconnects_total{reason=\"") + reason + "\"}"),
+        0)
+        << reason;
+  }
+}
+
 TEST_F(EdgeE2ETest, KilledEdgeLosesItsNodesWithinTheLeaseAndInvokesFailFast) {
   DeviceCredentials creds;
   auto node = c_.ReadyNode(creds, "edgeA");
