@@ -81,10 +81,25 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
   Effects effects;
   {
     Decision decision(*this, &effects);
-    RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, clock_.NowMs(), &effects));
+    const int64_t now = clock_.NowMs();
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = routes_.find(edge_id);
+      if (it != routes_.end() && it->second.epoch != epoch &&
+          now - it->second.renewed_ms < options_.lease_ttl_ms) {
+        common::Log(common::LogLevel::kWarn, "edge_id_in_use",
+                    {{"edge_id", edge_id}, {"epoch", epoch}, {"live_epoch", it->second.epoch}});
+        return absl::FailedPreconditionError(
+            "edge id in use: edge '" + edge_id +
+            "' is attached with another epoch on a live stream; give every edge process its "
+            "own --edge_id (a restarted edge is accepted once its old stream ended or its lease "
+            "lapsed)");
+      }
+    }
+    RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, now, &effects));
     // Before the decision's commands are queued: they go out on this new stream.
     absl::MutexLock lock(&mu_);
-    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink))};
+    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink)), now};
     stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
     if (recovering_.load() && !resynced_.contains(edge_id)) owing_resync_.insert(edge_id);
   }
@@ -120,7 +135,12 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
 }
 
 absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& epoch) {
-  return store_.RenewLease(edge_id, epoch, clock_.NowMs());
+  const int64_t now = clock_.NowMs();
+  RETURN_IF_ERROR(store_.RenewLease(edge_id, epoch, now));
+  absl::MutexLock lock(&mu_);
+  auto it = routes_.find(edge_id);
+  if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
+  return absl::OkStatus();
 }
 
 absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {

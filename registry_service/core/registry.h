@@ -66,6 +66,9 @@ struct RegistryOptions {
   // edge still owes its resync. 0: only the grace ends it (the registry cannot know how many
   // edges the fleet has; an operator can).
   int recovery_edges = 0;
+  // The edges' lease TTL (StoreOptions::lease_ttl_ms): a stream whose edge renewed within it
+  // is live, and its edge id is in use (see AttachEdge).
+  int64_t lease_ttl_ms = 10'000;
 };
 
 // How an invoke ended, as its caller sees it.
@@ -124,6 +127,15 @@ class Registry {
 
   // --- EdgeLink side -----------------------------------------------------------------------
   // Attaches `sink` as the route to `edge_id`. The sink stays referenced until DetachEdge.
+  //
+  // One edge id, one process: an attach with another epoch than the route this registry holds
+  // for `edge_id`, while that route's stream is open and its edge renewed within the lease
+  // TTL, is refused with kFailedPrecondition ("edge id in use") and changes nothing: two edges
+  // configured with the same id would otherwise fence each other out in turn. A restarted edge
+  // (new epoch) is accepted once its old stream ended (DetachEdge) or went silent for a lease
+  // TTL; then the old epoch's connections are closed (edge_lost) as before. Same epoch: the
+  // same process re-attaching after a blip, always accepted. Only this process's routes are
+  // known: across replicas the rule is not enforced yet (store/README.md, replicas).
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
                           std::shared_ptr<EdgeSink> sink) ABSL_LOCKS_EXCLUDED(mu_);
   // The stream carrying `sink` ended. The invokes sent through that stream fail at once (even
@@ -220,6 +232,7 @@ class Registry {
   struct Route {
     std::string epoch;
     std::shared_ptr<Outbox> outbox;
+    int64_t renewed_ms = 0;  // attach or last heartbeat
   };
   // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
   // their outboxes before the next decision can run. The destructor queues the commands in

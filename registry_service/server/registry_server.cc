@@ -43,7 +43,9 @@ absl::StatusOr<int> RegistryServer::Start() {
     if (absl::Status s = store->Connect(); !s.ok()) return s;
     store_ = std::move(store);
   }
-  registry_ = std::make_unique<Registry>(*store_, clock_, options_.registry);
+  RegistryOptions registry_options = options_.registry;
+  registry_options.lease_ttl_ms = options_.store.lease_ttl_ms;
+  registry_ = std::make_unique<Registry>(*store_, clock_, registry_options);
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,
       options_.store.superseded_grace_ms);

@@ -377,6 +377,37 @@ TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreRecoversBeforeServing) {
   }
 }
 
+// Two edge processes configured with the same edge id: the second is refused with a clear
+// error (and keeps retrying quietly in the background); the first is never fenced out, its
+// node never flaps.
+TEST_F(EdgeE2ETest, SecondEdgeWithTheSameEdgeIdIsRefusedNotAFight) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  c_.StartEdge("intruder", {"--edge_id=edgeA"}, /*wait_attached=*/false);
+  ASSERT_TRUE(Eventually(
+      [&] { return c_.edge("intruder").Log().find("edge id in use") != std::string::npos; },
+      absl::Seconds(10)))
+      << c_.edge("intruder").Log();
+  EXPECT_NE(c_.registry().Log().find("edge_id_in_use"), std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // several retries, a lease TTL
+  auto ok = c_.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::REPLACED), 0);
+  // The first edge attached once and never lost its stream.
+  const std::string log = c_.registry().Log();
+  size_t attaches = 0;
+  for (size_t at = log.find("edge_attached"); at != std::string::npos;
+       at = log.find("edge_attached", at + 1)) {
+    ++attaches;
+  }
+  EXPECT_EQ(attaches, 1u);
+  EXPECT_EQ(log.find("edge_link_lost"), std::string::npos);
+  c_.StopEdge("intruder", SIGKILL);
+}
+
 TEST_F(EdgeE2ETest, KilledEdgeLosesItsNodesWithinTheLeaseAndInvokesFailFast) {
   DeviceCredentials creds;
   auto node = c_.ReadyNode(creds, "edgeA");

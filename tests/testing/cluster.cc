@@ -124,7 +124,8 @@ void Cluster::StopRegistry(int sig) {
   registry_->Wait(absl::Seconds(10));
 }
 
-int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
+int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags,
+                       bool wait_attached) {
   // Every test node comes from 127.0.0.1: per-address handshake limits are tested on their own.
   std::vector<std::string> args = {"--listen=127.0.0.1:0",
                                    "--metrics_port=0",
@@ -142,6 +143,7 @@ int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string
   edge_ports_[edge_id] = p.ok() ? *p : 0;
   // A node can only register through an attached edge.
   ChildProcess* edge = edges_[edge_id].get();
+  if (!wait_attached) return edge_ports_[edge_id];
   EXPECT_TRUE(Eventually([edge] {
     return edge->Log().find("registry_link_up") != std::string::npos;
   })) << edge->Log();

@@ -82,7 +82,9 @@ class Cluster {
   ChildProcess& registry() { return *registry_; }
   void StopRegistry(int sig);  // signal and reap
   // Starts an edge attached to the registry; returns its WebSocket port.
-  int StartEdge(const std::string& edge_id, const std::vector<std::string>& flags = {});
+  // Waits until it attached unless `wait_attached` is false (an edge the registry refuses).
+  int StartEdge(const std::string& edge_id, const std::vector<std::string>& flags = {},
+                bool wait_attached = true);
   ChildProcess& edge(const std::string& edge_id) { return *edges_.at(edge_id); }
   void StopEdge(const std::string& edge_id, int sig);
   int edge_port(const std::string& edge_id) { return edge_ports_.at(edge_id); }
