@@ -160,9 +160,10 @@ grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerCont
   if (req->page_size() < 0) {
     return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative page_size"));
   }
-  NodePage page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
-  for (const NodeView& n : page.nodes) ToProto(n, resp->add_nodes());
-  resp->set_next_page_token(page.next_page_token);
+  auto page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
+  if (!page.ok()) return Done(ctx, ToGrpc(page.status()));
+  for (const NodeView& n : page->nodes) ToProto(n, resp->add_nodes());
+  resp->set_next_page_token(page->next_page_token);
   return Done(ctx, grpc::Status::OK);
 }
 
@@ -190,9 +191,10 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
                                                           v1::GetPresenceResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  PresenceSnapshot snap = registry_.store().GetPresence();
-  for (const NodeView& n : snap.nodes) ToProto(n, resp->add_nodes());
-  resp->set_revision(snap.revision);
+  auto snap = registry_.store().GetPresence();
+  if (!snap.ok()) return Done(ctx, ToGrpc(snap.status()));
+  for (const NodeView& n : snap->nodes) ToProto(n, resp->add_nodes());
+  resp->set_revision(snap->revision);
   return Done(ctx, grpc::Status::OK);
 }
 

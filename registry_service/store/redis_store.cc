@@ -1170,8 +1170,8 @@ void RedisStore::Expire(int64_t now_ms, Effects* effects) {
 
 // --- Reads -----------------------------------------------------------------------------------
 
-NodePage RedisStore::ListNodes(const NodeFilter& filter, const std::string& page_token,
-                               int page_size) {
+absl::StatusOr<NodePage> RedisStore::ListNodes(const NodeFilter& filter,
+                                               const std::string& page_token, int page_size) {
   if (page_size <= 0) page_size = 100;
   page_size = std::min(page_size, 1000);
   auto code = [](auto v) { return absl::StrCat(static_cast<int>(v)); };
@@ -1181,7 +1181,7 @@ NodePage RedisStore::ListNodes(const NodeFilter& filter, const std::string& page
                nullptr);
   if (!r.ok()) {
     LogFailure("ListNodes", r.status());
-    return page;
+    return r.status();
   }
   if (r->empty()) return page;
   page.next_page_token = (*r)[0].AsString();
@@ -1196,12 +1196,12 @@ absl::StatusOr<NodeView> RedisStore::GetNode(const std::string& node_id) {
   return DecodeView((*r)[0].AsString());
 }
 
-PresenceSnapshot RedisStore::GetPresence() {
+absl::StatusOr<PresenceSnapshot> RedisStore::GetPresence() {
   PresenceSnapshot snap;
   auto r = Run(presence_, 0, {}, nullptr);
   if (!r.ok()) {
     LogFailure("GetPresence", r.status());
-    return snap;
+    return r.status();
   }
   if (r->empty()) return snap;
   snap.revision = ToUint((*r)[0].AsString());

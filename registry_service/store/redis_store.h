@@ -37,9 +37,10 @@ struct RedisStoreOptions {
 // Owns its RedisClient (one connection). Thread-safe: the client's mutex serializes every call
 // over that connection. Methods that return a Status report an unreachable or failing Redis as
 // kUnavailable within about the client's timeouts. Methods that cannot report errors (Close,
-// Touch, StartInvoke, SettleInvoke, FailInvoke, Expire and the reads without a Status) log the
-// error and return their "nothing changed" value (an unknown close, an ignored result, no
-// invoke started (NOT_CONNECTED "store unavailable"), an empty page, an empty list).
+// Touch, StartInvoke, SettleInvoke, FailInvoke, Expire, ListPairingRequests, ListDevices) log
+// the error and return their "nothing changed" value (an unknown close, an ignored result, no
+// invoke started (NOT_CONNECTED "store unavailable"), an empty list). The ownership reads
+// (ListNodes, GetNode, GetPresence, ReadPresence) report kUnavailable.
 class RedisStore final : public Store {
  public:
   RedisStore(const StoreOptions& options, const RedisStoreOptions& redis);
@@ -75,10 +76,10 @@ class RedisStore final : public Store {
                   const std::string& edge_id, const InvokeOutcome& outcome, int64_t now_ms,
                   Effects* effects) override;
   void Expire(int64_t now_ms, Effects* effects) override;
-  NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
-                     int page_size) override;
+  absl::StatusOr<NodePage> ListNodes(const NodeFilter& filter, const std::string& page_token,
+                                     int page_size) override;
   absl::StatusOr<NodeView> GetNode(const std::string& node_id) override;
-  PresenceSnapshot GetPresence() override;
+  absl::StatusOr<PresenceSnapshot> GetPresence() override;
   absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override;
   uint64_t HeadRevision() override;
   std::vector<PairingRequest> ListPairingRequests() override;

@@ -618,16 +618,16 @@ TEST_P(Nodes, ListFiltersAndPages) {
   h.Close("edgeA", "c2");
   NodeFilter connected;
   connected.connected = NodeFilter::Connected::kOnly;
-  auto page1 = h.store().ListNodes(connected, "", 2);
+  NodePage page1 = *h.store().ListNodes(connected, "", 2);
   ASSERT_EQ(page1.nodes.size(), 2u);
   EXPECT_EQ(page1.nodes[0].node_id, "n0");
-  auto page2 = h.store().ListNodes(connected, page1.next_page_token, 2);
+  NodePage page2 = *h.store().ListNodes(connected, page1.next_page_token, 2);
   ASSERT_EQ(page2.nodes.size(), 2u);
   EXPECT_EQ(page2.nodes[0].node_id, "n3");
   EXPECT_TRUE(page2.next_page_token.empty());
   NodeFilter gone;
   gone.connected = NodeFilter::Connected::kNot;
-  EXPECT_EQ(h.store().ListNodes(gone, "", 10).nodes.size(), 1u);
+  EXPECT_EQ(h.store().ListNodes(gone, "", 10)->nodes.size(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, Ownership, StoreNames(), StoreName);

@@ -335,12 +335,12 @@ TEST_F(RedisStoreTest, LargeAnswersAreReturnedWhole) {
     auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &one);
     ASSERT_THAT(r, IsOk());
   }
-  EXPECT_EQ(store->GetPresence().nodes.size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->GetPresence()->nodes.size(), static_cast<size_t>(kNodes));
   EXPECT_EQ(store->ListDevices().size(), static_cast<size_t>(kNodes));
   auto events = store->ReadPresence(0, kNodes);
   ASSERT_THAT(events, IsOk());
   EXPECT_EQ(events->size(), static_cast<size_t>(kNodes));
-  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000).nodes.size(), 1000u);
+  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000)->nodes.size(), 1000u);
 }
 
 TEST_F(RedisStoreTest, PasswordIsSentWithAuth) {
