@@ -97,9 +97,11 @@ Cluster::~Cluster() {
   balancer_.reset();
   edges_.clear();
   registry_.reset();
+  extra_registries_.clear();
 }
 
-int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
+std::vector<std::string> Cluster::RegistryArgs(const std::vector<std::string>& flags,
+                                               int port) const {
   std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20",
                                    "--metrics_port=0", "--api_tokens_file=" + tokens_file_,
                                    "--edge_secret_file=" + edge_secret_file_};
@@ -110,7 +112,24 @@ int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
     args.push_back("--recovery_grace_ms=0");
   }
   args.insert(args.end(), flags.begin(), flags.end());
-  registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
+  return args;
+}
+
+int Cluster::StartExtraRegistry(const std::string& name, const std::vector<std::string>& flags) {
+  auto proc = std::make_unique<ChildProcess>(kRegistryBinary, RegistryArgs(flags, 0));
+  auto p = proc->WaitForPort(absl::Seconds(20));
+  EXPECT_TRUE(p.ok()) << p.status();
+  extra_registries_[name] = std::move(proc);
+  return p.ok() ? *p : 0;
+}
+
+void Cluster::PointApiAt(int port) {
+  api_ = v1::Registry::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+}
+
+int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
+  registry_ = std::make_unique<ChildProcess>(kRegistryBinary, RegistryArgs(flags, port));
   auto p = registry_->WaitForPort(absl::Seconds(20));
   EXPECT_TRUE(p.ok()) << p.status();
   registry_port_ = p.ok() ? *p : 0;
