@@ -454,6 +454,9 @@ void Registry::PumpPresence() {
   absl::MutexLock lock(&publish_mu_);
   for (;;) {
     auto events = store_.ReadPresence(published_, kPumpBatch);
+    if (!events.ok() && events.status().code() != absl::StatusCode::kOutOfRange) {
+      return;  // the store is unreachable: nothing was missed, the next pump continues
+    }
     if (!events.ok()) {
       // More changes than the history holds happened since the last pump (one huge decision,
       // or a burst): no watcher can be served in order any more. End every watch with the
@@ -509,6 +512,22 @@ void Registry::Tick() {
     store_.Expire(clock_.NowMs(), &effects);
   }
   Apply(effects);
+  // Changes decided by other replicas sharing the store reach this replica's watchers from the
+  // shared history, in revision order, at most a tick late.
+  CatchUpPresence();
+}
+
+void Registry::CatchUpPresence() {
+  const uint64_t head = store_.HeadRevision();  // 0 when the store is unreachable
+  {
+    absl::MutexLock lock(&publish_mu_);
+    if (head <= published_) return;
+    if (watchers_.empty()) {  // nobody to tell: skip the reads
+      published_ = head;
+      return;
+    }
+  }
+  PumpPresence();
 }
 
 std::shared_ptr<Registry::Outbox> Registry::OutboxFor(const std::string& edge_id) {

@@ -192,7 +192,8 @@ class Registry {
   absl::StatusOr<int> RevokeDevice(const std::string& node_id);
   Store& store() { return store_; }
 
-  // Expires invokes, leases and grace periods as of the clock's now.
+  // Expires invokes, leases and grace periods as of the clock's now (not while recovering),
+  // then pumps presence events other replicas sharing the store decided to this one's watchers.
   void Tick();
 
  private:
@@ -264,6 +265,9 @@ class Registry {
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
+  // Pumps what the store's history holds beyond what this registry published (decisions of
+  // other replicas sharing the store).
+  void CatchUpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
   // The outbox of `edge_id`'s current route, or null.
   std::shared_ptr<Outbox> OutboxFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends recovery if its grace passed or every expected edge resynced; logs once.
