@@ -318,7 +318,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   {
     absl::MutexLock lock(&mu_);
     ticket.waiter_id = next_waiter_id_++;
-    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base});
+    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base, deadline});
   }
   auto drop_waiter = [&]() {
     absl::MutexLock lock(&mu_);
@@ -364,6 +364,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         auto mine = waiters_.find(start.invoke_id);
         Waiter w = std::move(mine->second.front());
         w.base.effective_timeout_ms = r.dispatch.timeout_ms;
+        if (r.dispatch.deadline_ms > 0) w.deadline_ms = r.dispatch.deadline_ms;
         waiters_.erase(mine);
         joined->second.push_back(std::move(w));
         return InvokeTicket{r.dispatch.invoke_id, ticket.waiter_id};
@@ -512,9 +513,43 @@ void Registry::Tick() {
     store_.Expire(clock_.NowMs(), &effects);
   }
   Apply(effects);
+  ExpireWaiters();
   // Changes decided by other replicas sharing the store reach this replica's watchers from the
   // shared history, in revision order, at most a tick late.
   CatchUpPresence();
+}
+
+void Registry::ExpireWaiters() {
+  const int64_t now = clock_.NowMs();
+  std::vector<std::pair<InvokeDone, InvokeResult>> calls;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      auto& list = it->second;
+      for (auto w = list.begin(); w != list.end();) {
+        if (w->deadline_ms <= 0 || now < w->deadline_ms + kWaiterSlackMs) {
+          ++w;
+          continue;
+        }
+        InvokeResult r = std::move(w->base);
+        r.invoke_id = it->first;
+        r.outcome = Failure(InvokeCode::kTimeout,
+                            "no outcome reached this registry replica by the deadline");
+        calls.emplace_back(std::move(w->done), std::move(r));
+        w = list.erase(w);
+      }
+      if (list.empty()) {
+        sent_via_.erase(it->first);
+        waiters_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [done, result] : calls) {
+    stats_.invokes[static_cast<int>(InvokeCode::kTimeout)].Add();
+    done(result);
+  }
 }
 
 void Registry::CatchUpPresence() {

@@ -52,6 +52,10 @@ struct RegistryStats {
 inline constexpr const char* kDisconnectReasons[4] = {kReasonDisconnect, kReasonEdgeLost,
                                                       kReasonEdgeDrain, kReasonRevoked};
 
+// How long after an invoke's deadline a caller still waiting on this replica is answered
+// TIMEOUT by the replica itself (the store normally settles it at the deadline).
+inline constexpr int64_t kWaiterSlackMs = 1000;
+
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;
   int64_t max_invoke_timeout_ms = 300'000;
@@ -203,7 +207,13 @@ class Registry {
     uint64_t id = 0;
     InvokeDone done;
     InvokeResult base;  // fields known at start (key, effective timeout)
+    // The invoke's deadline. A waiter still here kWaiterSlackMs after it ends with TIMEOUT:
+    // its outcome was decided where this replica cannot see it (another replica's expiry or
+    // result) or not at all (the store unreachable); the caller must not hang.
+    int64_t deadline_ms = 0;
   };
+  // Ends waiters whose invoke's deadline passed kWaiterSlackMs ago (see Waiter).
+  void ExpireWaiters() ABSL_LOCKS_EXCLUDED(mu_);
   // What the registry sends one edge, in the order it was decided. Decisions push under
   // decide_mu_ (so pushes follow decision order); whoever finds the outbox idle drains it, with
   // no lock held while it calls the sink, so a sink that calls back into the registry (a stream

@@ -68,5 +68,34 @@ TEST(SharedStore, AReplicaWithoutWatchersSkipsAhead) {
   EXPECT_TRUE(seen.empty());
 }
 
+// An invoke started on replica 1 and expired in the store by replica 2's tick: replica 1's
+// caller is not left hanging; it gets TIMEOUT, once, at most kWaiterSlackMs after the deadline.
+TEST(SharedStore, ACallerWhoseInvokeEndedOnAnotherReplicaGetsTimeoutNotAHang) {
+  common::FakeClock clock;
+  MemoryStore store(RegistryHarness::DefaultOptions(), clock.NowMs());
+  Registry r1(store, clock, RegistryOptions{});
+  Registry r2(store, clock, RegistryOptions{});
+  ASSERT_TRUE(r1.AttachEdge("edgeA", "e1", std::make_shared<RecordingEdgeSink>()).ok());
+  ASSERT_TRUE(r1.Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  InvokeParams p;
+  p.node_id = "n1";
+  p.command = "system.which";
+  p.timeout_ms = 2000;
+  std::vector<InvokeResult> results;
+  r1.Invoke(p, [&](const InvokeResult& r) { results.push_back(r); });
+  clock.Advance(2100);
+  r2.Tick();  // replica 2 expires it in the store; the waiter is on replica 1
+  r1.Tick();
+  EXPECT_TRUE(results.empty());  // within the slack
+  clock.Advance(kWaiterSlackMs);
+  r1.Tick();
+  ASSERT_EQ(results.size(), 1u);
+  EXPECT_EQ(results[0].outcome.code, InvokeCode::kTimeout);
+  clock.Advance(5000);
+  r1.Tick();
+  r2.Tick();
+  EXPECT_EQ(results.size(), 1u);
+}
+
 }  // namespace
 }  // namespace tether::registry
