@@ -86,6 +86,16 @@ TEST(ReplicasE2ETest, KillMinus9OfTheActiveReplicaMidInvoke) {
   EXPECT_EQ(Count(r2_log, "edge_id_in_use"), 0) << r2_log;
 }
 
+// Waits until `registry` serves `n` WatchPresence streams: a watcher from revision 0 means
+// "from now", so events decided before it subscribed would not be its to see.
+bool WatchersSubscribed(testing::ChildProcess& registry, int n) {
+  const int port = testing::MetricsPort(registry);
+  return Eventually([&] {
+    return testing::MetricValue(testing::HttpGet(port, "/metrics"),
+                                "tether_registry_presence_watchers") == n;
+  });
+}
+
 std::unique_ptr<v1::Registry::Stub> Api(int port) {
   return v1::Registry::NewStub(
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
@@ -103,6 +113,8 @@ TEST(ReplicasE2ETest, WatchPresenceOnEitherReplicaYieldsTheSameEvents) {
   const uint64_t from = c.Revision();
   PresenceWatcher w1(c.api(), from);
   PresenceWatcher w2(*api2, from);
+  ASSERT_TRUE(WatchersSubscribed(c.registry(), 1));
+  ASSERT_TRUE(WatchersSubscribed(c.extra_registry("r2"), 1));
   DeviceCredentials creds;
   auto first = c.ReadyNode(creds, "edgeA");
   auto second = c.ReadyNode(creds, "edgeA");  // replaces the first
@@ -133,6 +145,8 @@ TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaAndTheOldCloseArrivesLat
   const uint64_t from = c.Revision();
   PresenceWatcher w1(c.api(), from);
   PresenceWatcher w2(*api2, from);
+  ASSERT_TRUE(WatchersSubscribed(c.registry(), 1));
+  ASSERT_TRUE(WatchersSubscribed(c.extra_registry("r2"), 1));
   DeviceCredentials creds;
   auto old_socket = c.ReadyNode(creds, "edgeA");
   auto new_socket = c.ReadyNode(creds, "edgeB");
