@@ -159,7 +159,9 @@ class Stack {
     std::remove(port_file.c_str());
     ChildOptions o;
     o.binary = config_.registry_binary;
-    o.args = {"--listen=127.0.0.1:0", "--port_file=" + port_file, "--auto_approve"};
+    // A fresh memory-store registry has nothing to recover: serve at once.
+    o.args = {"--listen=127.0.0.1:0", "--port_file=" + port_file, "--auto_approve",
+              "--recovery_grace_ms=0"};
     o.args.insert(o.args.end(), config_.registry_flags.begin(), config_.registry_flags.end());
     o.args.insert(o.args.end(), flags.begin(), flags.end());
     o.log_path = Path("registry.log");

@@ -112,7 +112,8 @@ fi
 
 # Development mode: every new device key is paired automatically (the registry warns loudly).
 "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  "${store_flags[@]}" --auto_approve --metrics_port=0 "${registry_auth[@]}" \
+  "${store_flags[@]}" --recovery_edges="$(( edges > 0 ? edges : 1 ))" --auto_approve \
+  --metrics_port=0 "${registry_auth[@]}" \
   >"$logs/registry.log" 2>&1 &
 pids+=($!)
 wait_for "$logs/registry.log" "listening"

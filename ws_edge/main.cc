@@ -28,7 +28,11 @@
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:18789",
           "WebSocket listen address host:port (port 0: any)");
-ABSL_FLAG(std::string, registry, "127.0.0.1:7000", "registry gRPC address");
+ABSL_FLAG(std::string, registry, "127.0.0.1:7000",
+          "registry gRPC address: HOST:PORT, a gRPC target (dns:///NAME:PORT resolving to every "
+          "replica), or a comma-separated list of IP:PORT replicas; the edge uses the first that "
+          "answers and moves to the next when it fails (failover, not load balancing: replicas "
+          "do not route edge messages to each other yet)");
 ABSL_FLAG(std::string, edge_id, "", "this edge's stable id (default: edge-<hostname>)");
 ABSL_FLAG(std::string, shared_token_file, "",
           "file holding the shared gateway token nodes must present (or set TETHER_SHARED_TOKEN "
@@ -190,6 +194,23 @@ int main(int argc, char** argv) {
   tether::edge::EdgeCore* core_ptr = nullptr;
   tether::edge::LinkOptions lo;
   lo.target = absl::GetFlag(FLAGS_registry);
+  if (lo.target.find(',') != std::string::npos && lo.target.find(':') != 0 &&
+      lo.target.rfind("ipv4:", 0) != 0 && lo.target.rfind("ipv6:", 0) != 0) {
+    // gRPC's ipv4 resolver takes "ipv4:A:P,B:P"; pick_first (the default) keeps one stream
+    // on the first address that answers and moves on when it fails.
+    for (absl::string_view part : absl::StrSplit(lo.target, ',')) {
+      const size_t colon = part.rfind(':');
+      if (colon == absl::string_view::npos ||
+          part.substr(0, colon).find_first_not_of("0123456789.") != absl::string_view::npos) {
+        std::fprintf(stderr,
+                     "ws_edge: --registry: a list must hold IPv4:PORT addresses (got '%s'); for "
+                     "host names use one DNS name, dns:///NAME:PORT\n",
+                     std::string(part).c_str());
+        return 2;
+      }
+    }
+    lo.target = "ipv4:" + lo.target;
+  }
   lo.edge_id = eo.edge_id;
   lo.epoch = tether::common::RandomHexId();
   lo.tls_server_name = absl::GetFlag(FLAGS_registry_tls_name);

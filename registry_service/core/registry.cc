@@ -17,7 +17,62 @@ constexpr size_t kPumpBatch = 4096;
 }  // namespace
 
 Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptions& options)
-    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {}
+    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {
+  if (options_.recovery_grace_ms > 0 && store_.StartedEmpty()) {
+    absl::MutexLock lock(&mu_);
+    recovering_.store(true);
+    recovery_ends_ms_ = clock_.NowMs() + options_.recovery_grace_ms;
+    common::Log(common::LogLevel::kWarn, "recovery_started",
+                {{"grace_ms", absl::StrCat(options_.recovery_grace_ms)},
+                 {"expected_edges", absl::StrCat(options_.recovery_edges)},
+                 {"why", "the store's table was empty at start: waiting for edges to resync"}});
+  }
+}
+
+// --- Recovery --------------------------------------------------------------------------------
+
+absl::Status Registry::ServingStatus() const {
+  if (!recovering_.load()) return absl::OkStatus();
+  absl::MutexLock lock(&mu_);
+  const int64_t left = std::max<int64_t>(0, recovery_ends_ms_ - clock_.NowMs());
+  return absl::UnavailableError(absl::StrCat(
+      "registry is recovering (its table was empty at start): ", resynced_.size(),
+      " edge(s) resynced, ", owing_resync_.size(), " attached edge(s) still to resync, at most ",
+      left, " ms of grace left; retry after ",
+      std::min<int64_t>(std::max<int64_t>(left, 100), 1000), " ms"));
+}
+
+int64_t Registry::RetryAfterMs() const {
+  if (!recovering_.load()) return 0;
+  absl::MutexLock lock(&mu_);
+  const int64_t left = std::max<int64_t>(0, recovery_ends_ms_ - clock_.NowMs());
+  return std::min<int64_t>(std::max<int64_t>(left, 100), 1000);
+}
+
+void Registry::MaybeEndRecovery() {
+  if (!recovering_.load()) return;
+  std::string why;
+  size_t resynced = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!recovering_.load()) return;
+    if (clock_.NowMs() >= recovery_ends_ms_) {
+      why = "grace passed";
+    } else if (options_.recovery_edges > 0 &&
+               resynced_.size() >= static_cast<size_t>(options_.recovery_edges) &&
+               owing_resync_.empty()) {
+      why = "expected edges resynced";
+    } else {
+      return;
+    }
+    resynced = resynced_.size();
+    recovering_.store(false);
+    owing_resync_.clear();
+    resynced_.clear();
+  }
+  common::Log(common::LogLevel::kInfo, "recovery_ended",
+              {{"why", why}, {"edges_resynced", absl::StrCat(resynced)}});
+}
 
 // --- EdgeLink side ---------------------------------------------------------------------------
 
@@ -26,11 +81,27 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
   Effects effects;
   {
     Decision decision(*this, &effects);
-    RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, clock_.NowMs(), &effects));
+    const int64_t now = clock_.NowMs();
+    {
+      absl::MutexLock lock(&mu_);
+      auto it = routes_.find(edge_id);
+      if (it != routes_.end() && it->second.epoch != epoch &&
+          now - it->second.renewed_ms < options_.lease_ttl_ms) {
+        common::Log(common::LogLevel::kWarn, "edge_id_in_use",
+                    {{"edge_id", edge_id}, {"epoch", epoch}, {"live_epoch", it->second.epoch}});
+        return absl::FailedPreconditionError(
+            "edge id in use: edge '" + edge_id +
+            "' is attached with another epoch on a live stream; give every edge process its "
+            "own --edge_id (a restarted edge is accepted once its old stream ended or its lease "
+            "lapsed)");
+      }
+    }
+    RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, now, &effects));
     // Before the decision's commands are queued: they go out on this new stream.
     absl::MutexLock lock(&mu_);
-    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink))};
+    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink)), now};
     stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
+    if (recovering_.load() && !resynced_.contains(edge_id)) owing_resync_.insert(edge_id);
   }
   common::Log(common::LogLevel::kInfo, "edge_attached", {{"edge_id", edge_id}, {"epoch", epoch}});
   Apply(effects);
@@ -64,7 +135,12 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
 }
 
 absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& epoch) {
-  return store_.RenewLease(edge_id, epoch, clock_.NowMs());
+  const int64_t now = clock_.NowMs();
+  RETURN_IF_ERROR(store_.RenewLease(edge_id, epoch, now));
+  absl::MutexLock lock(&mu_);
+  auto it = routes_.find(edge_id);
+  if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
+  return absl::OkStatus();
 }
 
 absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {
@@ -80,6 +156,11 @@ absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& 
 }
 
 absl::StatusOr<RegisterResult> Registry::Register(const ConnectionSpec& spec) {
+  if (absl::Status serving = ServingStatus(); !serving.ok()) {
+    // A generation granted now could be lower than one an edge has yet to report.
+    stats_.registrations_refused.Add();
+    return serving;
+  }
   Effects effects;
   absl::StatusOr<RegisterResult> result;
   {
@@ -171,8 +252,14 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const 
                 {{"edge_id", edge_id},
                  {"kept", absl::StrCat(result->kept)},
                  {"closed", absl::StrCat(result->closed)}});
+    if (recovering_.load()) {
+      absl::MutexLock lock(&mu_);
+      owing_resync_.erase(edge_id);
+      resynced_.insert(edge_id);
+    }
   }
   Apply(effects);
+  MaybeEndRecovery();
   return result;
 }
 
@@ -231,7 +318,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   {
     absl::MutexLock lock(&mu_);
     ticket.waiter_id = next_waiter_id_++;
-    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base});
+    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base, deadline});
   }
   auto drop_waiter = [&]() {
     absl::MutexLock lock(&mu_);
@@ -277,6 +364,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         auto mine = waiters_.find(start.invoke_id);
         Waiter w = std::move(mine->second.front());
         w.base.effective_timeout_ms = r.dispatch.timeout_ms;
+        if (r.dispatch.deadline_ms > 0) w.deadline_ms = r.dispatch.deadline_ms;
         waiters_.erase(mine);
         joined->second.push_back(std::move(w));
         return InvokeTicket{r.dispatch.invoke_id, ticket.waiter_id};
@@ -367,6 +455,9 @@ void Registry::PumpPresence() {
   absl::MutexLock lock(&publish_mu_);
   for (;;) {
     auto events = store_.ReadPresence(published_, kPumpBatch);
+    if (!events.ok() && events.status().code() != absl::StatusCode::kOutOfRange) {
+      return;  // the store is unreachable: nothing was missed, the next pump continues
+    }
     if (!events.ok()) {
       // More changes than the history holds happened since the last pump (one huge decision,
       // or a burst): no watcher can be served in order any more. End every watch with the
@@ -412,12 +503,66 @@ absl::StatusOr<int> Registry::RevokeDevice(const std::string& node_id) {
 }
 
 void Registry::Tick() {
+  MaybeEndRecovery();
+  // No expiry while recovering: a lease, deadline or grace must not end a connection that an
+  // edge has not reported yet. What is due runs at the first tick after recovery.
+  if (recovering_.load()) return;
   Effects effects;
   {
     Decision decision(*this, &effects);
     store_.Expire(clock_.NowMs(), &effects);
   }
   Apply(effects);
+  ExpireWaiters();
+  // Changes decided by other replicas sharing the store reach this replica's watchers from the
+  // shared history, in revision order, at most a tick late.
+  CatchUpPresence();
+}
+
+void Registry::ExpireWaiters() {
+  const int64_t now = clock_.NowMs();
+  std::vector<std::pair<InvokeDone, InvokeResult>> calls;
+  {
+    absl::MutexLock lock(&mu_);
+    for (auto it = waiters_.begin(); it != waiters_.end();) {
+      auto& list = it->second;
+      for (auto w = list.begin(); w != list.end();) {
+        if (w->deadline_ms <= 0 || now < w->deadline_ms + kWaiterSlackMs) {
+          ++w;
+          continue;
+        }
+        InvokeResult r = std::move(w->base);
+        r.invoke_id = it->first;
+        r.outcome = Failure(InvokeCode::kTimeout,
+                            "no outcome reached this registry replica by the deadline");
+        calls.emplace_back(std::move(w->done), std::move(r));
+        w = list.erase(w);
+      }
+      if (list.empty()) {
+        sent_via_.erase(it->first);
+        waiters_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [done, result] : calls) {
+    stats_.invokes[static_cast<int>(InvokeCode::kTimeout)].Add();
+    done(result);
+  }
+}
+
+void Registry::CatchUpPresence() {
+  const uint64_t head = store_.HeadRevision();  // 0 when the store is unreachable
+  {
+    absl::MutexLock lock(&publish_mu_);
+    if (head <= published_) return;
+    if (watchers_.empty()) {  // nobody to tell: skip the reads
+      published_ = head;
+      return;
+    }
+  }
+  PumpPresence();
 }
 
 std::shared_ptr<Registry::Outbox> Registry::OutboxFor(const std::string& edge_id) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -51,6 +52,10 @@ struct RegistryStats {
 inline constexpr const char* kDisconnectReasons[4] = {kReasonDisconnect, kReasonEdgeLost,
                                                       kReasonEdgeDrain, kReasonRevoked};
 
+// How long after an invoke's deadline a caller still waiting on this replica is answered
+// TIMEOUT by the replica itself (the store normally settles it at the deadline).
+inline constexpr int64_t kWaiterSlackMs = 1000;
+
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;
   int64_t max_invoke_timeout_ms = 300'000;
@@ -58,6 +63,16 @@ struct RegistryOptions {
   // (up to twice as long) in one frame that must stay under its 25 MiB maxPayload, and it
   // travels in one EdgeLink message (64 MiB at most).
   int64_t max_params_bytes = 12 << 20;
+  // Recovery after a start with an empty table (Store::StartedEmpty): the longest the registry
+  // waits for edges to resync before it serves. 0: no recovery phase (serve at once).
+  int64_t recovery_grace_ms = 0;
+  // Ends recovery before the grace once this many distinct edges have resynced and no attached
+  // edge still owes its resync. 0: only the grace ends it (the registry cannot know how many
+  // edges the fleet has; an operator can).
+  int recovery_edges = 0;
+  // The edges' lease TTL (StoreOptions::lease_ttl_ms): a stream whose edge renewed within it
+  // is live, and its edge id is in use (see AttachEdge).
+  int64_t lease_ttl_ms = 10'000;
 };
 
 // How an invoke ended, as its caller sees it.
@@ -90,6 +105,17 @@ struct InvokeTicket {
 // changed (invoke completions to waiting callers, commands to edges, presence events to
 // watchers) after every lock is released, so callbacks may call back into the Registry.
 //
+// Recovery: when the store started with an empty table (and recovery_grace_ms > 0) the
+// registry starts *recovering*: the connections live on edges are unknown until each edge
+// resyncs, so reads and invokes would answer wrongly (NOT_CONNECTED for online nodes). While
+// recovering, ServingStatus() is kUnavailable with a retry hint (the API shell answers reads
+// and invokes with it and reports not ready), new registrations are refused as retryable
+// (a generation granted now could be below one an edge has yet to report), and Tick() runs no
+// expiry at all, so no lease lapse, timeout or grace can publish DISCONNECTED for a
+// connection not yet reported. Attaches and resyncs are served: they are how the table is
+// rebuilt. Recovery ends, once and for good, when recovery_grace_ms has passed or earlier when
+// recovery_edges edges resynced and no attached edge still owes its resync.
+//
 // Not owned: the store and the clock, which must outlive it. Thread-safe. Time only moves
 // through Tick(), which the server calls from a timer and tests call by hand.
 class Registry {
@@ -105,6 +131,15 @@ class Registry {
 
   // --- EdgeLink side -----------------------------------------------------------------------
   // Attaches `sink` as the route to `edge_id`. The sink stays referenced until DetachEdge.
+  //
+  // One edge id, one process: an attach with another epoch than the route this registry holds
+  // for `edge_id`, while that route's stream is open and its edge renewed within the lease
+  // TTL, is refused with kFailedPrecondition ("edge id in use") and changes nothing: two edges
+  // configured with the same id would otherwise fence each other out in turn. A restarted edge
+  // (new epoch) is accepted once its old stream ended (DetachEdge) or went silent for a lease
+  // TTL; then the old epoch's connections are closed (edge_lost) as before. Same epoch: the
+  // same process re-attaching after a blip, always accepted. Only this process's routes are
+  // known: across replicas the rule is not enforced yet (store/README.md, replicas).
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
                           std::shared_ptr<EdgeSink> sink) ABSL_LOCKS_EXCLUDED(mu_);
   // The stream carrying `sink` ended. The invokes sent through that stream fail at once (even
@@ -147,12 +182,22 @@ class Registry {
 
   const RegistryStats& stats() const { return stats_; }
 
+  // --- Recovery ----------------------------------------------------------------------------
+  // True until recovery ends (always false without a recovery phase). Lock-free.
+  bool Recovering() const { return recovering_.load(); }
+  // kUnavailable while recovering, with a message naming the retry hint; OK once serving.
+  // The API shell checks it before every ownership read and invoke.
+  absl::Status ServingStatus() const ABSL_LOCKS_EXCLUDED(mu_);
+  // How long a refused caller should wait before retrying (0 when serving).
+  int64_t RetryAfterMs() const ABSL_LOCKS_EXCLUDED(mu_);
+
   absl::StatusOr<Device> ApprovePairing(const std::string& request_id,
                                         const std::string& approved_by);
   absl::StatusOr<int> RevokeDevice(const std::string& node_id);
   Store& store() { return store_; }
 
-  // Expires invokes, leases and grace periods as of the clock's now.
+  // Expires invokes, leases and grace periods as of the clock's now (not while recovering),
+  // then pumps presence events other replicas sharing the store decided to this one's watchers.
   void Tick();
 
  private:
@@ -162,7 +207,13 @@ class Registry {
     uint64_t id = 0;
     InvokeDone done;
     InvokeResult base;  // fields known at start (key, effective timeout)
+    // The invoke's deadline. A waiter still here kWaiterSlackMs after it ends with TIMEOUT:
+    // its outcome was decided where this replica cannot see it (another replica's expiry or
+    // result) or not at all (the store unreachable); the caller must not hang.
+    int64_t deadline_ms = 0;
   };
+  // Ends waiters whose invoke's deadline passed kWaiterSlackMs ago (see Waiter).
+  void ExpireWaiters() ABSL_LOCKS_EXCLUDED(mu_);
   // What the registry sends one edge, in the order it was decided. Decisions push under
   // decide_mu_ (so pushes follow decision order); whoever finds the outbox idle drains it, with
   // no lock held while it calls the sink, so a sink that calls back into the registry (a stream
@@ -192,6 +243,7 @@ class Registry {
   struct Route {
     std::string epoch;
     std::shared_ptr<Outbox> outbox;
+    int64_t renewed_ms = 0;  // attach or last heartbeat
   };
   // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
   // their outboxes before the next decision can run. The destructor queues the commands in
@@ -223,8 +275,13 @@ class Registry {
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
+  // Pumps what the store's history holds beyond what this registry published (decisions of
+  // other replicas sharing the store).
+  void CatchUpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
   // The outbox of `edge_id`'s current route, or null.
   std::shared_ptr<Outbox> OutboxFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends recovery if its grace passed or every expected edge resynced; logs once.
+  void MaybeEndRecovery() ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned
   const common::Clock& clock_;  // not owned
@@ -235,12 +292,18 @@ class Registry {
   // the store's lock and before mu_.
   absl::Mutex decide_mu_ ABSL_ACQUIRED_BEFORE(mu_);
 
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;
   absl::flat_hash_map<std::string, std::vector<Waiter>> waiters_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
   // Pending invokes by the stream they went out through: a dead stream fails exactly these.
   absl::flat_hash_map<std::string, const EdgeSink*> sent_via_ ABSL_GUARDED_BY(mu_);
+
+  // Recovery (see the class comment). recovering_ only goes from true to false.
+  std::atomic<bool> recovering_{false};
+  int64_t recovery_ends_ms_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::flat_hash_set<std::string> owing_resync_ ABSL_GUARDED_BY(mu_);  // attached, not resynced
+  absl::flat_hash_set<std::string> resynced_ ABSL_GUARDED_BY(mu_);
 
   // Orders presence delivery: events go out in revision order, read back from the store's log.
   absl::Mutex publish_mu_ ABSL_ACQUIRED_AFTER(mu_);

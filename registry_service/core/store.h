@@ -167,10 +167,12 @@ class Store {
   virtual void Expire(int64_t now_ms, Effects* effects) = 0;
 
   // --- Reads -------------------------------------------------------------------------------
-  virtual NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
-                             int page_size) = 0;
+  // kUnavailable when the store cannot be read (never an empty answer in its place: a caller
+  // would take it for "no node is connected").
+  virtual absl::StatusOr<NodePage> ListNodes(const NodeFilter& filter,
+                                             const std::string& page_token, int page_size) = 0;
   virtual absl::StatusOr<NodeView> GetNode(const std::string& node_id) = 0;
-  virtual PresenceSnapshot GetPresence() = 0;
+  virtual absl::StatusOr<PresenceSnapshot> GetPresence() = 0;
   // Events with revision > `after`, at most `max`. kOutOfRange when `after` is older than the
   // retained history or newer than the head (the history was compacted or restarted).
   virtual absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) = 0;
@@ -185,6 +187,12 @@ class Store {
   // Unpairs the device, invalidates its token and closes its connections (revoked).
   virtual absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                            Effects* effects) = 0;
+
+  // --- Start-up ----------------------------------------------------------------------------
+  // True when the ownership table was empty when this store was opened: a fresh process with
+  // the memory store, or a Redis that is new or lost its data. Connections that are live on
+  // edges are then unknown until the edges resync, so the Registry starts in recovery.
+  virtual bool StartedEmpty() const = 0;
 };
 
 }  // namespace tether::registry

@@ -36,6 +36,14 @@ ABSL_FLAG(int64_t, idempotency_window_ms, 60'000,
 ABSL_FLAG(bool, auto_approve, false, "pair every new device automatically (development only)");
 ABSL_FLAG(bool, auto_approve_loopback, false, "pair devices connecting from loopback");
 ABSL_FLAG(int64_t, tick_ms, 50, "expiry timer period");
+ABSL_FLAG(int64_t, recovery_grace_ms, 10'000,
+          "after a start with an empty table (memory store, or Redis new or after data loss): "
+          "how long the registry waits for edges to resync before serving reads and invokes "
+          "(until then /readyz 503, gRPC health NOT_SERVING, UNAVAILABLE with retry-after-ms); "
+          "0: no recovery phase");
+ABSL_FLAG(int, recovery_edges, 0,
+          "end recovery early once this many edges have resynced (the fleet's edge count); "
+          "0: only --recovery_grace_ms ends it");
 ABSL_FLAG(std::string, port_file, "", "if set, write the bound port here once listening");
 ABSL_FLAG(int, metrics_port, -1,
           "HTTP port for /metrics (Prometheus), /healthz and /readyz; -1 off, 0 any free port");
@@ -73,6 +81,9 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
     return absl::InvalidArgumentError("--presence_history must be >= 16");
   }
   if (o.tick_ms <= 0 || o.tick_ms > 1000) return absl::InvalidArgumentError("--tick_ms in 1..1000");
+  if (o.registry.recovery_grace_ms < 0 || o.registry.recovery_edges < 0) {
+    return absl::InvalidArgumentError("--recovery_grace_ms and --recovery_edges must be >= 0");
+  }
   if (o.store_url != "memory") {
     if (auto address = tether::registry::ParseRedisUrl(o.store_url); !address.ok()) {
       return absl::InvalidArgumentError("--store: " + std::string(address.status().message()));
@@ -101,6 +112,8 @@ int main(int argc, char** argv) {
   o.registry.max_invoke_timeout_ms = absl::GetFlag(FLAGS_invoke_timeout_cap_ms);
   o.registry.max_params_bytes = absl::GetFlag(FLAGS_max_params_bytes);
   o.tick_ms = absl::GetFlag(FLAGS_tick_ms);
+  o.registry.recovery_grace_ms = absl::GetFlag(FLAGS_recovery_grace_ms);
+  o.registry.recovery_edges = absl::GetFlag(FLAGS_recovery_edges);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   o.dev_mode = absl::GetFlag(FLAGS_dev_mode);
   o.api_tokens_file = absl::GetFlag(FLAGS_api_tokens_file);

@@ -134,10 +134,18 @@ class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEven
 
 }  // namespace
 
+grpc::Status RegistryApiService::Serving(grpc::CallbackServerContext* ctx) const {
+  absl::Status s = registry_.ServingStatus();
+  if (s.ok()) return grpc::Status::OK;
+  ctx->AddTrailingMetadata("retry-after-ms", std::to_string(registry_.RetryAfterMs()));
+  return ToGrpc(s);
+}
+
 grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerContext* ctx,
                                                         const v1::ListNodesRequest* req,
                                                         v1::ListNodesResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   NodeFilter f;
   if (req->connected() == v1::ListNodesRequest::CONNECTED_ONLY) {
     f.connected = NodeFilter::Connected::kOnly;
@@ -152,9 +160,10 @@ grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerCont
   if (req->page_size() < 0) {
     return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative page_size"));
   }
-  NodePage page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
-  for (const NodeView& n : page.nodes) ToProto(n, resp->add_nodes());
-  resp->set_next_page_token(page.next_page_token);
+  auto page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
+  if (!page.ok()) return Done(ctx, ToGrpc(page.status()));
+  for (const NodeView& n : page->nodes) ToProto(n, resp->add_nodes());
+  resp->set_next_page_token(page->next_page_token);
   return Done(ctx, grpc::Status::OK);
 }
 
@@ -162,6 +171,7 @@ grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContex
                                                       const v1::GetNodeRequest* req,
                                                       v1::Node* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   auto node = registry_.store().GetNode(req->node_id());
   if (!node.ok()) return Done(ctx, ToGrpc(node.status()));
   ToProto(*node, resp);
@@ -172,6 +182,7 @@ grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerCon
                                                          const v1::InvokeNodeRequest* req,
                                                          v1::InvokeNodeResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kWrite); !a.ok()) return Done(ctx, a);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
   return new InvokeReactor(registry_, ctx, req, resp);
 }
 
@@ -179,15 +190,18 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
                                                           const v1::GetPresenceRequest*,
                                                           v1::GetPresenceResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
-  PresenceSnapshot snap = registry_.store().GetPresence();
-  for (const NodeView& n : snap.nodes) ToProto(n, resp->add_nodes());
-  resp->set_revision(snap.revision);
+  if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
+  auto snap = registry_.store().GetPresence();
+  if (!snap.ok()) return Done(ctx, ToGrpc(snap.status()));
+  for (const NodeView& n : snap->nodes) ToProto(n, resp->add_nodes());
+  resp->set_revision(snap->revision);
   return Done(ctx, grpc::Status::OK);
 }
 
 grpc::ServerWriteReactor<v1::PresenceEvent>* RegistryApiService::WatchPresence(
     grpc::CallbackServerContext* ctx, const v1::WatchPresenceRequest* req) {
   grpc::Status a = auth_.Authorize(*ctx, Scope::kRead);
+  if (a.ok()) a = Serving(ctx);
   return new WatchReactor(registry_, a.ok() ? req->from_revision() : 0, a);
 }
 

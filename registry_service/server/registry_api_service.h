@@ -9,7 +9,9 @@
 namespace tether::registry {
 
 // Converts, delegates, finishes. Holds the Registry by reference (not owned; must outlive the
-// server). Thread-safe.
+// server). Thread-safe. While the Registry recovers (Registry::ServingStatus), ListNodes,
+// GetNode, GetPresence, WatchPresence and InvokeNode answer UNAVAILABLE with `retry-after-ms`;
+// pairing and device calls are served (they do not depend on the edges' reports).
 class RegistryApiService final : public v1::Registry::CallbackService {
  public:
   // `auth` is not owned and must outlive the service.
@@ -45,6 +47,10 @@ class RegistryApiService final : public v1::Registry::CallbackService {
                                         v1::ListDevicesResponse* resp) override;
 
  private:
+  // OK when the registry serves ownership reads and invokes; while it recovers, UNAVAILABLE
+  // with its message and the trailing metadata `retry-after-ms`.
+  grpc::Status Serving(grpc::CallbackServerContext* ctx) const;
+
   Registry& registry_;
   const ApiAuth& auth_;
 };

@@ -45,7 +45,9 @@ absl::StatusOr<int> RegistryServer::Start() {
     if (absl::Status s = store->Connect(); !s.ok()) return s;
     store_ = std::move(store);
   }
-  registry_ = std::make_unique<Registry>(*store_, clock_, options_.registry);
+  RegistryOptions registry_options = options_.registry;
+  registry_options.lease_ttl_ms = options_.store.lease_ttl_ms;
+  registry_ = std::make_unique<Registry>(*store_, clock_, registry_options);
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,
       options_.store.superseded_grace_ms);
@@ -106,17 +108,31 @@ absl::StatusOr<int> RegistryServer::Start() {
     });
     http_.Handle("/healthz", [] { return common::HttpResponse{200, "text/plain", "ok\n"}; });
     http_.Handle("/readyz", [this] {
-      return stopping_.load() ? common::HttpResponse{503, "text/plain", "stopping\n"}
-                              : common::HttpResponse{200, "text/plain", "ready\n"};
+      if (stopping_.load()) return common::HttpResponse{503, "text/plain", "stopping\n"};
+      if (registry_->Recovering()) {
+        return common::HttpResponse{503, "text/plain",
+                                    std::string(registry_->ServingStatus().message()) + "\n"};
+      }
+      return common::HttpResponse{200, "text/plain", "ready\n"};
     });
     auto mport = http_.Start(options_.metrics_host, options_.metrics_port);
     if (!mport.ok()) return mport.status();
     metrics_port_ = *mport;
   }
-  ticker_ = std::thread([this] {
+  // gRPC health: the server as a whole ("") is SERVING while the process runs (liveness and
+  // startup probes ask it; a recovering registry must not be restarted, nor must edges wait for
+  // it before they attach, which is how recovery ends). The API service, kApiHealthService, is
+  // NOT_SERVING while recovering; the ticker flips it once recovery ends (it never returns).
+  bool serving = !registry_->Recovering();
+  server_->GetHealthCheckService()->SetServingStatus(kApiHealthService, serving);
+  ticker_ = std::thread([this, serving]() mutable {
     while (!stopping_.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));
       registry_->Tick();
+      if (!serving && !registry_->Recovering()) {
+        serving = true;
+        server_->GetHealthCheckService()->SetServingStatus(kApiHealthService, true);
+      }
     }
   });
   return port;

@@ -47,6 +47,10 @@ struct ServerOptions {
   std::string edge_listen;         // EdgeLink on its own port; empty: on `listen`
 };
 
+// The gRPC health service name that reports whether the public API serves ownership reads and
+// invokes: NOT_SERVING while the Registry recovers. The server as a whole ("") stays SERVING.
+inline constexpr char kApiHealthService[] = "tether.v1.Registry";
+
 // Owns everything the registry process runs. Start once, Shutdown once (or destroy).
 // Thread-safe for Shutdown from a signal-watching thread.
 class RegistryServer {

@@ -550,8 +550,8 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
 
 // --- Reads -----------------------------------------------------------------------------------
 
-NodePage MemoryStore::ListNodes(const NodeFilter& filter, const std::string& page_token,
-                                int page_size) {
+absl::StatusOr<NodePage> MemoryStore::ListNodes(const NodeFilter& filter,
+                                                const std::string& page_token, int page_size) {
   if (page_size <= 0) page_size = 100;
   page_size = std::min(page_size, 1000);
   absl::MutexLock lock(&mu_);
@@ -580,7 +580,7 @@ absl::StatusOr<NodeView> MemoryStore::GetNode(const std::string& node_id) {
   return View(it->second);
 }
 
-PresenceSnapshot MemoryStore::GetPresence() {
+absl::StatusOr<PresenceSnapshot> MemoryStore::GetPresence() {
   absl::MutexLock lock(&mu_);
   PresenceSnapshot snap;
   for (const auto& [id, node] : nodes_) {

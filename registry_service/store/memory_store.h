@@ -54,10 +54,10 @@ class MemoryStore final : public Store {
                   const std::string& edge_id, const InvokeOutcome& outcome, int64_t now_ms,
                   Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
   void Expire(int64_t now_ms, Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
-  NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
-                     int page_size) override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<NodePage> ListNodes(const NodeFilter& filter, const std::string& page_token,
+                                     int page_size) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<NodeView> GetNode(const std::string& node_id) override ABSL_LOCKS_EXCLUDED(mu_);
-  PresenceSnapshot GetPresence() override ABSL_LOCKS_EXCLUDED(mu_);
+  absl::StatusOr<PresenceSnapshot> GetPresence() override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override
       ABSL_LOCKS_EXCLUDED(mu_);
   uint64_t HeadRevision() override ABSL_LOCKS_EXCLUDED(mu_);
@@ -69,6 +69,9 @@ class MemoryStore final : public Store {
   absl::Status RejectPairing(const std::string& request_id) override ABSL_LOCKS_EXCLUDED(mu_);
   absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                    Effects* effects) override ABSL_LOCKS_EXCLUDED(mu_);
+
+  // Always true: a new process starts with an empty table.
+  bool StartedEmpty() const override { return true; }
 
   // For tests and benchmarks: counts of live records.
   size_t ConnectionCountForTest() ABSL_LOCKS_EXCLUDED(mu_);

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "common/status_macros.h"
 
 namespace tether::registry {
 namespace {
@@ -940,7 +941,21 @@ void RedisStore::ObserveEffects(const Effects& effects, size_t presence_from, si
   }
 }
 
-absl::Status RedisStore::Connect() { return client_->Connect(); }
+absl::Status RedisStore::Connect() {
+  RETURN_IF_ERROR(client_->Connect());
+  // SET NX GET is Redis 7 only; two commands are enough: a replica that starts between them
+  // also sees an empty table and recovers too, which is harmless.
+  auto marker = client_->Command({"EXISTS", prefix_ + "table"});
+  if (!marker.ok()) return marker.status();
+  started_empty_ = marker->AsInt() == 0;
+  auto set = client_->Command({"SET", prefix_ + "table", "1", "NX"});
+  if (!set.ok()) return set.status();
+  if (started_empty_) {
+    common::Log(common::LogLevel::kWarn, "redis_table_empty",
+                {{"prefix", prefix_}, {"why", "new database or data lost: recovering from edges"}});
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_ms,
                                                         const std::vector<std::string>& args,
@@ -1155,8 +1170,8 @@ void RedisStore::Expire(int64_t now_ms, Effects* effects) {
 
 // --- Reads -----------------------------------------------------------------------------------
 
-NodePage RedisStore::ListNodes(const NodeFilter& filter, const std::string& page_token,
-                               int page_size) {
+absl::StatusOr<NodePage> RedisStore::ListNodes(const NodeFilter& filter,
+                                               const std::string& page_token, int page_size) {
   if (page_size <= 0) page_size = 100;
   page_size = std::min(page_size, 1000);
   auto code = [](auto v) { return absl::StrCat(static_cast<int>(v)); };
@@ -1166,7 +1181,7 @@ NodePage RedisStore::ListNodes(const NodeFilter& filter, const std::string& page
                nullptr);
   if (!r.ok()) {
     LogFailure("ListNodes", r.status());
-    return page;
+    return r.status();
   }
   if (r->empty()) return page;
   page.next_page_token = (*r)[0].AsString();
@@ -1181,12 +1196,12 @@ absl::StatusOr<NodeView> RedisStore::GetNode(const std::string& node_id) {
   return DecodeView((*r)[0].AsString());
 }
 
-PresenceSnapshot RedisStore::GetPresence() {
+absl::StatusOr<PresenceSnapshot> RedisStore::GetPresence() {
   PresenceSnapshot snap;
   auto r = Run(presence_, 0, {}, nullptr);
   if (!r.ok()) {
     LogFailure("GetPresence", r.status());
-    return snap;
+    return r.status();
   }
   if (r->empty()) return snap;
   snap.revision = ToUint((*r)[0].AsString());

@@ -37,15 +37,21 @@ struct RedisStoreOptions {
 // Owns its RedisClient (one connection). Thread-safe: the client's mutex serializes every call
 // over that connection. Methods that return a Status report an unreachable or failing Redis as
 // kUnavailable within about the client's timeouts. Methods that cannot report errors (Close,
-// Touch, StartInvoke, SettleInvoke, FailInvoke, Expire and the reads without a Status) log the
-// error and return their "nothing changed" value (an unknown close, an ignored result, no
-// invoke started (NOT_CONNECTED "store unavailable"), an empty page, an empty list).
+// Touch, StartInvoke, SettleInvoke, FailInvoke, Expire, ListPairingRequests, ListDevices) log
+// the error and return their "nothing changed" value (an unknown close, an ignored result, no
+// invoke started (NOT_CONNECTED "store unavailable"), an empty list). The ownership reads
+// (ListNodes, GetNode, GetPresence, ReadPresence) report kUnavailable.
 class RedisStore final : public Store {
  public:
   RedisStore(const StoreOptions& options, const RedisStoreOptions& redis);
 
   // Connects and loads the scripts: kUnavailable when Redis cannot be reached (start-up).
+  // Also reads (and then sets) the table marker `<prefix>table`: absent means Redis is new or
+  // lost its data since a registry last connected (see StartedEmpty).
   absl::Status Connect();
+  // Whether Connect found no table marker. Redis cannot tell a new database from one that lost
+  // its data; both start the Registry in recovery.
+  bool StartedEmpty() const override { return started_empty_; }
 
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch, int64_t now_ms,
                           Effects* effects) override;
@@ -70,10 +76,10 @@ class RedisStore final : public Store {
                   const std::string& edge_id, const InvokeOutcome& outcome, int64_t now_ms,
                   Effects* effects) override;
   void Expire(int64_t now_ms, Effects* effects) override;
-  NodePage ListNodes(const NodeFilter& filter, const std::string& page_token,
-                     int page_size) override;
+  absl::StatusOr<NodePage> ListNodes(const NodeFilter& filter, const std::string& page_token,
+                                     int page_size) override;
   absl::StatusOr<NodeView> GetNode(const std::string& node_id) override;
-  PresenceSnapshot GetPresence() override;
+  absl::StatusOr<PresenceSnapshot> GetPresence() override;
   absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override;
   uint64_t HeadRevision() override;
   std::vector<PairingRequest> ListPairingRequests() override;
@@ -106,6 +112,7 @@ class RedisStore final : public Store {
   std::unique_ptr<RedisClient> client_;  // owned
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
+  bool started_empty_ = false;  // written once by Connect, before the store is shared
   int attach_ = 0, renew_ = 0, drain_ = 0, resync_ = 0, register_ = 0, close_ = 0, touch_ = 0,
       start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0, get_node_ = 0,
       presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0, approve_ = 0,

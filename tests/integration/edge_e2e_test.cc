@@ -326,6 +326,92 @@ TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreIsHealedByResync) {
       Eventually([&] { return stale.status().error_code() == grpc::StatusCode::OUT_OF_RANGE; }));
 }
 
+// The same restart with a recovery phase: until the grace passed the new registry is not
+// ready and answers reads and invokes UNAVAILABLE with a retry hint (instead of NOT_CONNECTED
+// for a node that never left); the edge's resync during recovery rebuilds ownership; nothing
+// is ever announced disconnected.
+TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreRecoversBeforeServing) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  const int port = std::stoi(c_.registry().Log().substr(c_.registry().Log().find("port ") + 5));
+  auto before = c_.GetNode(creds.node_id());
+  ASSERT_TRUE(before.has_value());
+  c_.StopRegistry(SIGKILL);
+  c_.StartRegistry({"--auto_approve", "--lease_ttl_ms=2000", "--recovery_grace_ms=4000"}, port);
+  const int metrics = testing::MetricsPort(c_.registry());
+  {
+    auto ctx = testing::AuthedContext();
+    v1::ListNodesResponse resp;
+    grpc::Status s = c_.api().ListNodes(ctx.get(), v1::ListNodesRequest(), &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    EXPECT_NE(s.error_message().find("recovering"), std::string::npos) << s.error_message();
+    EXPECT_EQ(ctx->GetServerTrailingMetadata().count("retry-after-ms"), 1u);
+  }
+  auto refused = c_.Invoke(creds.node_id());
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(refused.error_code.empty()) << refused.error_code;  // not NOT_CONNECTED
+  // The status line only: the 503 body names the retry hint ("retry after 200 ms").
+  auto readyz_status = [&] {
+    const std::string r = testing::HttpGet(metrics, "/readyz");
+    return r.substr(0, r.find('\r'));
+  };
+  EXPECT_NE(readyz_status().find(" 503"), std::string::npos) << readyz_status();
+
+  ASSERT_TRUE(Eventually([&] { return readyz_status().find(" 200") != std::string::npos; },
+                         absl::Seconds(15)));
+  const std::string log = c_.registry().Log();
+  ASSERT_NE(log.find("edge_resynced"), std::string::npos);
+  EXPECT_LT(log.find("edge_resynced"), log.find("recovery_ended"));  // resynced while recovering
+  auto after = c_.GetNode(creds.node_id());
+  ASSERT_TRUE(after.has_value()) << log << c_.edge("edgeA").Log();
+  EXPECT_TRUE(after->connected());
+  EXPECT_EQ(after->conn_id(), before->conn_id());
+  EXPECT_EQ(after->generation(), before->generation());
+  auto ok = c_.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past a lease TTL
+  const std::string scrape = testing::HttpGet(metrics, "/metrics");
+  for (const char* reason : {"disconnect", "edge_lost", "edge_drain", "revoked"}) {
+    EXPECT_EQ(
+        testing::MetricValue(
+            scrape, std::string("tether_registry_disconnects_total{reason=\"") + reason + "\"}"),
+        0)
+        << reason;
+  }
+}
+
+// Two edge processes configured with the same edge id: the second is refused with a clear
+// error (and keeps retrying quietly in the background); the first is never fenced out, its
+// node never flaps.
+TEST_F(EdgeE2ETest, SecondEdgeWithTheSameEdgeIdIsRefusedNotAFight) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  PresenceWatcher watch(c_.api(), c_.Revision());
+  c_.StartEdge("intruder", {"--edge_id=edgeA"}, /*wait_attached=*/false);
+  ASSERT_TRUE(Eventually(
+      [&] { return c_.edge("intruder").Log().find("edge id in use") != std::string::npos; },
+      absl::Seconds(10)))
+      << c_.edge("intruder").Log();
+  EXPECT_NE(c_.registry().Log().find("edge_id_in_use"), std::string::npos);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // several retries, a lease TTL
+  auto ok = c_.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_EQ(watch.Count(creds.node_id(), v1::PresenceEvent::REPLACED), 0);
+  // The first edge attached once and never lost its stream.
+  const std::string log = c_.registry().Log();
+  size_t attaches = 0;
+  for (size_t at = log.find("edge_attached"); at != std::string::npos;
+       at = log.find("edge_attached", at + 1)) {
+    ++attaches;
+  }
+  EXPECT_EQ(attaches, 1u);
+  EXPECT_EQ(log.find("edge_link_lost"), std::string::npos);
+  c_.StopEdge("intruder", SIGKILL);
+}
+
 TEST_F(EdgeE2ETest, KilledEdgeLosesItsNodesWithinTheLeaseAndInvokesFailFast) {
   DeviceCredentials creds;
   auto node = c_.ReadyNode(creds, "edgeA");

@@ -21,7 +21,7 @@ openssl x509 -req -in "$tmp/edge.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CA
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
   -subj /CN=other-ca -keyout "$tmp/other.key" -out "$tmp/other.pem" >/dev/null 2>&1
 
-"$registry" --listen=127.0.0.1:0 --port_file="$tmp/reg.port" --dev_mode >"$tmp/reg.log" 2>&1 &
+"$registry" --listen=127.0.0.1:0 --port_file="$tmp/reg.port" --dev_mode --recovery_grace_ms=0 >"$tmp/reg.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -s $tmp/reg.port ]] && break; sleep 0.1; done
 TETHER_SHARED_TOKEN=t "$edge" --listen=127.0.0.1:0 --port_file="$tmp/edge.port" \

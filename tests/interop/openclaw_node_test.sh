@@ -174,7 +174,7 @@ fi
 registry_store=(--store="redis://127.0.0.1:${redis_port}")
 start "${tmp}/registry.log" "${tmp}/bin/registry_service" --listen=127.0.0.1:0 \
   --port_file="${tmp}/registry.port" --auto_approve --lease_ttl_ms="${LEASE_TTL_MS}" --tick_ms=20 \
-  "${registry_store[@]}" "${registry_auth[@]}"
+  --recovery_grace_ms=0 "${registry_store[@]}" "${registry_auth[@]}"
 registry_pid=${started}
 if ! wait_for 20 test -s "${tmp}/registry.port"; then
   fail setup "the registry did not start"

@@ -44,7 +44,7 @@ api="api-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
 echo "$api admin" >"$tmp/tokens"
 od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/edge-secret"
 setsid "$tmp/bin/registry_service" --listen=127.0.0.1:0 --port_file="$tmp/reg.port" --auto_approve \
-  --api_tokens_file="$tmp/tokens" --edge_secret_file="$tmp/edge-secret" >"$tmp/registry.log" 2>&1 &
+  --recovery_grace_ms=0 --api_tokens_file="$tmp/tokens" --edge_secret_file="$tmp/edge-secret" >"$tmp/registry.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [[ -s $tmp/reg.port ]] && break; sleep 0.1; done
 [[ -s $tmp/reg.port ]] || fail "registry did not start"

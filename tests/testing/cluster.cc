@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -96,14 +97,39 @@ Cluster::~Cluster() {
   balancer_.reset();
   edges_.clear();
   registry_.reset();
+  extra_registries_.clear();
 }
 
-int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
+std::vector<std::string> Cluster::RegistryArgs(const std::vector<std::string>& flags,
+                                               int port) const {
   std::vector<std::string> args = {"--listen=127.0.0.1:" + std::to_string(port), "--tick_ms=20",
                                    "--metrics_port=0", "--api_tokens_file=" + tokens_file_,
                                    "--edge_secret_file=" + edge_secret_file_};
+  // No recovery phase unless the test asks for one: most tests start the registry before any
+  // edge and would otherwise wait out the grace (tests of recovery pass their own flag).
+  if (std::none_of(flags.begin(), flags.end(),
+                   [](const std::string& f) { return f.rfind("--recovery_grace_ms=", 0) == 0; })) {
+    args.push_back("--recovery_grace_ms=0");
+  }
   args.insert(args.end(), flags.begin(), flags.end());
-  registry_ = std::make_unique<ChildProcess>(kRegistryBinary, args);
+  return args;
+}
+
+int Cluster::StartExtraRegistry(const std::string& name, const std::vector<std::string>& flags) {
+  auto proc = std::make_unique<ChildProcess>(kRegistryBinary, RegistryArgs(flags, 0));
+  auto p = proc->WaitForPort(absl::Seconds(20));
+  EXPECT_TRUE(p.ok()) << p.status();
+  extra_registries_[name] = std::move(proc);
+  return p.ok() ? *p : 0;
+}
+
+void Cluster::PointApiAt(int port) {
+  api_ = v1::Registry::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+}
+
+int Cluster::StartRegistry(const std::vector<std::string>& flags, int port) {
+  registry_ = std::make_unique<ChildProcess>(kRegistryBinary, RegistryArgs(flags, port));
   auto p = registry_->WaitForPort(absl::Seconds(20));
   EXPECT_TRUE(p.ok()) << p.status();
   registry_port_ = p.ok() ? *p : 0;
@@ -117,7 +143,8 @@ void Cluster::StopRegistry(int sig) {
   registry_->Wait(absl::Seconds(10));
 }
 
-int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags) {
+int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string>& flags,
+                       bool wait_attached) {
   // Every test node comes from 127.0.0.1: per-address handshake limits are tested on their own.
   std::vector<std::string> args = {"--listen=127.0.0.1:0",
                                    "--metrics_port=0",
@@ -135,6 +162,7 @@ int Cluster::StartEdge(const std::string& edge_id, const std::vector<std::string
   edge_ports_[edge_id] = p.ok() ? *p : 0;
   // A node can only register through an attached edge.
   ChildProcess* edge = edges_[edge_id].get();
+  if (!wait_attached) return edge_ports_[edge_id];
   EXPECT_TRUE(Eventually([edge] {
     return edge->Log().find("registry_link_up") != std::string::npos;
   })) << edge->Log();

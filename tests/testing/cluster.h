@@ -81,8 +81,15 @@ class Cluster {
   int StartRegistry(const std::vector<std::string>& flags = {"--auto_approve"}, int port = 0);
   ChildProcess& registry() { return *registry_; }
   void StopRegistry(int sig);  // signal and reap
+  // Starts another registry process (a replica on the same store, say); returns its port.
+  int StartExtraRegistry(const std::string& name, const std::vector<std::string>& flags);
+  ChildProcess& extra_registry(const std::string& name) { return *extra_registries_.at(name); }
+  // api() and the helpers below (GetNode, Invoke, ...) call the registry on `port` from now on.
+  void PointApiAt(int port);
   // Starts an edge attached to the registry; returns its WebSocket port.
-  int StartEdge(const std::string& edge_id, const std::vector<std::string>& flags = {});
+  // Waits until it attached unless `wait_attached` is false (an edge the registry refuses).
+  int StartEdge(const std::string& edge_id, const std::vector<std::string>& flags = {},
+                bool wait_attached = true);
   ChildProcess& edge(const std::string& edge_id) { return *edges_.at(edge_id); }
   void StopEdge(const std::string& edge_id, int sig);
   int edge_port(const std::string& edge_id) { return edge_ports_.at(edge_id); }
@@ -120,8 +127,12 @@ class Cluster {
  private:
   std::string tokens_file_;
   std::string edge_secret_file_;
+  // The arguments every registry process gets, then `flags`.
+  std::vector<std::string> RegistryArgs(const std::vector<std::string>& flags, int port) const;
+
   std::unique_ptr<ChildProcess> registry_;
   int registry_port_ = 0;
+  std::map<std::string, std::unique_ptr<ChildProcess>> extra_registries_;
   std::map<std::string, std::unique_ptr<ChildProcess>> edges_;
   std::map<std::string, int> edge_ports_;
   std::unique_ptr<v1::Registry::Stub> api_;

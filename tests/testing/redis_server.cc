@@ -28,27 +28,37 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start() {
     return absl::FailedPreconditionError("redis-server not installed (scripts/install_deps.sh)");
   }
   std::unique_ptr<RedisServer> server(new RedisServer());
+  server->port_ = FreePort();
+  if (absl::Status s = server->Launch(); !s.ok()) return s;
+  return server;
+}
+
+absl::Status RedisServer::Launch() {
   const std::string dir = TempPath("redis");
   mkdir(dir.c_str(), 0700);
-  server->port_ = FreePort();
-  server->process_ = std::make_unique<ChildProcess>(
-      binary,
-      std::vector<std::string>{"--port", std::to_string(server->port_), "--bind", "127.0.0.1",
-                               "--save", "", "--appendonly", "no", "--dir", dir},
+  process_ = std::make_unique<ChildProcess>(
+      RedisServerBinary(),
+      std::vector<std::string>{"--port", std::to_string(port_), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", dir},
       std::vector<std::string>{}, /*port_file_flag=*/false);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   absl::Status last;
   while (absl::Now() < deadline) {
-    if (!server->process_->running()) {
-      return absl::InternalError("redis-server exited:\n" + server->process_->Log());
+    if (!process_->running()) {
+      return absl::InternalError("redis-server exited:\n" + process_->Log());
     }
-    auto pong = server->Command({"PING"});
-    if (pong.ok()) return server;
+    auto pong = Command({"PING"});
+    if (pong.ok()) return absl::OkStatus();
     last = pong.status();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return absl::DeadlineExceededError("redis-server did not answer PING: " + last.ToString() + "\n" +
-                                     server->process_->Log());
+                                     process_->Log());
+}
+
+absl::Status RedisServer::Restart() {
+  Kill();
+  return Launch();
 }
 
 RedisServer::~RedisServer() { Kill(); }

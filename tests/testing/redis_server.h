@@ -30,10 +30,14 @@ class RedisServer {
   absl::StatusOr<registry::RedisValue> Command(const std::vector<std::string>& argv);
   // SIGKILLs the server and waits for it to exit.
   void Kill();
+  // Kills it and starts a new redis-server on the same port: with no persistence, an empty one
+  // (a Redis that lost its data).
+  absl::Status Restart();
   std::string Log() const { return process_ ? process_->Log() : ""; }
 
  private:
   RedisServer() = default;
+  absl::Status Launch();  // starts process_ on port_ and waits for PING
   int port_ = 0;
   std::unique_ptr<ChildProcess> process_;
 };

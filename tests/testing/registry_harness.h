@@ -33,9 +33,9 @@ inline std::unique_ptr<registry::Store> MakeMemoryStore(const registry::StoreOpt
 class RegistryHarness {
  public:
   explicit RegistryHarness(registry::StoreOptions options = DefaultOptions(),
-                           const StoreFactory& factory = MakeMemoryStore)
-      : store_(factory(options, clock_.NowMs())),
-        registry_(*store_, clock_, registry::RegistryOptions{}) {
+                           const StoreFactory& factory = MakeMemoryStore,
+                           const registry::RegistryOptions& registry_options = {})
+      : store_(factory(options, clock_.NowMs())), registry_(*store_, clock_, registry_options) {
     auto watch =
         registry_.Watch(0, [this](const registry::PresenceEvent& e) { events_.push_back(e); });
     EXPECT_TRUE(watch.ok());

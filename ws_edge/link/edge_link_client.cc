@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <chrono>
 #include <deque>
+#include <string>
+
+#include "common/log.h"
 
 namespace tether::edge {
 
@@ -118,6 +121,8 @@ class EdgeLinkClient::Stream final
   }
 
   uint64_t seq() const { return seq_; }
+  // How the call ended; valid once OnDone ran.
+  const grpc::Status& status() const { return status_; }
 
  private:
   // Picks the next write (the waiting heartbeat first) and marks it in flight; null if none.
@@ -245,6 +250,16 @@ void EdgeLinkClient::OnStreamDone(Stream* stream) {
     was_attached = attached_;
     attached_ = false;
     stream_done_ = true;
+  }
+  // A refusal (FAILED_PRECONDITION "edge id in use", UNAUTHENTICATED, ...) must be visible to
+  // the operator: the edge keeps retrying with backoff and would otherwise look merely idle.
+  const grpc::Status& status = stream->status();
+  if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+      status.error_code() != grpc::StatusCode::CANCELLED) {
+    common::Log(common::LogLevel::kWarn, "registry_link_ended",
+                {{"code", std::to_string(static_cast<int>(status.error_code()))},
+                 {"message", status.error_message()},
+                 {"was_attached", was_attached ? "true" : "false"}});
   }
   // Posted from gRPC's thread, this can reach the loop after the next stream's `up` (a stalled
   // thread): a stale `down` would leave the edge refusing every handshake while attached.

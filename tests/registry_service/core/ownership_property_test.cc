@@ -233,6 +233,8 @@ class PropertyRun {
         if (c.edge == edge) m_.RemoveFromRegistry(id, kReasonEdgeLost);
       }
       m_.sockets[edge].clear();
+      h_.Detach(Edge(edge));  // the old process died: its stream ended first
+      m_.FailEdgeInvokes(edge);
       h_.Attach(Edge(edge), Epoch(edge));
       m_.lease_expiry[edge] = h_.clock().NowMs() + kLeaseMs;
     } else {  // cancel nothing; a read-only step exercising List

@@ -393,12 +393,49 @@ TEST_P(Edges, NewEpochKillsOldEpochConnectionsAtOnce) {
   RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA", "epoch-1");
   h.Register("c1", "n1", "edgeA");
+  h.Detach("edgeA");  // the old process died: its stream ended
   h.Attach("edgeA", "epoch-2");
   EXPECT_FALSE(h.Node("n1").connected);
   EXPECT_EQ(h.events().back().reason, "edge_lost");
   // A registration that still carries the old epoch is refused.
   auto r = h.registry().Register(RegistryHarness::Spec("c9", "n9", "edgeA", "epoch-1"));
   EXPECT_FALSE(r.ok());
+}
+
+// Two edge processes configured with the same edge id: the second is refused while the
+// first's stream is live, and the first keeps everything (no fencing back and forth).
+TEST_P(Edges, SecondEdgeWithTheSameIdIsRefusedWhileTheFirstIsLive) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
+  h.Attach("edgeA", "epoch-1");
+  ASSERT_GT(h.Register("c1", "n1", "edgeA"), 0u);
+  auto intruder = std::make_shared<::tether::testing::RecordingEdgeSink>();
+  absl::Status s = h.registry().AttachEdge("edgeA", "epoch-2", intruder);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("edge id in use"), absl::string_view::npos) << s;
+  h.Advance(30'000);  // the first keeps heartbeating: still refused, nothing changed
+  EXPECT_EQ(h.registry().AttachEdge("edgeA", "epoch-2", intruder).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(h.Node("n1").connected);
+  EXPECT_EQ(h.CountEvents("n1", PresenceKind::kDisconnected), 0);
+  h.Invoke("i1", "n1");
+  EXPECT_TRUE(h.LastInvokeTo("edgeA", "c1").has_value());
+  EXPECT_TRUE(intruder->invokes().empty());
+  // The same process re-attaching (same epoch) is always accepted.
+  h.Attach("edgeA", "epoch-1");
+  EXPECT_TRUE(h.Node("n1").connected);
+}
+
+// A restarted edge whose old stream never ended (a half-open connection) is accepted once the
+// old one has been silent for a lease TTL; the old epoch's connections are then lost.
+TEST_P(Edges, NewEpochIsAcceptedOnceTheOldStreamWentSilent) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
+  h.Attach("edgeA", "epoch-1");
+  ASSERT_GT(h.Register("c1", "n1", "edgeA"), 0u);
+  h.clock().Advance(RegistryOptions{}.lease_ttl_ms);  // no heartbeat, no tick
+  auto restarted = std::make_shared<::tether::testing::RecordingEdgeSink>();
+  EXPECT_TRUE(h.registry().AttachEdge("edgeA", "epoch-2", restarted).ok());
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.events().back().reason, "edge_lost");
 }
 
 TEST_P(Edges, ResyncAfterLinkBlipChangesNothing) {
@@ -581,16 +618,16 @@ TEST_P(Nodes, ListFiltersAndPages) {
   h.Close("edgeA", "c2");
   NodeFilter connected;
   connected.connected = NodeFilter::Connected::kOnly;
-  auto page1 = h.store().ListNodes(connected, "", 2);
+  NodePage page1 = *h.store().ListNodes(connected, "", 2);
   ASSERT_EQ(page1.nodes.size(), 2u);
   EXPECT_EQ(page1.nodes[0].node_id, "n0");
-  auto page2 = h.store().ListNodes(connected, page1.next_page_token, 2);
+  NodePage page2 = *h.store().ListNodes(connected, page1.next_page_token, 2);
   ASSERT_EQ(page2.nodes.size(), 2u);
   EXPECT_EQ(page2.nodes[0].node_id, "n3");
   EXPECT_TRUE(page2.next_page_token.empty());
   NodeFilter gone;
   gone.connected = NodeFilter::Connected::kNot;
-  EXPECT_EQ(h.store().ListNodes(gone, "", 10).nodes.size(), 1u);
+  EXPECT_EQ(h.store().ListNodes(gone, "", 10)->nodes.size(), 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, Ownership, StoreNames(), StoreName);

@@ -60,6 +60,7 @@ TEST_P(ReviewFindings, WatcherDoesNotSilentlyMissABurstLargerThanTheHistory) {
                       0, [&](const PresenceEvent&) { ++seen; },
                       [&](const absl::Status& s) { errors.push_back(s); })
                   .ok());
+  h.Detach("edgeA");             // the old process died: its stream ended
   h.Attach("edgeA", "epoch-2");  // edge restarted: 6 owners lost in one decision
   EXPECT_FALSE(h.Node("n0").connected);
   // Either every event, in order, or a clear error telling the watcher to re-list.

@@ -2,6 +2,8 @@
 // start-up errors, and state that outlives a registry process.
 #include <grpcpp/grpcpp.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -70,6 +72,64 @@ TEST(RegistryServerRedisTest, OwnershipAndGenerationsOutliveTheRegistryProcess) 
   ASSERT_TRUE(again->granted());
   EXPECT_GT(again->generation(), first_generation);
   EXPECT_EQ(GetNode(target, "n1").conn_id(), "c2");
+  server.Shutdown();
+}
+
+// Redis gone while serving: every ownership read and invoke fails fast with UNAVAILABLE
+// (never an empty list that reads as "no node connected", never a hang), and a new handshake
+// is refused as retryable.
+TEST(RegistryServerRedisTest, UnreachableRedisFailsRpcsFastWithUnavailable) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  RegistryServer server(Options((*redis)->url()));
+  auto port = server.Start();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string target = "127.0.0.1:" + std::to_string(*port);
+  FakeEdge edge(target, "edgeA");
+  ASSERT_TRUE(edge.Attach().has_value());
+  auto granted = edge.Open("c1", "n1");
+  ASSERT_TRUE(granted.has_value() && granted->granted());
+  (*redis)->Kill();
+
+  auto api = v1::Registry::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  auto timed = [](const std::function<grpc::Status()>& call) {
+    const auto start = std::chrono::steady_clock::now();
+    grpc::Status s = call();
+    const auto took = std::chrono::steady_clock::now() - start;
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+    EXPECT_LT(took, std::chrono::milliseconds(1500));
+  };
+  auto ctx = [] {
+    auto c = std::make_unique<grpc::ClientContext>();
+    c->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return c;
+  };
+  timed([&] {
+    v1::ListNodesResponse resp;
+    return api->ListNodes(ctx().get(), v1::ListNodesRequest(), &resp);
+  });
+  timed([&] {
+    v1::GetPresenceResponse resp;
+    return api->GetPresence(ctx().get(), v1::GetPresenceRequest(), &resp);
+  });
+  timed([&] {
+    v1::GetNodeRequest req;
+    req.set_node_id("n1");
+    v1::Node resp;
+    return api->GetNode(ctx().get(), req, &resp);
+  });
+  timed([&] {
+    v1::InvokeNodeRequest req;
+    req.set_node_id("n1");
+    req.set_command("system.which");
+    v1::InvokeNodeResponse resp;
+    return api->InvokeNode(ctx().get(), req, &resp);
+  });
+  auto refused = edge.Open("c2", "n2");
+  if (refused.has_value()) {  // else the registry already ended the stream (lease not renewed)
+    EXPECT_FALSE(refused->granted());
+    EXPECT_EQ(refused->error_code(), "UNAVAILABLE");
+  }
   server.Shutdown();
 }
 

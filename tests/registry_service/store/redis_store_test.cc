@@ -340,12 +340,12 @@ TEST_F(RedisStoreTest, LargeAnswersAreReturnedWhole) {
     auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &one);
     ASSERT_THAT(r, IsOk());
   }
-  EXPECT_EQ(store->GetPresence().nodes.size(), static_cast<size_t>(kNodes));
+  EXPECT_EQ(store->GetPresence()->nodes.size(), static_cast<size_t>(kNodes));
   EXPECT_EQ(store->ListDevices().size(), static_cast<size_t>(kNodes));
   auto events = store->ReadPresence(0, kNodes);
   ASSERT_THAT(events, IsOk());
   EXPECT_EQ(events->size(), static_cast<size_t>(kNodes));
-  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000).nodes.size(), 1000u);
+  EXPECT_EQ(store->ListNodes(NodeFilter{}, "", 1000)->nodes.size(), 1000u);
 }
 
 TEST_F(RedisStoreTest, PasswordIsSentWithAuth) {
@@ -389,6 +389,17 @@ TEST(RedisListEncodingTest, RoundTrips) {
   EXPECT_EQ(RedisStore::DecodeList(RedisStore::EncodeList(items)), items);
   EXPECT_TRUE(RedisStore::DecodeList("").empty());
   EXPECT_EQ(RedisStore::DecodeList("3:abc9:short"), std::vector<std::string>{"abc"});
+}
+
+// A registry opening a Redis with no table marker starts in recovery: a new database and one
+// that lost its data look alike. A restart on a Redis that kept its data serves at once.
+TEST_F(RedisStoreTest, StartedEmptyOnANewOrFlushedDatabaseOnly) {
+  StoreOptions o;
+  EXPECT_TRUE(NewStore(o)->StartedEmpty());
+  EXPECT_FALSE(NewStore(o)->StartedEmpty());  // the first one left the marker
+  ASSERT_THAT(server_->Command({"FLUSHALL"}), IsOk());
+  EXPECT_TRUE(NewStore(o)->StartedEmpty());
+  EXPECT_FALSE(NewStore(o)->StartedEmpty());
 }
 
 }  // namespace

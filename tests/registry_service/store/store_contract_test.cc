@@ -614,11 +614,11 @@ TEST_P(StoreContract, PresenceReadsAndOutOfRange) {
   EXPECT_THAT(*store_->ReadPresence(head + 3, 10), IsEmpty());
   EXPECT_THAT(store_->ReadPresence(head + 4, 10), StatusIs(absl::StatusCode::kOutOfRange));
 
-  PresenceSnapshot snap = store_->GetPresence();
+  PresenceSnapshot snap = *store_->GetPresence();
   EXPECT_THAT(snap.nodes, IsEmpty());
   EXPECT_EQ(snap.revision, head + 3);
   Grant("c3", "n2");
-  snap = store_->GetPresence();
+  snap = *store_->GetPresence();
   ASSERT_THAT(snap.nodes, SizeIs(1));
   EXPECT_EQ(snap.nodes[0].node_id, "n2");
 
@@ -650,37 +650,37 @@ TEST_P(StoreContract, ListNodesPagesAndFilters) {
   ASSERT_THAT(store_->RevokeDevice("n5", now_, &fx), IsOk());  // disconnected and unpaired
 
   NodeFilter all;
-  NodePage p1 = store_->ListNodes(all, "", 2);
+  NodePage p1 = *store_->ListNodes(all, "", 2);
   ASSERT_THAT(p1.nodes, SizeIs(2));
   EXPECT_EQ(p1.nodes[0].node_id, "n1");
   EXPECT_EQ(p1.next_page_token, "n2");
-  NodePage p2 = store_->ListNodes(all, p1.next_page_token, 2);
+  NodePage p2 = *store_->ListNodes(all, p1.next_page_token, 2);
   ASSERT_THAT(p2.nodes, SizeIs(2));
   EXPECT_EQ(p2.nodes[0].node_id, "n3");
-  NodePage p3 = store_->ListNodes(all, p2.next_page_token, 2);
+  NodePage p3 = *store_->ListNodes(all, p2.next_page_token, 2);
   ASSERT_THAT(p3.nodes, SizeIs(1));
   EXPECT_EQ(p3.next_page_token, "");
-  EXPECT_THAT(store_->ListNodes(all, "", 5).next_page_token, "");
+  EXPECT_THAT(store_->ListNodes(all, "", 5)->next_page_token, "");
 
   NodeFilter connected;
   connected.connected = NodeFilter::Connected::kOnly;
-  NodePage c = store_->ListNodes(connected, "", 10);
+  NodePage c = *store_->ListNodes(connected, "", 10);
   ASSERT_THAT(c.nodes, SizeIs(2));
   EXPECT_EQ(c.nodes[0].node_id, "n1");
   EXPECT_EQ(c.nodes[1].node_id, "n3");
-  NodePage c1 = store_->ListNodes(connected, "", 1);
+  NodePage c1 = *store_->ListNodes(connected, "", 1);
   EXPECT_EQ(c1.next_page_token, "n1");
-  EXPECT_THAT(store_->ListNodes(connected, c1.next_page_token, 1).nodes,
+  EXPECT_THAT(store_->ListNodes(connected, c1.next_page_token, 1)->nodes,
               ElementsAre(Field(&NodeView::node_id, "n3")));
 
   NodeFilter gone;
   gone.connected = NodeFilter::Connected::kNot;
   gone.paired = NodeFilter::Paired::kOnly;
-  NodePage g = store_->ListNodes(gone, "", 10);
+  NodePage g = *store_->ListNodes(gone, "", 10);
   ASSERT_THAT(g.nodes, SizeIs(2));  // n2, n4
   NodeFilter unpaired;
   unpaired.paired = NodeFilter::Paired::kNot;
-  EXPECT_THAT(store_->ListNodes(unpaired, "", 10).nodes,
+  EXPECT_THAT(store_->ListNodes(unpaired, "", 10)->nodes,
               ElementsAre(Field(&NodeView::node_id, "n5")));
   EXPECT_THAT(store_->GetNode("nobody"), StatusIs(absl::StatusCode::kNotFound));
 }

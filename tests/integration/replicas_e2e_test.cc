@@ -1,0 +1,180 @@
+// Two registry replicas on one redis-server, with real processes.
+// - An edge given both addresses (active/passive: every client uses the first that answers);
+//   the first replica is killed with -9 while an invoke is in flight through it: the caller
+//   gets a typed error at once (not a hang), the edge re-attaches to the second replica within
+//   seconds without dropping the node's socket, the node never receives the invoke twice, and
+//   nobody is announced disconnected.
+// - WatchPresence on either replica yields the same events with the same revisions.
+// - A node moving from an edge on replica 1 to an edge on replica 2, the old socket's close
+//   arriving late: ownership stays with the new connection on both replicas.
+#include <csignal>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "tests/testing/cluster.h"
+#include "tests/testing/redis_server.h"
+
+namespace tether {
+namespace {
+
+using edge::client::DeviceCredentials;
+using edge::client::InvokeReply;
+using edge::client::NodeClient;
+using testing::Cluster;
+using testing::Eventually;
+using testing::PresenceWatcher;
+using testing::RedisServer;
+
+int Count(const std::string& text, const std::string& what) {
+  int n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+TEST(ReplicasE2ETest, KillMinus9OfTheActiveReplicaMidInvoke) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string store = "--store=" + (*redis)->url();
+  Cluster c;
+  const int p1 = c.StartRegistry({"--auto_approve", store});
+  const int p2 = c.StartExtraRegistry("r2", {"--auto_approve", store});
+  c.StartEdge("edgeA",
+              {"--registry=127.0.0.1:" + std::to_string(p1) + ",127.0.0.1:" + std::to_string(p2)});
+  EXPECT_NE(c.registry().Log().find("edge_attached"), std::string::npos);  // the first one
+  DeviceCredentials creds;
+  auto node = c.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+    o.on_invoke = [](const edge::protocol::InvokeRequest&) { return InvokeReply::Deferred(); };
+  });
+  ASSERT_TRUE(node->Connect(absl::Seconds(10)).ok());
+  auto before = c.GetNode(creds.node_id());
+  ASSERT_TRUE(before.has_value());
+
+  auto pending = std::async(std::launch::async, [&] { return c.Invoke(creds.node_id(), 20000); });
+  ASSERT_TRUE(node->WaitForInvokeCount(1, absl::Seconds(5)).ok());
+  const auto killed_at = std::chrono::steady_clock::now();
+  c.StopRegistry(SIGKILL);
+  auto failed = pending.get();
+  EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << failed.status.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - killed_at, std::chrono::seconds(3));
+
+  // The edge moves to the second replica (same epoch: it resyncs, nothing is fenced).
+  c.PointApiAt(p2);
+  ASSERT_TRUE(Eventually(
+      [&] { return c.extra_registry("r2").Log().find("edge_resynced") != std::string::npos; },
+      absl::Seconds(10)))
+      << c.edge("edgeA").Log();
+  EXPECT_LT(std::chrono::steady_clock::now() - killed_at, std::chrono::seconds(10));
+  auto after = c.GetNode(creds.node_id());
+  ASSERT_TRUE(after.has_value());
+  EXPECT_TRUE(after->connected());
+  EXPECT_EQ(after->conn_id(), before->conn_id());
+  EXPECT_EQ(after->generation(), before->generation());
+  EXPECT_EQ(node->state(), NodeClient::State::kReady);  // its socket never noticed
+
+  // Through the second replica an invoke reaches the same socket; the first one was never
+  // delivered again.
+  auto second = c.Invoke(creds.node_id(), 1000);
+  EXPECT_EQ(second.error_code, "TIMEOUT") << second.status.error_message();
+  EXPECT_TRUE(node->WaitForInvokeCount(2, absl::Seconds(1)).ok());
+  EXPECT_FALSE(node->WaitForInvokeCount(3, absl::Seconds(1)).ok());
+  const std::string r2_log = c.extra_registry("r2").Log();
+  EXPECT_EQ(Count(r2_log, "event=node_disconnected"), 0) << r2_log;
+  EXPECT_EQ(Count(r2_log, "edge_id_in_use"), 0) << r2_log;
+}
+
+// Waits until `registry` serves `n` WatchPresence streams: a watcher from revision 0 means
+// "from now", so events decided before it subscribed would not be its to see.
+bool WatchersSubscribed(testing::ChildProcess& registry, int n) {
+  const int port = testing::MetricsPort(registry);
+  return Eventually([&] {
+    return testing::MetricValue(testing::HttpGet(port, "/metrics"),
+                                "tether_registry_presence_watchers") == n;
+  });
+}
+
+std::unique_ptr<v1::Registry::Stub> Api(int port) {
+  return v1::Registry::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+}
+
+TEST(ReplicasE2ETest, WatchPresenceOnEitherReplicaYieldsTheSameEvents) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string store = "--store=" + (*redis)->url();
+  Cluster c;
+  c.StartRegistry({"--auto_approve", store});
+  const int p2 = c.StartExtraRegistry("r2", {"--auto_approve", store});
+  c.StartEdge("edgeA");  // attached to replica 1 only: every decision runs there
+  auto api2 = Api(p2);
+  const uint64_t from = c.Revision();
+  PresenceWatcher w1(c.api(), from);
+  PresenceWatcher w2(*api2, from);
+  ASSERT_TRUE(WatchersSubscribed(c.registry(), 1));
+  ASSERT_TRUE(WatchersSubscribed(c.extra_registry("r2"), 1));
+  DeviceCredentials creds;
+  auto first = c.ReadyNode(creds, "edgeA");
+  auto second = c.ReadyNode(creds, "edgeA");  // replaces the first
+  ASSERT_TRUE(second->Close(1000, "bye").ok());
+  ASSERT_TRUE(w1.WaitFor(creds.node_id(), v1::PresenceEvent::DISCONNECTED));
+  ASSERT_TRUE(w2.WaitFor(creds.node_id(), v1::PresenceEvent::DISCONNECTED));
+  const auto e1 = w1.events();
+  const auto e2 = w2.events();
+  ASSERT_EQ(e1.size(), e2.size());
+  ASSERT_GE(e1.size(), 3u);  // connected, replaced, disconnected
+  for (size_t i = 0; i < e1.size(); ++i) {
+    EXPECT_EQ(e1[i].revision(), e2[i].revision()) << i;
+    EXPECT_EQ(e1[i].kind(), e2[i].kind()) << i;
+    EXPECT_EQ(e1[i].conn_id(), e2[i].conn_id()) << i;
+  }
+}
+
+TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaAndTheOldCloseArrivesLate) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string store = "--store=" + (*redis)->url();
+  Cluster c;
+  const int p1 = c.StartRegistry({"--auto_approve", store});
+  const int p2 = c.StartExtraRegistry("r2", {"--auto_approve", store});
+  c.StartEdge("edgeA");                                                  // on replica 1
+  c.StartEdge("edgeB", {"--registry=127.0.0.1:" + std::to_string(p2)});  // on replica 2
+  auto api2 = Api(p2);
+  const uint64_t from = c.Revision();
+  PresenceWatcher w1(c.api(), from);
+  PresenceWatcher w2(*api2, from);
+  ASSERT_TRUE(WatchersSubscribed(c.registry(), 1));
+  ASSERT_TRUE(WatchersSubscribed(c.extra_registry("r2"), 1));
+  DeviceCredentials creds;
+  auto old_socket = c.ReadyNode(creds, "edgeA");
+  auto new_socket = c.ReadyNode(creds, "edgeB");
+  ASSERT_TRUE(
+      Eventually([&] { return c.GetNode(creds.node_id())->conn_id() == new_socket->conn_id(); }));
+  ASSERT_TRUE(old_socket->Close(1000, "late").ok());  // reaches replica 1 through edgeA
+  const int m1 = testing::MetricsPort(c.registry());
+  ASSERT_TRUE(Eventually([&] {
+    return testing::MetricValue(testing::HttpGet(m1, "/metrics"),
+                                "tether_registry_closes_total{kind=\"stale_ignored\"}") == 1;
+  }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  for (int port : {p1, p2}) {
+    c.PointApiAt(port);
+    auto n = c.GetNode(creds.node_id());
+    ASSERT_TRUE(n.has_value());
+    EXPECT_TRUE(n->connected()) << port;
+    EXPECT_EQ(n->conn_id(), new_socket->conn_id()) << port;
+  }
+  // Replica 2 holds edgeB's stream: an invoke through it reaches the new socket.
+  c.PointApiAt(p2);
+  auto ok = c.Invoke(creds.node_id());
+  EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
+  EXPECT_EQ(new_socket->state(), NodeClient::State::kReady);
+  EXPECT_EQ(w1.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_EQ(w2.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_EQ(w2.Count(creds.node_id(), v1::PresenceEvent::REPLACED), 1);
+}
+
+}  // namespace
+}  // namespace tether
