@@ -143,6 +143,34 @@ absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& 
   return absl::OkStatus();
 }
 
+void Registry::EdgeAlive(const std::string& edge_id, const EdgeSink* sink) {
+  const int64_t now = clock_.NowMs();
+  absl::MutexLock lock(&mu_);
+  auto it = routes_.find(edge_id);
+  if (it != routes_.end() && it->second.outbox->sink() == sink) it->second.last_read_ms = now;
+}
+
+void Registry::RenewLiveLeases() {
+  const int64_t now = clock_.NowMs();
+  const int64_t every = std::max<int64_t>(options_.lease_ttl_ms / 4, 50);
+  std::vector<std::pair<std::string, std::string>> due;  // edge id, epoch
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [edge_id, route] : routes_) {
+      if (now - route.last_read_ms < every && now - route.renewed_ms >= every) {
+        due.emplace_back(edge_id, route.epoch);
+      }
+    }
+  }
+  for (const auto& [edge_id, epoch] : due) {
+    // A refusal (the lease is gone or has another epoch) is the explicit heartbeat's to act on.
+    if (!store_.RenewLease(edge_id, epoch, now).ok()) continue;
+    absl::MutexLock lock(&mu_);
+    auto it = routes_.find(edge_id);
+    if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
+  }
+}
+
 absl::Status Registry::DrainEdge(const std::string& edge_id, const std::string& epoch) {
   Effects effects;
   absl::Status status;
@@ -507,6 +535,7 @@ void Registry::Tick() {
   // No expiry while recovering: a lease, deadline or grace must not end a connection that an
   // edge has not reported yet. What is due runs at the first tick after recovery.
   if (recovering_.load()) return;
+  RenewLiveLeases();  // before expiry: a stream read from within the TTL is not lost
   Effects effects;
   {
     Decision decision(*this, &effects);

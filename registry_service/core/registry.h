@@ -147,6 +147,12 @@ class Registry {
   // lapses or the edge resyncs.
   void DetachEdge(const std::string& edge_id, const EdgeSink* sink) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status Heartbeat(const std::string& edge_id, const std::string& epoch);
+  // A message from `edge_id` was read from the stream carrying `sink`. A stream that is being
+  // read is alive: Tick renews its lease even when its explicit heartbeats sit behind a backlog
+  // of registrations that each wait for the store (a reconnect storm on Redis), so the backlog
+  // cannot cost every node on the edge its lease. A stream read from no more is lost within the
+  // lease TTL plus a quarter of it. Cheap: no store call.
+  void EdgeAlive(const std::string& edge_id, const EdgeSink* sink) ABSL_LOCKS_EXCLUDED(mu_);
   absl::Status DrainEdge(const std::string& edge_id, const std::string& epoch);
   absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec);
   CloseResult Close(const std::string& edge_id, const std::string& conn_id);
@@ -243,7 +249,8 @@ class Registry {
   struct Route {
     std::string epoch;
     std::shared_ptr<Outbox> outbox;
-    int64_t renewed_ms = 0;  // attach or last heartbeat
+    int64_t renewed_ms = 0;    // attach or last renewal (heartbeat or a live stream's, by Tick)
+    int64_t last_read_ms = 0;  // last message read from its stream
   };
   // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
   // their outboxes before the next decision can run. The destructor queues the commands in
@@ -270,6 +277,8 @@ class Registry {
     PresenceErrorFn on_error;
   };
 
+  // Renews the leases of streams read from recently (see EdgeAlive).
+  void RenewLiveLeases() ABSL_LOCKS_EXCLUDED(mu_);
   // Updates stats_ and logs what a decision changed.
   void Count(const Effects& effects);
   // Delivers what a decision changed. Call with no lock held.

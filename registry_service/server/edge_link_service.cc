@@ -57,6 +57,7 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
       FinishAfterWrites(grpc::Status::OK);
       return;
     }
+    if (!edge_id_.empty()) registry_.EdgeAlive(edge_id_, sink_.get());
     grpc::Status status = Handle(in_);
     if (!status.ok()) {
       FinishAfterWrites(status);

@@ -885,8 +885,10 @@ std::vector<std::string> RedisStore::DecodeList(const std::string& data) {
 RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& redis)
     : options_(options),
       prefix_(redis.key_prefix),
-      client_(std::make_unique<RedisClient>(redis.client)) {
+      client_(std::make_unique<RedisClient>(redis.client)),
+      lease_client_(std::make_unique<RedisClient>(redis.client)) {
   auto add = [&](const char* body) { return client_->AddScript(std::string(kPrelude) + body); };
+  lease_renew_ = lease_client_->AddScript(std::string(kPrelude) + kRenew);
   attach_ = add(kAttach);
   renew_ = add(kRenew);
   drain_ = add(kDrain);
@@ -960,6 +962,13 @@ absl::Status RedisStore::Connect() {
 absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_ms,
                                                         const std::vector<std::string>& args,
                                                         Effects* effects) {
+  return RunOn(*client_, handle, now_ms, args, effects);
+}
+
+absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, int handle,
+                                                          int64_t now_ms,
+                                                          const std::vector<std::string>& args,
+                                                          Effects* effects) {
   std::vector<std::string> argv = {
       prefix_,
       absl::StrCat(now_ms),
@@ -973,7 +982,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_
       absl::StrCat(options_.pairing_request_ttl_ms),
   };
   argv.insert(argv.end(), args.begin(), args.end());
-  auto reply = client_->Eval(handle, argv);
+  auto reply = client.Eval(handle, argv);
   if (!reply.ok()) return reply.status();
   if (reply->type != RedisValue::Type::kArray || reply->elements.size() != 2 ||
       reply->elements[0].type != RedisValue::Type::kArray || reply->elements[0].elements.empty()) {
@@ -1013,7 +1022,7 @@ absl::Status RedisStore::AttachEdge(const std::string& edge_id, const std::strin
 
 absl::Status RedisStore::RenewLease(const std::string& edge_id, const std::string& epoch,
                                     int64_t now_ms) {
-  return Run(renew_, now_ms, {edge_id, epoch}, nullptr).status();
+  return RunOn(*lease_client_, lease_renew_, now_ms, {edge_id, epoch}, nullptr).status();
 }
 
 absl::Status RedisStore::DrainEdge(const std::string& edge_id, const std::string& epoch,

@@ -101,6 +101,10 @@ class RedisStore final : public Store {
   absl::StatusOr<std::vector<RedisValue>> Run(int handle, int64_t now_ms,
                                               const std::vector<std::string>& args,
                                               Effects* effects);
+  // The same on `client`.
+  absl::StatusOr<std::vector<RedisValue>> RunOn(RedisClient& client, int handle, int64_t now_ms,
+                                                const std::vector<std::string>& args,
+                                                Effects* effects);
   // Logs a failure of a method that cannot return it.
   void LogFailure(const char* method, const absl::Status& status);
   // Remembers the highest generation and revision seen, for the counters' repair at connect.
@@ -110,6 +114,10 @@ class RedisStore final : public Store {
   const StoreOptions options_;
   const std::string prefix_;
   std::unique_ptr<RedisClient> client_;  // owned
+  // Lease renewals only: a heartbeat must not wait behind a storm of decisions on client_
+  // (the edge's lease would lapse and every node on it would be disconnected). Owned.
+  std::unique_ptr<RedisClient> lease_client_;
+  int lease_renew_ = -1;  // the renew script, on lease_client_
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
   bool started_empty_ = false;  // written once by Connect, before the store is shared

@@ -371,6 +371,25 @@ TEST_P(Edges, LeaseExpiryClosesOwnedConnectionsWithEdgeLost) {
   EXPECT_FALSE(h.registry().Heartbeat("edgeA", "e1").ok());  // must attach again
 }
 
+// A reconnect storm on Redis: the edge's stream is read message after message (each waiting
+// for the store), its heartbeats far behind in the same stream. The stream being read keeps
+// the lease: no edge_lost for nodes whose edge is alive. Once nothing is read, it lapses.
+TEST_P(Edges, AStreamBeingReadKeepsItsLeaseBehindABacklog) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
+  h.Attach("edgeA");
+  h.Register("c1", "n1", "edgeA");
+  const EdgeSink* stream = &h.Sink("edgeA");
+  for (int i = 0; i < 30; ++i) {  // 30 s, no heartbeat, but messages read all along
+    h.registry().EdgeAlive("edgeA", stream);
+    h.Advance(1000, false);
+  }
+  EXPECT_TRUE(h.Node("n1").connected);
+  for (const auto& e : h.events()) EXPECT_NE(e.reason, "edge_lost");
+  h.Advance(13000, false);  // nothing read any more: lost within TTL + TTL / 4
+  EXPECT_FALSE(h.Node("n1").connected);
+  EXPECT_EQ(h.events().back().reason, "edge_lost");
+}
+
 TEST_P(Edges, LeaseExpiryRacingReconnectOnAnotherEdge) {
   RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
