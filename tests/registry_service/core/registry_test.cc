@@ -2,6 +2,7 @@
 // it was decided, whatever thread made each decision and however slow the stream is.
 #include "registry_service/core/registry.h"
 
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -24,26 +25,35 @@ InvokeParams Params(const std::string& node_id) {
   return p;
 }
 
+// Sends an invoke to `node_id` whose write to the edge stalls (a stream write under way), runs
+// `meanwhile` (another decision, on its own thread, to completion), then lets the write go on.
+// Returns what the edge received, in order.
+std::vector<std::string> WhileAnInvokeIsBeingSent(RegistryHarness& h, const std::string& node_id,
+                                                  const std::function<void()>& meanwhile) {
+  auto& sink = h.Sink("edgeA");
+  absl::Notification in_send, release;
+  sink.before_invoke = [&] {
+    in_send.Notify();
+    release.WaitForNotification();
+  };
+  std::thread caller([&] { h.registry().Invoke(Params(node_id), [](const InvokeResult&) {}); });
+  in_send.WaitForNotification();
+  std::thread other(meanwhile);
+  other.join();  // its decision is made; its message must wait for the invoke's
+  release.Notify();
+  caller.join();
+  return sink.log();
+}
+
 // An invoke is dispatched to the owner; while its send is still under way (a stalled stream
 // write), the node reconnects and the old owner is superseded. Sent straight from each deciding
 // thread, Superseded overtook the invoke: the edge closed the "idle" old socket and the invoke
 // failed DISCONNECTED while the node was online.
 TEST(RegistryOutbox, SupersededCannotOvertakeAnInvokeDecidedBeforeIt) {
   RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
+  h.Attach("edgeA");
   ASSERT_GT(h.Register("old", "n1"), 0u);
-  absl::Notification in_send, release;
-  sink.before_invoke = [&] {
-    in_send.Notify();
-    release.WaitForNotification();
-  };
-  std::thread caller([&] { h.registry().Invoke(Params("n1"), [](const InvokeResult&) {}); });
-  in_send.WaitForNotification();
-  std::thread reconnect([&] { h.Register("new", "n1"); });
-  reconnect.join();  // its decision is made; its message must wait for the invoke's
-  release.Notify();
-  caller.join();
-  const std::vector<std::string> log = sink.log();
+  const auto log = WhileAnInvokeIsBeingSent(h, "n1", [&] { h.Register("new", "n1"); });
   ASSERT_GE(log.size(), 2u);
   EXPECT_EQ(log[0], "invoke old");
   EXPECT_EQ(log[1], "superseded old");
@@ -52,21 +62,12 @@ TEST(RegistryOutbox, SupersededCannotOvertakeAnInvokeDecidedBeforeIt) {
 // The expiry's cancel for an invoke must not reach the edge before the invoke itself.
 TEST(RegistryOutbox, TimeoutCancelCannotOvertakeItsInvoke) {
   RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
+  h.Attach("edgeA");
   ASSERT_GT(h.Register("c1", "n1"), 0u);
-  absl::Notification in_send, release;
-  sink.before_invoke = [&] {
-    in_send.Notify();
-    release.WaitForNotification();
-  };
-  std::thread caller([&] { h.registry().Invoke(Params("n1"), [](const InvokeResult&) {}); });
-  in_send.WaitForNotification();
-  h.clock().Advance(6000);  // past the invoke's deadline
-  std::thread timer([&] { h.registry().Tick(); });
-  timer.join();
-  release.Notify();
-  caller.join();
-  const std::vector<std::string> log = sink.log();
+  const auto log = WhileAnInvokeIsBeingSent(h, "n1", [&] {
+    h.clock().Advance(6000);  // past the invoke's deadline
+    h.registry().Tick();
+  });
   ASSERT_EQ(log.size(), 2u);
   EXPECT_EQ(log[0], "invoke c1");
   EXPECT_EQ(log[1], "cancel c1");

@@ -32,6 +32,13 @@ class EdgeCoreTest : public ::testing::Test {
     link_.sent.clear();
   }
 
+  // A new core with options_ (after a test changed them), attached as in the constructor.
+  void Rebuild() {
+    core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
+    core_->OnLinkUp();
+    link_.sent.clear();
+  }
+
   json Frame(uint64_t socket, size_t i) { return json::parse(down_.sockets[socket].frames.at(i)); }
   json LastFrame(uint64_t socket) { return json::parse(down_.sockets[socket].frames.back()); }
 
@@ -512,57 +519,37 @@ TEST_F(EdgeCoreTest, NodeEventsReachTheRegistryAsThrottledTouchesWithoutPayload)
 
 // At --max_connections the next socket is refused at open with 1013 (nodes retry elsewhere or
 // later) and the ones held are not affected.
-TEST(EdgeCoreCapacityTest, SocketsOverMaxConnectionsAreRefusedAtOpen) {
-  EdgeOptions options;
-  options.edge_id = "edge-test";
-  options.max_connections = 2;
-  testing::FakeDownstream down;
-  testing::FakeLink link;
-  common::FakeClock clock;
-  EdgeCore core(options, down, link, clock);
-  down.on_close = [&](uint64_t socket) { core.OnClose(socket); };
-  core.OnLinkUp();
-  core.OnOpen(1, "127.0.0.1:1", true);
-  core.OnOpen(2, "127.0.0.1:2", true);
-  core.OnOpen(3, "127.0.0.1:3", true);
-  EXPECT_FALSE(down.sockets[1].closed);
-  EXPECT_FALSE(down.sockets[2].closed);
-  EXPECT_EQ(down.sockets[3].close_code, 1013);
-  EXPECT_TRUE(down.sockets[3].frames.empty());  // no challenge, no state kept
-  EXPECT_EQ(core.stats().connections_refused.value(), 1u);
-  core.OnClose(1);
-  core.OnOpen(4, "127.0.0.1:4", true);  // room again
-  EXPECT_FALSE(down.sockets[4].closed);
+TEST_F(EdgeCoreTest, SocketsOverMaxConnectionsAreRefusedAtOpen) {
+  options_.max_connections = 2;
+  Rebuild();
+  for (uint64_t s = 1; s <= 3; ++s) core_->OnOpen(s, "127.0.0.1:1", true);
+  EXPECT_FALSE(down_.sockets[1].closed);
+  EXPECT_FALSE(down_.sockets[2].closed);
+  EXPECT_EQ(down_.sockets[3].close_code, 1013);
+  EXPECT_TRUE(down_.sockets[3].frames.empty());  // no challenge, no state kept
+  EXPECT_EQ(core_->stats().connections_refused.value(), 1u);
+  core_->OnClose(1);
+  core_->OnOpen(4, "127.0.0.1:4", true);  // room again
+  EXPECT_FALSE(down_.sockets[4].closed);
 }
 
 // Strangers that never finish their handshake are bounded as a whole: past the budget new
 // sockets are refused at open, while sockets past hello-ok do not count against it.
-TEST(EdgeCoreCapacityTest, PendingHandshakesHaveABudget) {
-  EdgeOptions options;
-  options.edge_id = "edge-test";
-  options.shared_token = "secret";
-  options.max_pending_handshakes = 2;
-  testing::FakeDownstream down;
-  testing::FakeLink link;
-  common::FakeClock clock;
-  EdgeCore core(options, down, link, clock);
-  down.on_close = [&](uint64_t socket) { core.OnClose(socket); };
-  core.OnLinkUp();
-  core.OnOpen(1, "127.0.0.1:1", true);
-  core.OnOpen(2, "127.0.0.1:2", true);
-  core.OnOpen(3, "127.0.0.1:3", true);
-  EXPECT_EQ(down.sockets[3].close_code, 1013);
-  core.OnClose(2);  // a stranger leaves: room for one more
-  core.OnOpen(4, "127.0.0.1:4", true);
-  EXPECT_FALSE(down.sockets[4].closed);
-  core.OnOpen(5, "127.0.0.1:5", true);
-  EXPECT_EQ(down.sockets[5].close_code, 1013);
+TEST_F(EdgeCoreTest, PendingHandshakesHaveABudget) {
+  options_.max_pending_handshakes = 2;
+  Rebuild();
+  for (uint64_t s = 1; s <= 3; ++s) core_->OnOpen(s, "127.0.0.1:1", true);
+  EXPECT_EQ(down_.sockets[3].close_code, 1013);
+  core_->OnClose(2);  // a stranger leaves: room for one more
+  core_->OnOpen(4, "127.0.0.1:4", true);
+  EXPECT_FALSE(down_.sockets[4].closed);
+  core_->OnOpen(5, "127.0.0.1:5", true);
+  EXPECT_EQ(down_.sockets[5].close_code, 1013);
 }
 
 TEST_F(EdgeCoreTest, SocketsPastHelloDoNotCountAgainstTheHandshakeBudget) {
   options_.max_pending_handshakes = 1;
-  core_ = std::make_unique<EdgeCore>(options_, down_, link_, clock_);
-  core_->OnLinkUp();
+  Rebuild();
   auto opened = Connect(1, identity_);
   Grant(opened, 1);                       // live: no longer a pending handshake
   core_->OnOpen(2, "127.0.0.1:2", true);  // the one pending slot
