@@ -348,9 +348,11 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
     ticket.waiter_id = next_waiter_id_++;
     waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base, deadline});
   }
-  auto drop_waiter = [&]() {
+  // Takes this call's waiter back; false when someone else already answered it (the waiter
+  // expiry of a tick that ran between the decision and here): `done` must then not run again.
+  auto take_waiter = [&]() {
     absl::MutexLock lock(&mu_);
-    waiters_.erase(start.invoke_id);
+    return waiters_.erase(start.invoke_id) > 0;
   };
 
   // A join can lose a race with the joined invoke's end; then the next try replays it or
@@ -375,13 +377,14 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       }
       case InvokeStartResult::Kind::kFailed:
       case InvokeStartResult::Kind::kReplayed: {
-        drop_waiter();
+        const bool mine = take_waiter();
         InvokeResult result = base;
         result.outcome = r.outcome;
         result.replayed = r.kind == InvokeStartResult::Kind::kReplayed;
         result.invoke_id = result.replayed ? r.dispatch.invoke_id : "";
-        if (!result.replayed) stats_.invokes[static_cast<int>(result.outcome.code)].Add();
         Apply(effects);
+        if (!mine) return InvokeTicket{};  // answered already, exactly once
+        if (!result.replayed) stats_.invokes[static_cast<int>(result.outcome.code)].Add();
         done(result);
         return InvokeTicket{};
       }
@@ -390,6 +393,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         auto joined = waiters_.find(r.dispatch.invoke_id);
         if (joined == waiters_.end()) break;  // it just ended: try again (replay)
         auto mine = waiters_.find(start.invoke_id);
+        if (mine == waiters_.end()) return InvokeTicket{};  // answered already (expired)
         Waiter w = std::move(mine->second.front());
         w.base.effective_timeout_ms = r.dispatch.timeout_ms;
         if (r.dispatch.deadline_ms > 0) w.deadline_ms = r.dispatch.deadline_ms;
@@ -399,7 +403,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       }
     }
   }
-  drop_waiter();
+  if (!take_waiter()) return InvokeTicket{};
   InvokeResult result = base;
   result.outcome = Failure(InvokeCode::kDisconnected, "invoke could not be joined; retry");
   done(result);

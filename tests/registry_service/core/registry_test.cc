@@ -2,6 +2,8 @@
 // it was decided, whatever thread made each decision and however slow the stream is.
 #include "registry_service/core/registry.h"
 
+#include <atomic>
+#include <chrono>
 #include <functional>
 #include <set>
 #include <string>
@@ -98,6 +100,35 @@ TEST(RegistryOutbox, ConcurrentDecisionsKeepPerConnectionOrder) {
       EXPECT_EQ(retired.count(conn), 0u) << "invoke to " << conn << " after its retirement";
     }
   }
+}
+
+// The waiter expiry of a tick (a caller still waiting a second past its deadline gets TIMEOUT)
+// can run between an invoke's decision and the moment Invoke answers its own caller (a store
+// slow enough that the deadline passed meanwhile: Redis under a storm). `done` must still run
+// exactly once: twice is two Finish calls on one gRPC reactor, which aborts the registry (seen
+// in the storm benchmark on Redis).
+TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
+  RegistryHarness h;
+  h.Attach("edgeA");
+  constexpr int kCalls = 20000;
+  std::vector<std::atomic<int>> answered(kCalls);
+  std::atomic<bool> stop{false};
+  std::thread timer([&] {
+    while (!stop.load()) {
+      h.clock().Advance(5000);  // every waiter is past its deadline + slack at once
+      h.registry().Tick();
+    }
+  });
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  int calls = 0;
+  for (; calls < kCalls && std::chrono::steady_clock::now() < give_up; ++calls) {
+    InvokeParams p = Params("nobody-" + std::to_string(calls % 7));  // not connected: kFailed
+    p.timeout_ms = 1;
+    h.registry().Invoke(p, [&answered, calls](const InvokeResult&) { answered[calls]++; });
+  }
+  stop = true;
+  timer.join();
+  for (int i = 0; i < calls; ++i) ASSERT_EQ(answered[i].load(), 1) << "call " << i;
 }
 
 }  // namespace
