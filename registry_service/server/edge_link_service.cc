@@ -146,8 +146,12 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
       case v1::EdgeMessage::kHeartbeat: {
         absl::Status s = registry_.Heartbeat(edge_id_, epoch_);
         // A lapsed lease means the registry already dropped this edge's connections: the
-        // edge must attach again and resync.
-        if (!s.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+        // edge must attach again and resync. A store that did not answer this once (busy,
+        // unreachable) is no reason to drop the stream: the next renewal tries again, and a
+        // dropped stream would cost a reattach and a resync on top of the load.
+        if (absl::IsFailedPrecondition(s)) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+        }
         return grpc::Status::OK;
       }
       case v1::EdgeMessage::kDrain: {

@@ -218,7 +218,7 @@ absl::StatusOr<RedisValue> RedisClient::CommandLocked(const std::vector<std::str
     // I/O error or timeout: the connection is unusable (a late reply would be misread).
     std::string why = context_->errstr;
     DropConnectionLocked();
-    if (absl::Now() - start >= options_.command_timeout * 0.9) {
+    if (absl::Now() - start >= timeout_ * 0.9) {
       // A timeout, not a closed connection: Redis (or the way to it) is stuck; back off.
       retry_after_ = absl::Now() + options_.reconnect_backoff;
       last_error_ = "timed out: " + why;
@@ -243,6 +243,18 @@ absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::
   absl::MutexLock lock(&mu_);
   if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
   return EvalLocked(handle, args);
+}
+
+absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::string>& args,
+                                             absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
+  redisSetTimeout(context_, absl::ToTimeval(timeout));
+  timeout_ = timeout;
+  auto r = EvalLocked(handle, args);
+  timeout_ = options_.command_timeout;
+  if (context_ != nullptr) redisSetTimeout(context_, absl::ToTimeval(options_.command_timeout));
+  return r;
 }
 
 absl::StatusOr<RedisValue> RedisClient::EvalLocked(int handle,

@@ -89,6 +89,11 @@ class RedisClient {
   // Runs script `handle` with no KEYS and `args` as ARGV.
   absl::StatusOr<RedisValue> Eval(int handle, const std::vector<std::string>& args)
       ABSL_LOCKS_EXCLUDED(mu_);
+  // The same with its own command timeout, for the few scripts whose work grows with the fleet
+  // (an edge's resync of all its connections) where the fail-fast timeout would fail them
+  // every time (and the edge would resync again and again).
+  absl::StatusOr<RedisValue> Eval(int handle, const std::vector<std::string>& args,
+                                  absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Script {
@@ -107,6 +112,7 @@ class RedisClient {
   const RedisClientOptions options_;
   absl::Mutex mu_;
   redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // owned; null when disconnected
+  absl::Duration timeout_ ABSL_GUARDED_BY(mu_) = options_.command_timeout;  // of the command now
   std::vector<Script> scripts_ ABSL_GUARDED_BY(mu_);
   absl::Time retry_after_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
   std::string last_error_ ABSL_GUARDED_BY(mu_);

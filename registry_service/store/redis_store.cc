@@ -959,6 +959,8 @@ absl::Status RedisStore::Connect() {
   return absl::OkStatus();
 }
 
+constexpr absl::Duration kResyncTimeout = absl::Seconds(30);
+
 absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_ms,
                                                         const std::vector<std::string>& args,
                                                         Effects* effects) {
@@ -968,7 +970,8 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_
 absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, int handle,
                                                           int64_t now_ms,
                                                           const std::vector<std::string>& args,
-                                                          Effects* effects) {
+                                                          Effects* effects,
+                                                          absl::Duration timeout) {
   std::vector<std::string> argv = {
       prefix_,
       absl::StrCat(now_ms),
@@ -982,7 +985,8 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, i
       absl::StrCat(options_.pairing_request_ttl_ms),
   };
   argv.insert(argv.end(), args.begin(), args.end());
-  auto reply = client.Eval(handle, argv);
+  auto reply = timeout > absl::ZeroDuration() ? client.Eval(handle, argv, timeout)
+                                              : client.Eval(handle, argv);
   if (!reply.ok()) return reply.status();
   if (reply->type != RedisValue::Type::kArray || reply->elements.size() != 2 ||
       reply->elements[0].type != RedisValue::Type::kArray || reply->elements[0].elements.empty()) {
@@ -1042,7 +1046,9 @@ absl::StatusOr<ResyncResult> RedisStore::Resync(const std::string& edge_id,
                     EncodeList(l.spec.client.commands), l.spec.remote_addr,
                     absl::StrCat(l.generation), l.superseded ? "1" : "0"}));
   }
-  auto r = Run(resync_, now_ms, args, effects);
+  // Its work grows with the edge's connections (thousands after a storm): the fail-fast
+  // timeout would fail it every time, and the edge would resync again and again.
+  auto r = RunOn(*client_, resync_, now_ms, args, effects, kResyncTimeout);
   if (!r.ok()) return r.status();
   ResyncResult result;
   if (r->size() >= 2) {

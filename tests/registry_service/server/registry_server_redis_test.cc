@@ -133,6 +133,27 @@ TEST(RegistryServerRedisTest, UnreachableRedisFailsRpcsFastWithUnavailable) {
   server.Shutdown();
 }
 
+// A heartbeat the store could not record (Redis down for a moment) does not end the edge's
+// stream: dropping it would cost a reattach and a whole resync on top of whatever made the
+// store slow. Only a lease that is gone ends it.
+TEST(RegistryServerRedisTest, HeartbeatsDuringARedisOutageKeepTheStream) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  RegistryServer server(Options((*redis)->url()));
+  auto port = server.Start();
+  ASSERT_TRUE(port.ok()) << port.status();
+  FakeEdge edge("127.0.0.1:" + std::to_string(*port), "edgeA");
+  ASSERT_TRUE(edge.Attach().has_value());
+  (*redis)->Kill();
+  v1::EdgeMessage heartbeat;
+  heartbeat.mutable_heartbeat();
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(edge.Send(heartbeat));
+    EXPECT_FALSE(edge.WaitClosed(absl::Milliseconds(400))) << "stream ended on heartbeat " << i;
+  }
+  server.Shutdown();
+}
+
 TEST(RegistryServerRedisTest, BadUrlOrUnreachableRedisFailsStart) {
   RegistryServer bad(Options("redis://127.0.0.1:notaport"));
   EXPECT_EQ(bad.Start().status().code(), absl::StatusCode::kInvalidArgument);

@@ -224,6 +224,32 @@ TEST_F(RedisStoreTest, ReconnectsAfterTheConnectionWasDropped) {
   EXPECT_THAT(store->RenewLease("A", "e1", kNow), IsOk());
 }
 
+// A script whose work grows with the fleet (an edge's resync) gets a timeout of its own: the
+// fail-fast one would fail it every time and the edge would resync again and again.
+TEST_F(RedisStoreTest, AScriptMayBeGivenItsOwnTimeout) {
+  RedisClientOptions o = server_->ClientOptions();
+  o.command_timeout = absl::Milliseconds(300);
+  o.reconnect_backoff = absl::ZeroDuration();
+  RedisClient client(o);
+  // Busy for about 600 ms of the server's own clock.
+  const int slow = client.AddScript(R"lua(
+local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat
+  t = redis.call('TIME')
+until t[1] * 1000000 + t[2] - start > 600000
+return 1
+)lua");
+  ASSERT_THAT(client.Connect(), IsOk());
+  EXPECT_FALSE(client.Eval(slow, {}).ok());  // over the 300 ms fail-fast timeout
+  absl::SleepFor(absl::Milliseconds(700));   // let the first run end inside Redis
+  auto r = client.Eval(slow, {}, absl::Seconds(10));
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->AsInt(), 1);
+  // And the fail-fast timeout applies again afterwards.
+  EXPECT_FALSE(client.Eval(slow, {}).ok());
+}
+
 TEST_F(RedisStoreTest, ScriptsAreReloadedAfterTheServerForgotThem) {
   StoreOptions o;
   o.auto_approve_all = true;
