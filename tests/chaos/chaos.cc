@@ -138,9 +138,10 @@ int64_t SelfRss() {
 
 class Journal {
  public:
-  void Add(const std::string& subject, std::string text) {
+  void Add(const std::string& subject, std::string text) { AddAt(subject, Ms(), std::move(text)); }
+  void AddAt(const std::string& subject, int64_t ms, std::string text) {
     absl::MutexLock lock(&mu_);
-    entries_[subject].push_back({Ms(), std::move(text)});
+    entries_[subject].push_back({ms, std::move(text)});
   }
   void Fault(std::string text) {
     Say("FAULT " + text);
@@ -150,6 +151,8 @@ class Journal {
   std::string Timeline(const std::string& subject) {
     absl::MutexLock lock(&mu_);
     std::string out;
+    std::stable_sort(entries_[subject].begin(), entries_[subject].end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
     for (const auto& [t, text] : entries_[subject]) {
       absl::StrAppendFormat(&out, "      %9.3f %s: %s\n", t / 1000.0, subject, text);
     }
@@ -251,6 +254,7 @@ struct Sock {
   int64_t close_at_ms = -1;  // an old socket we close late (-1: left for the edge)
   bool paused = false;
   int64_t resume_at_ms = -1;
+  std::vector<std::pair<int64_t, int64_t>> pauses;  // [from, to] it did not read (to -1: still)
 };
 
 struct Delivery {
@@ -518,6 +522,7 @@ class Fleet {
       Sock& s = socks_[serial];
       if (s.paused && (now >= s.resume_at_ms || quiesce_)) {
         s.paused = false;
+        s.pauses.back().second = now;
         s.client->ResumeReading();
         journal_.Add(NodeSubject(s.node), absl::StrCat("socket #", serial, " reading again"));
       }
@@ -560,6 +565,7 @@ class Fleet {
         ++actions_["close"];
       } else if (r < 0.85 && !cur->paused) {
         cur->paused = true;
+        cur->pauses.push_back({now, -1});
         cur->resume_at_ms = now + 1000 + static_cast<int64_t>(6000 * u(rng_));
         journal_.Add(NodeSubject(i), absl::StrCat("socket #", cur->serial, " silent until ",
                                                   cur->resume_at_ms / 1000.0));
@@ -926,9 +932,11 @@ class Soak {
       p->Kill();
     }
   }
+  // In the order they are stopped: the edges first, Redis last.
   std::vector<Proc*> AllProcs() {
-    std::vector<Proc*> out = {&redis_, &registry_, &nginx_};
+    std::vector<Proc*> out;
     for (auto& e : edges_) out.push_back(&e);
+    for (Proc* p : {&nginx_, &registry_, &redis_}) out.push_back(p);
     return out;
   }
 
@@ -1384,6 +1392,19 @@ void Soak::Check() {
   // 4. The watcher's view replayed must equal the registry's list.
   const std::vector<SeenEvent> seen = watcher_->events();
   {
+    std::map<std::string, int> index;
+    for (int i = 0; i < fleet_->size(); ++i) index[fleet_->node_id(i)] = i;
+    for (const SeenEvent& s : seen) {
+      auto it = index.find(s.e.node_id());
+      if (it == index.end()) continue;
+      journal_.AddAt(NodeSubject(it->second), s.ms,
+                     absl::StrCat("watcher: revision ", s.e.revision(), " ",
+                                  v1::PresenceEvent::Kind_Name(s.e.kind()), " conn=", s.e.conn_id(),
+                                  " edge=", s.e.edge_id(), " generation=", s.e.generation(),
+                                  s.e.reason().empty() ? "" : " reason=" + s.e.reason()));
+    }
+  }
+  {
     std::map<std::string, std::string> state;  // node id -> conn id
     for (const SeenEvent& s : seen) {
       if (s.e.kind() == v1::PresenceEvent::DISCONNECTED) {
@@ -1405,11 +1426,14 @@ void Soak::Check() {
     }
   }
 
-  // 5. No false disconnect: a DISCONNECTED for a connection whose socket stayed open (still open
-  // now, or closed only by the edge carrying out that very decision: code 1012 with the same
-  // reason). Exempt: reason edge_lost within [start, end + lease + 5 s] of a long outage (the
-  // edge stopped or partitioned, or the registry stopped/killed, for more than lease - heartbeat,
-  // so the lease lapsed by design).
+  // 5. No false disconnect: a DISCONNECTED (seen by the watcher at t) for a connection whose
+  // socket stayed open throughout: ready before t, not closed by t + 2 s (this process sees a
+  // close on loopback at once) unless the edge closed it carrying out that very decision (code
+  // 1012 with the same reason), and reading all along (a silent socket may have been dropped by
+  // the edge's ping timeout, a close this process sees only when it reads again).
+  // Exempt: reason edge_lost within [start, end + lease + 5 s] of a long outage (an edge stopped,
+  // the link cut or stalled, the registry stopped or killed, for longer than the lease, so the
+  // lease lapsed by design); for an edge stop only that edge's connections.
   fleet_->Inspect([&](const std::map<uint64_t, Sock>& socks,
                       const std::unordered_map<std::string, uint64_t>& by_conn) {
     for (const SeenEvent& s : seen) {
@@ -1417,10 +1441,15 @@ void Soak::Check() {
       auto it = by_conn.find(s.e.conn_id());
       if (it == by_conn.end()) continue;  // a socket that never saw hello-ok: it did not stay open
       const Sock& sock = socks.at(it->second);
-      const bool open_now = sock.closed_ms < 0;
       const bool closed_for_it = !sock.close.closed_by_client && sock.close.code == 1012 &&
                                  sock.close.reason == s.e.reason();
-      if (!open_now && !closed_for_it) continue;
+      const bool open_after = sock.closed_ms < 0 || sock.closed_ms > s.ms + 2000;
+      bool reading = true;
+      for (const auto& [from, to] : sock.pauses) {
+        if (from <= s.ms + 2000 && (to < 0 || to >= s.ms - 8000)) reading = false;
+      }
+      if (sock.ready_ms < 0 || sock.ready_ms > s.ms || !(open_after || closed_for_it) || !reading)
+        continue;
       bool exempt = false;
       for (const Fault& f : done_faults_) {
         if (!f.long_outage || s.e.reason() != "edge_lost") continue;
@@ -1433,8 +1462,11 @@ void Soak::Check() {
       }
       Add("false_disconnect",
           absl::StrCat("node ", sock.node, " conn ", s.e.conn_id(), " DISCONNECTED (", s.e.reason(),
-                       ", revision ", s.e.revision(), ") at ", s.ms / 1000.0, " s but its socket ",
-                       open_now ? "is still open" : "was open until the edge closed it for that"),
+                       ", revision ", s.e.revision(), ") seen at ", s.ms / 1000.0,
+                       " s but its socket ",
+                       sock.closed_ms < 0 ? "is still open"
+                       : closed_for_it    ? "was open until the edge closed it for that"
+                                          : "stayed open"),
           {NodeSubject(sock.node)});
     }
   });
