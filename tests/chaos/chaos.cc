@@ -900,9 +900,10 @@ std::vector<Fault> Schedule(uint64_t seed, const std::vector<std::string>& kinds
     f.edge = static_cast<int>(u(rng) * kEdges) % kEdges;
     const bool can_be_long = f.kind != "edge_kill";
     f.long_outage = can_be_long && u(rng) < 0.2;
-    // Short outages stay well below the lease (nothing may lapse); long ones exceed it.
+    // Short outages stay well below the lease (0.3 s .. 0.3 x lease: nothing may lapse, even
+    // with a restart, a reconnect and a heartbeat interval on top); long ones exceed it.
     f.duration_ms = f.long_outage ? lease_ms + 500 + static_cast<int64_t>(1500 * u(rng))
-                                  : 300 + static_cast<int64_t>(1700 * u(rng));
+                                  : 300 + static_cast<int64_t>((0.3 * lease_ms - 300) * u(rng));
     out.push_back(f);
   }
   return out;
@@ -1431,9 +1432,9 @@ void Soak::Check() {
   // close on loopback at once) unless the edge closed it carrying out that very decision (code
   // 1012 with the same reason), and reading all along (a silent socket may have been dropped by
   // the edge's ping timeout, a close this process sees only when it reads again).
-  // Exempt: reason edge_lost within [start, end + lease + 5 s] of a long outage (an edge stopped,
-  // the link cut or stalled, the registry stopped or killed, for longer than the lease, so the
-  // lease lapsed by design); for an edge stop only that edge's connections.
+  // Exempt: reason edge_lost seen within [start, end + heartbeat + 2 s] of a long outage (an edge
+  // stopped, the link cut or stalled, the registry stopped or killed, for longer than the lease,
+  // so the lease lapsed by design); for an edge stop only that edge's connections.
   fleet_->Inspect([&](const std::map<uint64_t, Sock>& socks,
                       const std::unordered_map<std::string, uint64_t>& by_conn) {
     for (const SeenEvent& s : seen) {
@@ -1454,7 +1455,7 @@ void Soak::Check() {
       for (const Fault& f : done_faults_) {
         if (!f.long_outage || s.e.reason() != "edge_lost") continue;
         if (f.kind == "edge_stop" && s.e.edge_id() != absl::StrCat("edge", f.edge)) continue;
-        if (s.ms >= f.start_ms && s.ms <= f.end_ms + lease_ms_ + 5000) exempt = true;
+        if (s.ms >= f.start_ms && s.ms <= f.end_ms + heartbeat_ms_ + 2000) exempt = true;
       }
       if (exempt) {
         ++exempt_disconnects_;
