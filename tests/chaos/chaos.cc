@@ -251,7 +251,8 @@ struct Sock {
   int64_t ready_ms = -1;
   int64_t closed_ms = -1;  // when this process saw it close (late while paused)
   CloseInfo close;
-  int64_t close_at_ms = -1;  // an old socket we close late (-1: left for the edge)
+  int64_t close_at_ms = -1;         // an old socket we close late (-1: left for the edge)
+  int64_t close_requested_ms = -1;  // when this process asked to close it
   bool paused = false;
   int64_t resume_at_ms = -1;
   std::vector<std::pair<int64_t, int64_t>> pauses;  // [from, to] it did not read (to -1: still)
@@ -530,6 +531,7 @@ class Fleet {
         s.close_at_ms = -1;
         journal_.Add(NodeSubject(s.node),
                      absl::StrCat("socket #", serial, " closing late (old socket)"));
+        s.close_requested_ms = now;
         (void)s.client->Close(1000, "");
       }
     }
@@ -561,6 +563,7 @@ class Fleet {
         ++actions_["reconnect, old open"];
       } else if (r < 0.65) {
         journal_.Add(NodeSubject(i), absl::StrCat("socket #", cur->serial, " closing (churn)"));
+        cur->close_requested_ms = now;
         (void)cur->client->Close(1000, "");
         ++actions_["close"];
       } else if (r < 0.85 && !cur->paused) {
@@ -912,6 +915,45 @@ std::vector<Fault> Schedule(uint64_t seed, const std::vector<std::string>& kinds
 // ---------------------------------------------------------------------------------------------
 // The soak.
 
+// How late this process's threads wake (the fleet, driver and watcher share it): a sleeping
+// thread that oversleeps by L ms means everything here was starved for about L ms. Recorded so
+// a late invoke can be told apart from a slow driver.
+class LagProbe {
+ public:
+  LagProbe() {
+    thread_ = std::thread([this] {
+      while (!stop_) {
+        const int64_t before = Ms();
+        SleepMs(10);
+        const int64_t lag = Ms() - before - 10;
+        if (lag > 50) {
+          absl::MutexLock lock(&mu_);
+          lags_.push_back({before, lag});
+        }
+      }
+    });
+  }
+  ~LagProbe() {
+    stop_ = true;
+    thread_.join();
+  }
+  // The largest lag of a wake-up in [from, to].
+  int64_t MaxLag(int64_t from, int64_t to) {
+    absl::MutexLock lock(&mu_);
+    int64_t m = 0;
+    for (const auto& [t, lag] : lags_) {
+      if (t + lag >= from && t <= to) m = std::max(m, lag);
+    }
+    return m;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  absl::Mutex mu_;
+  std::vector<std::pair<int64_t, int64_t>> lags_ ABSL_GUARDED_BY(mu_);
+};
+
 class Soak {
  public:
   int Run();
@@ -947,6 +989,7 @@ class Soak {
   std::string work_;
   std::string bin_;
   Journal journal_;
+  LagProbe lag_;
   Proc redis_, registry_, nginx_;
   std::vector<Proc> edges_ = std::vector<Proc>(kEdges);
   int registry_port_ = 0;
@@ -1272,7 +1315,9 @@ void Soak::Check() {
           absl::StrCat("invoke ", r.n, " ended ", r.outcome, " with the registry up"), subjects);
     if (late)
       Add("invoke_late",
-          absl::StrCat("invoke ", r.n, " took ", took, " ms, timeout ", r.timeout_ms, " ms"),
+          absl::StrCat("invoke ", r.n, " took ", took, " ms, timeout ", r.timeout_ms,
+                       " ms (this process's worst wake-up lag meanwhile: ",
+                       lag_.MaxLag(r.start_ms, r.end_ms), " ms)"),
           subjects);
     if (r.outcome == "OK") {
       const json p = json::parse(r.payload, nullptr, false);
@@ -1449,7 +1494,10 @@ void Soak::Check() {
       for (const auto& [from, to] : sock.pauses) {
         if (from <= s.ms + 2000 && (to < 0 || to >= s.ms - 8000)) reading = false;
       }
-      if (sock.ready_ms < 0 || sock.ready_ms > s.ms || !(open_after || closed_for_it) || !reading)
+      // The node asked to close it (its close completes when the edge answers): not open.
+      const bool closing = sock.close_requested_ms >= 0 && sock.close_requested_ms <= s.ms;
+      if (sock.ready_ms < 0 || sock.ready_ms > s.ms || !(open_after || closed_for_it) || !reading ||
+          closing)
         continue;
       bool exempt = false;
       for (const Fault& f : done_faults_) {
