@@ -2,7 +2,8 @@
 # Installs what is missing, builds everything and runs every test:
 #   1. bazel test //...            unit, property, server, end-to-end, deploy and smoke tests
 #   2. the core tests again under AddressSanitizer and ThreadSanitizer
-#   3. clang-format check; libFuzzer on the frame decoder and the handshake, bounded in time
+#   3. clang-format check; libFuzzer on the frame decoder and the handshake, bounded in time;
+#      the chaos soak, 60 s with seed 1 (tests/chaos/run.sh)
 #   4. interop with the real OpenClaw node host, over ws:// and wss:// (npm packages; skipped
 #      only if the npm registry is unreachable)
 # Ends with one line "N passed, N failed"; exits non-zero when anything failed.
@@ -63,6 +64,8 @@ if command -v clang-format >/dev/null 2>&1 && git rev-parse --git-dir >/dev/null
   one_test "clang-format" format_check
 fi
 one_test "libFuzzer run" tests/ws_edge/protocol/fuzz/run_libfuzzer.sh 20
+# Real processes under faults (kill -9, SIGSTOP, EdgeLink cut/stall); see tests/chaos/README.md.
+one_test "chaos soak (60 s)" tests/chaos/run.sh --seconds 60 --seed 1
 # Exit 77 means the npm registry could not be reached.
 one_test "OpenClaw interop" tests/interop/openclaw_node_test.sh
 one_test "OpenClaw interop over wss" tests/interop/openclaw_wss_test.sh

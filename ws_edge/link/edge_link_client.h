@@ -30,6 +30,8 @@ struct LinkOptions {
   std::string key_pem;
   std::string tls_server_name;  // overrides the name checked in the registry's certificate
   int64_t backoff_initial_ms = 200;
+  // Capped at half the heartbeat interval of the last attach ack (see Supervise), so a link
+  // that comes back well within the lease re-attaches before the lease lapses.
   int64_t backoff_max_ms = 5'000;
 };
 
