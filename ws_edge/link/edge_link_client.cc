@@ -253,9 +253,11 @@ void EdgeLinkClient::OnStreamDone(Stream* stream) {
   }
   // A refusal (FAILED_PRECONDITION "edge id in use", UNAUTHENTICATED, ...) must be visible to
   // the operator: the edge keeps retrying with backoff and would otherwise look merely idle.
+  // So is why an attached stream ended (transport gone, keepalive timeout, our own cancel on
+  // overflow): a storm that keeps dropping links is otherwise undiagnosable from the logs.
   const grpc::Status& status = stream->status();
-  if (!status.ok() && status.error_code() != grpc::StatusCode::UNAVAILABLE &&
-      status.error_code() != grpc::StatusCode::CANCELLED) {
+  if (!status.ok() && (was_attached || (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                                        status.error_code() != grpc::StatusCode::CANCELLED))) {
     common::Log(common::LogLevel::kWarn, "registry_link_ended",
                 {{"code", std::to_string(static_cast<int>(status.error_code()))},
                  {"message", status.error_message()},
