@@ -14,6 +14,23 @@ namespace {
 
 constexpr size_t kPumpBatch = 4096;
 
+// FNV-1a, 64 bits: stable across processes and restarts (the scope is part of keys kept in
+// Redis and shared by replicas), which absl::Hash is not.
+uint64_t StableHash(absl::string_view text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// What a caller's idempotency key is scoped to: the caller, the command and the params.
+std::string IdempotencyScope(const InvokeParams& p) {
+  return absl::StrCat(absl::Hex(StableHash(p.caller)), ":", p.command, ":",
+                      absl::Hex(StableHash(p.params_json)), ":");
+}
+
 }  // namespace
 
 Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptions& options)
@@ -336,7 +353,9 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
   start.node_id = params.node_id;
   start.command = params.command;
   start.params_json = params.params_json;
-  start.idempotency_key = base.idempotency_key;
+  start.idempotency_key = params.idempotency_key.empty()
+                              ? base.idempotency_key
+                              : IdempotencyScope(params) + base.idempotency_key;
   start.remember_outcome = !params.idempotency_key.empty();
   start.timeout_ms = timeout;
   start.deadline_ms = deadline;
@@ -364,8 +383,11 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       Decision decision(*this, &effects);
       r = store_.StartInvoke(start, now, &effects);
       // Queued before any later decision (a supersede, the expiry's cancel) can queue its own.
+      // The node sees the caller's own key, not the scope the store matches it in.
+      Dispatch to_node = r.dispatch;
+      to_node.idempotency_key = base.idempotency_key;
       if (r.kind == InvokeStartResult::Kind::kDispatched &&
-          !decision.SendInvoke(r.dispatch, std::max<int64_t>(deadline - now, 1))) {
+          !decision.SendInvoke(to_node, std::max<int64_t>(deadline - now, 1))) {
         store_.FailInvoke(r.dispatch.invoke_id, "", "",
                           Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
       }

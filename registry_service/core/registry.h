@@ -90,6 +90,10 @@ struct InvokeParams {
   std::string params_json;      // empty: no params; else a JSON text of at most max_params_bytes
   int64_t timeout_ms = 0;       // 0: default; clamped to the cap; < 0: INVALID
   std::string idempotency_key;  // generated when empty
+  // Who is calling (the API token's identity; empty in development mode). A caller's key only
+  // ever joins or replays that caller's own call of the same command with the same params:
+  // reused by someone else, or for another request, it is another call.
+  std::string caller;
   // Time the caller has left (its gRPC deadline minus now, at the call); -1: no deadline.
   // Relative, so a wall-clock step between caller and registry cannot move it.
   int64_t caller_remaining_ms = -1;

@@ -84,7 +84,8 @@ absl::Status ApiAuth::Reload() {
   return absl::OkStatus();
 }
 
-grpc::Status ApiAuth::Authorize(const grpc::ServerContextBase& ctx, Scope needed) const {
+grpc::Status ApiAuth::Authorize(const grpc::ServerContextBase& ctx, Scope needed,
+                                std::string* caller) const {
   if (open_) return grpc::Status::OK;
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
@@ -104,7 +105,10 @@ grpc::Status ApiAuth::Authorize(const grpc::ServerContextBase& ctx, Scope needed
     return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "unknown API token");
   }
   const unsigned have = grant->second.scopes;
-  if ((have & Bit(Scope::kAdmin)) != 0 || (have & Bit(needed)) != 0) return grpc::Status::OK;
+  if ((have & Bit(Scope::kAdmin)) != 0 || (have & Bit(needed)) != 0) {
+    if (caller != nullptr) *caller = digest;
+    return grpc::Status::OK;
+  }
   return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
                       std::string("this call needs the '") + ScopeName(needed) + "' scope");
 }

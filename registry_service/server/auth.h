@@ -29,8 +29,9 @@ class ApiAuth {
 
   absl::Status Reload() ABSL_LOCKS_EXCLUDED(mu_);
   // OK, UNAUTHENTICATED (no or unknown token) or PERMISSION_DENIED (naming the scope needed).
-  grpc::Status Authorize(const grpc::ServerContextBase& ctx, Scope needed) const
-      ABSL_LOCKS_EXCLUDED(mu_);
+  // `caller`, if set, receives who is calling: the token's digest (empty in development mode).
+  grpc::Status Authorize(const grpc::ServerContextBase& ctx, Scope needed,
+                         std::string* caller = nullptr) const ABSL_LOCKS_EXCLUDED(mu_);
   bool open() const { return open_; }
 
  private:

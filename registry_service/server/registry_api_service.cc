@@ -23,9 +23,10 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
 class InvokeReactor final : public grpc::ServerUnaryReactor {
  public:
   InvokeReactor(Registry& registry, grpc::CallbackServerContext* ctx,
-                const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp)
+                const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp, std::string caller)
       : registry_(registry), ctx_(ctx), resp_(resp) {
     InvokeParams p;
+    p.caller = std::move(caller);
     p.node_id = req->node_id();
     p.command = req->command();
     p.params_json = req->params_json();
@@ -181,9 +182,12 @@ grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerContext* ctx,
                                                          const v1::InvokeNodeRequest* req,
                                                          v1::InvokeNodeResponse* resp) {
-  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kWrite); !a.ok()) return Done(ctx, a);
+  std::string caller;
+  if (grpc::Status a = auth_.Authorize(*ctx, Scope::kWrite, &caller); !a.ok()) {
+    return Done(ctx, a);
+  }
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  return new InvokeReactor(registry_, ctx, req, resp);
+  return new InvokeReactor(registry_, ctx, req, resp, std::move(caller));
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,

@@ -334,6 +334,39 @@ TEST_P(Invokes, IdempotencyKeyJoinsThenReplays) {
   EXPECT_FALSE(h.results().count("fourth"));
 }
 
+// A key joins or replays only the same caller's call of the same command with the same params:
+// reused by another caller, or for another request, it is another call (it used to join or
+// replay someone else's result).
+TEST_P(Invokes, IdempotencyKeysAreScopedByCallerCommandAndParams) {
+  RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
+  h.Attach("edgeA");
+  h.Register("c1", "n1");
+  auto call = [&](const std::string& caller, const std::string& command,
+                  const std::string& params) {
+    InvokeParams p;
+    p.node_id = "n1";
+    p.command = command;
+    p.params_json = params;
+    p.timeout_ms = 5000;
+    p.idempotency_key = "shared-key";
+    p.caller = caller;
+    return h.registry().Invoke(p, [](const InvokeResult&) {});
+  };
+  auto a = call("alice", "system.which", R"({"bins":["sh"]})");
+  auto again = call("alice", "system.which", R"({"bins":["sh"]})");
+  EXPECT_EQ(again.invoke_id, a.invoke_id);  // the same call: joined
+  auto bob = call("bob", "system.which", R"({"bins":["sh"]})");
+  auto other_command = call("alice", "system.run", R"({"bins":["sh"]})");
+  auto other_params = call("alice", "system.which", R"({"bins":["ls"]})");
+  EXPECT_NE(bob.invoke_id, a.invoke_id);
+  EXPECT_NE(other_command.invoke_id, a.invoke_id);
+  EXPECT_NE(other_params.invoke_id, a.invoke_id);
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 4u);
+  for (const auto& d : h.Sink("edgeA").invokes()) {
+    EXPECT_EQ(d.idempotency_key, "shared-key");  // the node sees the caller's own key
+  }
+}
+
 TEST_P(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
   RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
