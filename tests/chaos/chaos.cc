@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -64,7 +65,8 @@ ABSL_FLAG(std::string, faults,
 ABSL_FLAG(int64_t, lease_ttl_ms, 5000, "the registry's edge lease");
 ABSL_FLAG(int64_t, superseded_grace_ms, 2000, "the registry's grace for superseded sockets");
 ABSL_FLAG(std::string, bin_dir, "bazel-bin", "where registry_service and ws_edge are built");
-ABSL_FLAG(std::string, work_dir, "/tmp/tether-chaos", "logs of every process");
+ABSL_FLAG(std::string, work_dir, "",
+          "logs of every process (required; tests/chaos/run.sh makes a fresh one)");
 ABSL_FLAG(double, rss_factor, 1.5, "end RSS must be <= factor * warm RSS + rss_slack_mb");
 ABSL_FLAG(int64_t, rss_slack_mb, 48, "see --rss_factor");
 ABSL_FLAG(int, max_timelines, 5, "timelines printed per violation kind");
@@ -1039,8 +1041,21 @@ absl::Status Soak::StartEdge(int i) {
       absl::StrCat(e.name, " did not attach to the registry\n", e.child->LogTail()));
 }
 
+// The first executable `name` on PATH, as the shell would run it; `name` itself if none (the
+// start then fails with a message naming it).
+std::string FindOnPath(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  for (absl::string_view dir :
+       absl::StrSplit(path != nullptr ? path : "", ':', absl::SkipEmpty())) {
+    std::string candidate = absl::StrCat(dir, "/", name);
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
+  }
+  return name;
+}
+
 absl::Status Soak::Setup() {
   work_ = absl::GetFlag(FLAGS_work_dir);
+  if (work_.empty()) return absl::InvalidArgumentError("--work_dir is required");
   bin_ = absl::GetFlag(FLAGS_bin_dir);
   std::system(absl::StrCat("rm -rf '", work_, "' && mkdir -p '", work_, "/nginx'").c_str());
   std::ofstream(work_ + "/api-tokens") << kAdminToken << " admin chaos\n";
@@ -1048,7 +1063,7 @@ absl::Status Soak::Setup() {
 
   const int redis_port = FreePort();
   redis_.name = "redis";
-  redis_.options.binary = "/usr/bin/redis-server";
+  redis_.options.binary = FindOnPath("redis-server");
   redis_.options.args = {"--port",       std::to_string(redis_port),
                          "--bind",       "127.0.0.1",
                          "--save",       "",
@@ -1112,7 +1127,7 @@ absl::Status Soak::Setup() {
     std::ofstream(conf) << "user root;\n" << text;
   }
   nginx_.name = "nginx";
-  nginx_.options.binary = "/usr/sbin/nginx";
+  nginx_.options.binary = FindOnPath("nginx");
   nginx_.options.args = {"-p", work_ + "/nginx", "-c", conf, "-e", "stderr"};
   if (absl::Status s = nginx_.Start(work_); !s.ok()) return s;
   for (int i = 0; i < 200 && !CanConnect(balancer_port_); ++i) SleepMs(50);
