@@ -154,10 +154,14 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
 absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& epoch) {
   const int64_t now = clock_.NowMs();
   RETURN_IF_ERROR(store_.RenewLease(edge_id, epoch, now));
+  MarkRenewed(edge_id, epoch, now);
+  return absl::OkStatus();
+}
+
+void Registry::MarkRenewed(const std::string& edge_id, const std::string& epoch, int64_t now) {
   absl::MutexLock lock(&mu_);
   auto it = routes_.find(edge_id);
   if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
-  return absl::OkStatus();
 }
 
 void Registry::EdgeAlive(const std::string& edge_id, const EdgeSink* sink) {
@@ -181,10 +185,7 @@ void Registry::RenewLiveLeases() {
   }
   for (const auto& [edge_id, epoch] : due) {
     // A refusal (the lease is gone or has another epoch) is the explicit heartbeat's to act on.
-    if (!store_.RenewLease(edge_id, epoch, now).ok()) continue;
-    absl::MutexLock lock(&mu_);
-    auto it = routes_.find(edge_id);
-    if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
+    if (store_.RenewLease(edge_id, epoch, now).ok()) MarkRenewed(edge_id, epoch, now);
   }
 }
 

@@ -281,6 +281,9 @@ class Registry {
     PresenceErrorFn on_error;
   };
 
+  // Notes that `edge_id`'s lease (with `epoch`) was renewed at `now`.
+  void MarkRenewed(const std::string& edge_id, const std::string& epoch, int64_t now)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Renews the leases of streams read from recently (see EdgeAlive).
   void RenewLiveLeases() ABSL_LOCKS_EXCLUDED(mu_);
   // Updates stats_ and logs what a decision changed.

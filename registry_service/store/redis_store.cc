@@ -888,9 +888,8 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
       client_(std::make_unique<RedisClient>(redis.client)),
       lease_client_(std::make_unique<RedisClient>(redis.client)) {
   auto add = [&](const char* body) { return client_->AddScript(std::string(kPrelude) + body); };
-  lease_renew_ = lease_client_->AddScript(std::string(kPrelude) + kRenew);
   attach_ = add(kAttach);
-  renew_ = add(kRenew);
+  renew_ = lease_client_->AddScript(std::string(kPrelude) + kRenew);  // on its own connection
   drain_ = add(kDrain);
   resync_ = add(kResync);
   register_ = add(kRegister);
@@ -1026,7 +1025,7 @@ absl::Status RedisStore::AttachEdge(const std::string& edge_id, const std::strin
 
 absl::Status RedisStore::RenewLease(const std::string& edge_id, const std::string& epoch,
                                     int64_t now_ms) {
-  return RunOn(*lease_client_, lease_renew_, now_ms, {edge_id, epoch}, nullptr).status();
+  return RunOn(*lease_client_, renew_, now_ms, {edge_id, epoch}, nullptr).status();
 }
 
 absl::Status RedisStore::DrainEdge(const std::string& edge_id, const std::string& epoch,

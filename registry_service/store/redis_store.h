@@ -118,14 +118,13 @@ class RedisStore final : public Store {
   // Lease renewals only: a heartbeat must not wait behind a storm of decisions on client_
   // (the edge's lease would lapse and every node on it would be disconnected). Owned.
   std::unique_ptr<RedisClient> lease_client_;
-  int lease_renew_ = -1;  // the renew script, on lease_client_
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
   bool started_empty_ = false;  // written once by Connect, before the store is shared
-  int attach_ = 0, renew_ = 0, drain_ = 0, resync_ = 0, register_ = 0, close_ = 0, touch_ = 0,
-      start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0, get_node_ = 0,
-      presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0, approve_ = 0,
-      reject_ = 0, revoke_ = 0;
+  int attach_ = 0, renew_ = 0 /* on lease_client_ */, drain_ = 0, resync_ = 0, register_ = 0,
+      close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0,
+      get_node_ = 0, presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0,
+      approve_ = 0, reject_ = 0, revoke_ = 0;
 };
 
 }  // namespace tether::registry
