@@ -278,6 +278,9 @@ int main(int argc, char** argv) {
            s.invokes_delivered);
     expose("tether_edge_invokes_undeliverable_total",
            "Invokes for connections already gone on this edge", s.invokes_undeliverable);
+    expose("tether_edge_invokes_duplicate_total",
+           "Invokes sent again after a registry replica takeover, dropped (delivered once)",
+           s.invokes_duplicate);
     expose("tether_edge_results_forwarded_total", "Invoke results forwarded to the registry",
            s.results_forwarded);
     expose("tether_edge_superseded_closed_total", "Replaced connections closed with 4001",

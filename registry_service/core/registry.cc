@@ -1,6 +1,7 @@
 #include "registry_service/core/registry.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -34,7 +35,11 @@ std::string IdempotencyScope(const InvokeParams& p) {
 }  // namespace
 
 Registry::Registry(Store& store, const common::Clock& clock, const RegistryOptions& options)
-    : store_(store), clock_(clock), options_(options), published_(store.HeadRevision()) {
+    : store_(store),
+      clock_(clock),
+      options_(options),
+      routed_(store.RoutesThroughStore()),
+      published_(store.HeadRevision()) {
   if (options_.recovery_grace_ms > 0 && store_.StartedEmpty()) {
     absl::MutexLock lock(&mu_);
     recovering_.store(true);
@@ -116,7 +121,14 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
     RETURN_IF_ERROR(store_.AttachEdge(edge_id, epoch, now, &effects));
     // Before the decision's commands are queued: they go out on this new stream.
     absl::MutexLock lock(&mu_);
-    routes_[edge_id] = Route{epoch, std::make_shared<Outbox>(std::move(sink)), now};
+    Route route{epoch, std::make_shared<Outbox>(std::move(sink)), now};
+    auto old = routes_.find(edge_id);
+    if (old != routes_.end() && old->second.epoch == epoch) {
+      // The same edge on a new stream: continue its outbox where the old stream was.
+      route.position = old->second.position;
+      route.recorded = old->second.recorded;
+    }
+    routes_[edge_id] = std::move(route);
     stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
     if (recovering_.load() && !resynced_.contains(edge_id)) owing_resync_.insert(edge_id);
   }
@@ -127,16 +139,23 @@ absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string&
 
 void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
   std::vector<std::string> lost;
+  std::optional<Route> released;
   {
     absl::MutexLock lock(&mu_);
     auto it = routes_.find(edge_id);
     if (it != routes_.end() && it->second.outbox->sink() == sink) {
+      released = std::move(it->second);
       routes_.erase(it);
       stats_.edges_attached.store(static_cast<int64_t>(routes_.size()));
     }
     for (const auto& [invoke_id, via] : sent_via_) {
       if (via == sink) lost.push_back(invoke_id);
     }
+  }
+  // Invokes for the edge now fail at once instead of queueing for a stream no one reads; the
+  // next holder continues after what this one delivered.
+  if (routed_ && released.has_value() && released->held) {
+    store_.ReleaseEdge(edge_id, released->epoch, released->position);
   }
   common::Log(common::LogLevel::kWarn, "edge_link_lost",
               {{"edge_id", edge_id}, {"invokes_failed", absl::StrCat(lost.size())}});
@@ -358,6 +377,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
                               ? base.idempotency_key
                               : IdempotencyScope(params) + base.idempotency_key;
   start.remember_outcome = !params.idempotency_key.empty();
+  start.node_idempotency_key = base.idempotency_key;
   start.timeout_ms = timeout;
   start.deadline_ms = deadline;
 
@@ -387,7 +407,8 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       // The node sees the caller's own key, not the scope the store matches it in.
       Dispatch to_node = r.dispatch;
       to_node.idempotency_key = base.idempotency_key;
-      if (r.kind == InvokeStartResult::Kind::kDispatched &&
+      // (A store that routes queued it in the edge's outbox itself, or failed it.)
+      if (!routed_ && r.kind == InvokeStartResult::Kind::kDispatched &&
           !decision.SendInvoke(to_node, std::max<int64_t>(deadline - now, 1))) {
         store_.FailInvoke(r.dispatch.invoke_id, "", "",
                           Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
@@ -396,6 +417,7 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
     switch (r.kind) {
       case InvokeStartResult::Kind::kDispatched: {
         Apply(effects);
+        if (routed_) (void)PumpRouted(0);
         return ticket;
       }
       case InvokeStartResult::Kind::kFailed:
@@ -414,7 +436,12 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       case InvokeStartResult::Kind::kJoined: {
         absl::MutexLock lock(&mu_);
         auto joined = waiters_.find(r.dispatch.invoke_id);
-        if (joined == waiters_.end()) break;  // it just ended: try again (replay)
+        if (joined == waiters_.end()) {
+          // A store that routes recorded this replica as waiting: the outcome comes to its
+          // inbox, even if the invoke was started (and is awaited) on another replica.
+          if (!routed_) break;  // it just ended here: try again (replay)
+          joined = waiters_.try_emplace(r.dispatch.invoke_id).first;
+        }
         auto mine = waiters_.find(start.invoke_id);
         if (mine == waiters_.end()) return InvokeTicket{};  // answered already (expired)
         Waiter w = std::move(mine->second.front());
@@ -570,6 +597,7 @@ void Registry::Tick() {
   }
   Apply(effects);
   ExpireWaiters();
+  if (routed_) MarkDelivered();
   // Changes decided by other replicas sharing the store reach this replica's watchers from the
   // shared history, in revision order, at most a tick late.
   CatchUpPresence();
@@ -686,6 +714,12 @@ bool Registry::Decision::SendInvoke(const Dispatch& dispatch, int64_t remaining_
 }
 
 Registry::Decision::~Decision() {
+  if (registry_.routed_) {
+    // The store queued them in the edges' outboxes, in decision order across replicas.
+    registry_.decide_mu_.Unlock();
+    if (!effects_->to_edges.empty()) (void)registry_.PumpRouted(0);
+    return;
+  }
   for (const EdgeCommand& c : effects_->to_edges) {
     std::shared_ptr<Outbox> outbox = registry_.OutboxFor(c.edge_id);
     if (outbox == nullptr) continue;  // no stream: the edge's resync repairs it
@@ -694,6 +728,132 @@ Registry::Decision::~Decision() {
   }
   registry_.decide_mu_.Unlock();
   for (const std::shared_ptr<Outbox>& outbox : touched_) outbox->Drain();
+}
+
+// --- Routing between replicas ----------------------------------------------------------------
+
+absl::Status Registry::PumpRouted(int64_t wait_ms) {
+  if (!routed_) return absl::OkStatus();
+  {
+    absl::MutexLock lock(&mu_);
+    if (pumping_) {
+      pump_again_ = true;
+      return absl::OkStatus();
+    }
+    pumping_ = true;
+  }
+  for (;;) {
+    std::vector<OutboxPosition> positions;
+    absl::flat_hash_map<std::string, std::shared_ptr<Outbox>> outboxes;
+    std::string inbox_after;
+    {
+      absl::MutexLock lock(&mu_);
+      pump_again_ = false;
+      for (const auto& [edge_id, route] : routes_) {
+        if (!route.held) continue;
+        positions.push_back(OutboxPosition{edge_id, route.position});
+        outboxes[edge_id] = route.outbox;
+      }
+      inbox_after = inbox_position_;
+    }
+    absl::StatusOr<RoutedBatch> batch = store_.ReadRouted(positions, inbox_after, wait_ms);
+    if (batch.ok()) {
+      const int64_t now = clock_.NowMs();
+      absl::flat_hash_map<std::string, std::string> last;  // edge -> last position read
+      std::vector<std::shared_ptr<Outbox>> touched;
+      for (const RoutedMessage& m : batch->to_edges) {
+        last[m.edge_id] = m.position;
+        auto it = outboxes.find(m.edge_id);
+        if (it == outboxes.end()) continue;
+        const std::shared_ptr<Outbox>& outbox = it->second;
+        {
+          absl::MutexLock lock(&mu_);
+          if (m.invoke) {
+            sent_via_[m.dispatch.invoke_id] = outbox->sink();
+          } else if (m.command.kind == EdgeCommand::Kind::kCancel) {
+            sent_via_.erase(m.command.invoke_id);
+          }
+        }
+        if (m.invoke) {
+          outbox->PushInvoke(m.dispatch, std::max<int64_t>(m.dispatch.deadline_ms - now, 1));
+        } else {
+          outbox->PushCommand(m.command);
+        }
+        if (touched.empty() || touched.back() != outbox) touched.push_back(outbox);
+      }
+      {
+        absl::MutexLock lock(&mu_);
+        for (const auto& [edge_id, position] : last) {
+          auto it = routes_.find(edge_id);
+          // Only the stream it was read for: a route replaced meanwhile reads on its own.
+          if (it != routes_.end() && it->second.outbox == outboxes[edge_id]) {
+            it->second.position = position;
+          }
+        }
+        inbox_position_ = batch->inbox_position;
+      }
+      for (const std::shared_ptr<Outbox>& outbox : touched) outbox->Drain();
+      CompleteWaiters(batch->settled);
+    }
+    absl::MutexLock lock(&mu_);
+    if (!batch.ok() || !pump_again_) {
+      pumping_ = false;
+      return batch.status();
+    }
+    wait_ms = 0;  // someone queued more while this pump read: read again at once
+  }
+}
+
+void Registry::CompleteWaiters(std::vector<SettledInvoke>& settled) {
+  std::vector<std::pair<InvokeDone, InvokeResult>> calls;
+  {
+    absl::MutexLock lock(&mu_);
+    for (SettledInvoke& s : settled) {
+      sent_via_.erase(s.dispatch.invoke_id);
+      auto it = waiters_.find(s.dispatch.invoke_id);
+      if (it == waiters_.end()) continue;
+      for (Waiter& w : it->second) {
+        InvokeResult r = std::move(w.base);
+        r.invoke_id = s.dispatch.invoke_id;
+        r.outcome = s.outcome;
+        calls.emplace_back(std::move(w.done), std::move(r));
+      }
+      waiters_.erase(it);
+    }
+  }
+  for (auto& [done, result] : calls) done(result);
+}
+
+void Registry::MarkDelivered() {
+  std::vector<OutboxPosition> delivered;
+  std::string inbox;
+  {
+    absl::MutexLock lock(&mu_);
+    // Every held edge, moved or not: the answer also says which ones another replica took.
+    for (const auto& [edge_id, route] : routes_) {
+      if (!route.held) continue;
+      delivered.push_back(OutboxPosition{
+          edge_id, route.position != route.recorded ? route.position : std::string()});
+    }
+    if (inbox_position_ != inbox_recorded_) inbox = inbox_position_;
+  }
+  if (delivered.empty() && inbox.empty()) return;
+  auto lost = store_.MarkDelivered(delivered, inbox);
+  if (!lost.ok()) return;  // recorded at a later tick
+  absl::MutexLock lock(&mu_);
+  if (!inbox.empty()) inbox_recorded_ = inbox;
+  for (const OutboxPosition& d : delivered) {
+    auto it = routes_.find(d.edge_id);
+    if (it != routes_.end() && !d.position.empty()) it->second.recorded = d.position;
+  }
+  for (const std::string& edge_id : *lost) {
+    auto it = routes_.find(edge_id);
+    if (it == routes_.end() || !it->second.held) continue;
+    // The edge attached through another replica: its stream here is stale. Stop delivering to
+    // it (two holders would deliver twice); its end will detach it.
+    it->second.held = false;
+    common::Log(common::LogLevel::kWarn, "edge_held_elsewhere", {{"edge_id", edge_id}});
+  }
 }
 
 void Registry::Count(const Effects& effects) {
@@ -763,6 +923,7 @@ void Registry::Apply(Effects& effects) {
   }
   // Edge messages were queued and sent by the decision (see Decision), in decision order.
   for (auto& [done, result] : calls) done(result);
+  // (With a store that routes, callers on other replicas get theirs through their inbox.)
   if (!effects.presence.empty()) PumpPresence();
 }
 

@@ -142,8 +142,8 @@ class Registry {
   // configured with the same id would otherwise fence each other out in turn. A restarted edge
   // (new epoch) is accepted once its old stream ended (DetachEdge) or went silent for a lease
   // TTL; then the old epoch's connections are closed (edge_lost) as before. Same epoch: the
-  // same process re-attaching after a blip, always accepted. Only this process's routes are
-  // known: across replicas the rule is not enforced yet (store/README.md, replicas).
+  // same process re-attaching after a blip, always accepted. This checks this process's
+  // routes; a store shared by replicas checks the others' (store/README.md, "Replicas").
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch,
                           std::shared_ptr<EdgeSink> sink) ABSL_LOCKS_EXCLUDED(mu_);
   // The stream carrying `sink` ended. The invokes sent through that stream fail at once (even
@@ -208,7 +208,20 @@ class Registry {
 
   // Expires invokes, leases and grace periods as of the clock's now (not while recovering),
   // then pumps presence events other replicas sharing the store decided to this one's watchers.
+  // With a store that routes, also records how far each held edge's outbox was delivered.
   void Tick();
+
+  // --- Routing between replicas (stores that route: Store::RoutesThroughStore) ------------
+  // Delivers what the store holds for this replica: the outboxes of the edges whose streams it
+  // holds (to their sinks, in order) and the settlements of invokes its callers wait on. Waits
+  // up to `wait_ms` for something to arrive (0: only what is there). One pump runs at a time;
+  // a call while another runs returns at once and makes the running one read again, so a
+  // decision can call it without waiting. The server runs it in a loop on a thread of its own
+  // (wait_ms > 0); every decision that queued an edge message calls it with 0, so in
+  // single-threaded tests messages arrive before the decision returns. Not an error when the
+  // store does not route (nothing to do); kUnavailable when the store cannot be read.
+  absl::Status PumpRouted(int64_t wait_ms) ABSL_LOCKS_EXCLUDED(mu_);
+  bool Routed() const { return routed_; }
 
  private:
   // Why the caller's request cannot be run, with the limit it broke; empty when it can.
@@ -255,6 +268,11 @@ class Registry {
     std::shared_ptr<Outbox> outbox;
     int64_t renewed_ms = 0;    // attach or last renewal (heartbeat or a live stream's, by Tick)
     int64_t last_read_ms = 0;  // last message read from its stream
+    // Routed stores: the last outbox entry delivered (empty: not read yet), the last one
+    // recorded in the store, and whether this replica still holds the edge there.
+    std::string position;
+    std::string recorded;
+    bool held = true;
   };
   // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
   // their outboxes before the next decision can run. The destructor queues the commands in
@@ -298,10 +316,15 @@ class Registry {
   std::shared_ptr<Outbox> OutboxFor(const std::string& edge_id) ABSL_LOCKS_EXCLUDED(mu_);
   // Ends recovery if its grace passed or every expected edge resynced; logs once.
   void MaybeEndRecovery() ABSL_LOCKS_EXCLUDED(mu_);
+  // Records in the store how far the held edges' outboxes were delivered (routed stores).
+  void MarkDelivered() ABSL_LOCKS_EXCLUDED(mu_);
+  // Completes this replica's waiters for `settled` (outcomes decided by another replica).
+  void CompleteWaiters(std::vector<SettledInvoke>& settled) ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned
   const common::Clock& clock_;  // not owned
   const RegistryOptions options_;
+  const bool routed_;  // store_.RoutesThroughStore()
   RegistryStats stats_;
 
   // Serializes decisions with the queuing of their edge messages (see Decision). Taken before
@@ -314,6 +337,11 @@ class Registry {
   absl::flat_hash_map<std::string, Route> routes_ ABSL_GUARDED_BY(mu_);
   // Pending invokes by the stream they went out through: a dead stream fails exactly these.
   absl::flat_hash_map<std::string, const EdgeSink*> sent_via_ ABSL_GUARDED_BY(mu_);
+  // PumpRouted: one at a time; a call while one runs asks it to read again.
+  bool pumping_ ABSL_GUARDED_BY(mu_) = false;
+  bool pump_again_ ABSL_GUARDED_BY(mu_) = false;
+  std::string inbox_position_ ABSL_GUARDED_BY(mu_);
+  std::string inbox_recorded_ ABSL_GUARDED_BY(mu_);
 
   // Recovery (see the class comment). recovering_ only goes from true to false.
   std::atomic<bool> recovering_{false};

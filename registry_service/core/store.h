@@ -72,6 +72,7 @@ struct InvokeStart {
   std::string params_json;
   std::string idempotency_key;    // never empty (the caller generates one)
   bool remember_outcome = false;  // keep the outcome for replays (the key came from the user)
+  std::string node_idempotency_key;  // the key the node sees (the caller's own, unscoped)
   int64_t timeout_ms = 0;         // already defaulted and clamped
   int64_t deadline_ms = 0;        // absolute; min(now + timeout, the caller's deadline)
 };
@@ -114,6 +115,28 @@ struct NodePage {
 struct PresenceSnapshot {
   std::vector<NodeView> nodes;  // connected ones
   uint64_t revision = 0;
+};
+
+// Where a replica stands in one edge's outbox (stores that route, see RoutesThroughStore).
+struct OutboxPosition {
+  std::string edge_id;
+  std::string position;  // last entry delivered; empty: where the store recorded it (or start)
+};
+
+// One message read from an edge's outbox: an invoke to deliver or a command.
+struct RoutedMessage {
+  std::string edge_id;
+  std::string position;  // its place in the outbox
+  bool invoke = false;
+  Dispatch dispatch;     // invoke (idempotency_key is the one the node sees)
+  EdgeCommand command;   // !invoke
+};
+
+// What ReadRouted found.
+struct RoutedBatch {
+  std::vector<RoutedMessage> to_edges;   // per edge in decision order
+  std::vector<SettledInvoke> settled;    // for callers waiting on this replica
+  std::string inbox_position;            // pass back as `inbox_after` next time
 };
 
 // Thread-safe: every method is one atomic decision or a consistent read.
@@ -187,6 +210,36 @@ class Store {
   // Unpairs the device, invalidates its token and closes its connections (revoked).
   virtual absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                            Effects* effects) = 0;
+
+  // --- Routing between replicas -----------------------------------------------------------
+  // True for a store shared by several registry replicas (Redis). Then a decision does not
+  // leave its edge messages to the replica that ran it: it appends them, in the same atomic
+  // step, to the edge's outbox in the store, so every edge's messages are in decision order
+  // across all replicas, and the replica holding the edge's stream delivers them (ReadRouted).
+  // StartInvoke queues the dispatch the same way, and fails at once (kDisconnected) when no
+  // replica holds the edge's stream. Settlements of invokes a caller on another replica waits
+  // for are appended to that replica's inbox. Effects::to_edges still lists what was told (for
+  // counting only). False (MemoryStore): one process, the Registry's own outboxes.
+  virtual bool RoutesThroughStore() const { return false; }
+  // Reads, after the given positions, the outboxes of the edges this replica holds and this
+  // replica's inbox; waits up to `wait_ms` (0: not at all) for anything to arrive.
+  virtual absl::StatusOr<RoutedBatch> ReadRouted(const std::vector<OutboxPosition>& edges,
+                                                 const std::string& inbox_after,
+                                                 int64_t wait_ms) {
+    return absl::UnimplementedError("this store does not route");
+  }
+  // Records how far this replica delivered each edge's outbox (a replica taking an edge over
+  // continues from there) and lets the store drop what was delivered. Returns the edges that
+  // another replica holds now (this replica must stop delivering to them).
+  // `inbox_position`: this replica read its inbox up to there (the store may drop it).
+  virtual absl::StatusOr<std::vector<std::string>> MarkDelivered(
+      const std::vector<OutboxPosition>& delivered, const std::string& inbox_position) {
+    return std::vector<std::string>{};
+  }
+  // This replica no longer holds `edge_id`'s stream (it ended at `position`): invokes for it
+  // fail at once until an edge attaches again.
+  virtual void ReleaseEdge(const std::string& edge_id, const std::string& epoch,
+                           const std::string& position) {}
 
   // --- Start-up ----------------------------------------------------------------------------
   // True when the ownership table was empty when this store was opened: a fresh process with

@@ -5,6 +5,7 @@
 
 #include <chrono>
 
+#include "common/log.h"
 #include "registry_service/store/memory_store.h"
 #include "registry_service/store/redis_store.h"
 
@@ -43,6 +44,8 @@ absl::StatusOr<int> RegistryServer::Start() {
     redis.client.command_timeout = absl::Milliseconds(options_.redis_timeout_ms);
     auto store = std::make_unique<RedisStore>(options_.store, redis);
     if (absl::Status s = store->Connect(); !s.ok()) return s;
+    common::Log(common::LogLevel::kInfo, "redis_store_connected",
+                {{"replica_id", store->replica_id()}, {"url", options_.store_url}});
     store_ = std::move(store);
   }
   RegistryOptions registry_options = options_.registry;
@@ -135,6 +138,18 @@ absl::StatusOr<int> RegistryServer::Start() {
       }
     }
   });
+  if (registry_->Routed()) {
+    // Delivers what any replica decided for the edges attached here, and the outcomes other
+    // replicas decided for callers waiting here. A blocking read wakes as soon as something
+    // is queued; the bound only lets a new edge's outbox join the read and shutdown be seen.
+    router_ = std::thread([this] {
+      while (!stopping_.load()) {
+        if (!registry_->PumpRouted(100).ok()) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));  // store unreachable
+        }
+      }
+    });
+  }
   return port;
 }
 
@@ -182,6 +197,7 @@ void RegistryServer::Shutdown() {
   if (edge_server_ != nullptr) edge_server_->Shutdown(deadline);
   if (server_ != nullptr) server_->Shutdown(deadline);
   if (ticker_.joinable()) ticker_.join();
+  if (router_.joinable()) router_.join();
   http_.Stop();
 }
 

@@ -239,6 +239,18 @@ absl::StatusOr<RedisValue> RedisClient::Command(const std::vector<std::string>& 
   return CommandLocked(argv);
 }
 
+absl::StatusOr<RedisValue> RedisClient::Command(const std::vector<std::string>& argv,
+                                                absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
+  redisSetTimeout(context_, absl::ToTimeval(timeout));
+  timeout_ = timeout;
+  auto r = CommandLocked(argv);
+  timeout_ = options_.command_timeout;
+  if (context_ != nullptr) redisSetTimeout(context_, absl::ToTimeval(options_.command_timeout));
+  return r;
+}
+
 absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::string>& args) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;

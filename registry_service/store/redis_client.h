@@ -86,6 +86,10 @@ class RedisClient {
   // Runs one command. An error reply is kUnavailable carrying the server's message.
   absl::StatusOr<RedisValue> Command(const std::vector<std::string>& argv) ABSL_LOCKS_EXCLUDED(mu_);
 
+  // The same with its own command timeout (a blocking read: XREAD BLOCK).
+  absl::StatusOr<RedisValue> Command(const std::vector<std::string>& argv, absl::Duration timeout)
+      ABSL_LOCKS_EXCLUDED(mu_);
+
   // Runs script `handle` with no KEYS and `args` as ARGV.
   absl::StatusOr<RedisValue> Eval(int handle, const std::vector<std::string>& args)
       ABSL_LOCKS_EXCLUDED(mu_);

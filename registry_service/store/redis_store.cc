@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/ids.h"
@@ -14,8 +15,8 @@
 namespace tether::registry {
 namespace {
 
-// Shared by every script. ARGV[1..10] is the common header (see RedisStore::Run); a script's
-// own arguments are A(1), A(2), ... Every script returns {result, effects}: result[1] is 'OK'
+// Shared by every script. ARGV[1..11] is the common header (see RedisStore::Run; ARGV[11] is
+// the calling replica's id); a script's own arguments are A(1), A(2), ... Every script returns {result, effects}: result[1] is 'OK'
 // or an absl status code number with result[2] its message; effects is a list of
 //   {'P', revision, node, kind, reason, conn, edge, generation, time}       presence event
 //   {'S', invoke, node, conn, edge, gen, command, params, key, remember, started, deadline,
@@ -35,8 +36,9 @@ local AUTO_LB = ARGV[8] == '1'
 local MAXPAIR = tonumber(ARGV[9])
 local PAIR_TTL = tonumber(ARGV[10])
 local MAXPAY = 1048576
-local function A(i) return ARGV[10 + i] end
-local NA = #ARGV - 10
+local ME = ARGV[11]
+local function A(i) return ARGV[11 + i] end
+local NA = #ARGV - 11
 local out = {}
 
 local function I(x) return string.format('%d', x) end
@@ -86,6 +88,14 @@ local G_LEASE_EXP = P .. 'lease_expiry'
 local G_PAIRING = P .. 'pairing_index'
 local G_PAIR_AGE = P .. 'pairing_created'
 local function lease_conns_key(e) return P .. 'lease_conns:' .. e end
+-- Routing between replicas (README, "Replicas"): edge -> id of the replica holding its stream;
+-- each edge's outbox of messages in decision order, and how far its holder delivered it; each
+-- replica's inbox of settlements for callers waiting on it.
+local G_HOLDERS = P .. 'edge_holder'
+local function outbox_key(e) return P .. 'outbox:{' .. e .. '}' end
+local function outpos_key(e) return P .. 'outbox_pos:{' .. e .. '}' end
+local function inbox_key(r) return P .. 'inbox:' .. r end
+local function waiting_key(n, i) return NK(n, 'waiting:' .. i) end
 
 local function err(code, msg) return {{code, msg}, out} end
 local function ok(...) return {{'OK', ...}, out} end
@@ -105,8 +115,17 @@ local function publish(n, kind, reason, c, e, gen)
   out[#out + 1] = {'P', rev, n, kind, reason, c, e, gen, NOWS}
 end
 
+-- Appends a message for edge `e` to its outbox while it has a lease (without one there is no
+-- stream to deliver it on: the edge's resync repairs what it missed).
+local function route(e, t, data)
+  if not e or e == '' or redis.call('HEXISTS', G_LEASES, e) == 0 then return end
+  redis.call('XADD', outbox_key(e), '*', 't', t, 'd', data)
+end
+
 local function tell(kind, e, c, n, reason, inv, grace)
-  out[#out + 1] = {'E', kind, e, c, n, reason, inv or '', grace or '0'}
+  local m = {kind, e or '', c, n, reason, inv or '', grace or '0'}
+  out[#out + 1] = {'E', m[1], m[2], m[3], m[4], m[5], m[6], m[7]}
+  route(e, 'E', enc(m))
 end
 
 local function maybe_retire(n, c)
@@ -190,6 +209,24 @@ local function finish(inv, o)
   for i = 1, #d do s[#s + 1] = d[i] end
   for i = 1, 4 do s[#s + 1] = o[i] end
   out[#out + 1] = s
+  -- Callers waiting on other replicas learn the outcome from their inbox.
+  local wk = waiting_key(n, inv)
+  local rs = redis.call('SMEMBERS', wk)
+  if #rs > 0 then
+    redis.call('DEL', wk)
+    local data
+    for _, r in ipairs(rs) do
+      if r ~= ME then
+        if not data then
+          local rec = {}
+          for i = 2, #s do rec[#rec + 1] = s[i] end
+          data = enc(rec)
+        end
+        redis.call('XADD', inbox_key(r), 'MAXLEN', '~', '100000', '*', 'd', data)
+        redis.call('PEXPIRE', inbox_key(r), 600000)
+      end
+    end
+  end
   return true
 end
 
@@ -238,12 +275,25 @@ end
 constexpr char kAttach[] = R"lua(
 local e, epoch = A(1), A(2)
 local cur = redis.call('HGET', G_LEASES, e)
+local holder = redis.call('HGET', G_HOLDERS, e)
+if cur and cur ~= epoch and holder and holder ~= ME and
+   tonumber(redis.call('ZSCORE', G_LEASE_EXP, e) or '0') > NOW then
+  return err('9', "edge id in use: edge '" .. e .. "' is attached with another epoch through " ..
+             "another registry replica and its lease is live; give every edge process its own " ..
+             "--edge_id (a restarted edge is accepted once its old stream ended or its lease " ..
+             "lapsed)")
+end
 if cur and cur ~= epoch then
   local old = redis.call('SMEMBERS', lease_conns_key(e))
   table.sort(old)
   redis.call('DEL', lease_conns_key(e))
   for _, c in ipairs(old) do remove_conn(c, 'edge_lost') end
 end
+if cur ~= epoch then
+  -- A new process, or one whose lease lapsed: what was queued for the old stream is moot.
+  redis.call('DEL', outbox_key(e), outpos_key(e))
+end
+redis.call('HSET', G_HOLDERS, e, ME)
 redis.call('HSET', G_LEASES, e, epoch)
 redis.call('ZADD', G_LEASE_EXP, I(NOW + TTL), e)
 return ok()
@@ -268,8 +318,40 @@ table.sort(conns)
 redis.call('DEL', lease_conns_key(e))
 for _, c in ipairs(conns) do remove_conn(c, 'edge_drain') end
 redis.call('HDEL', G_LEASES, e)
+redis.call('HDEL', G_HOLDERS, e)
 redis.call('ZREM', G_LEASE_EXP, e)
+redis.call('DEL', outbox_key(e), outpos_key(e))
 return ok()
+)lua";
+
+// A(1..) = edge, epoch, position delivered up to ('' if none).
+constexpr char kRelease[] = R"lua(
+local e = A(1)
+if redis.call('HGET', G_HOLDERS, e) ~= ME then return ok('0') end
+if A(3) ~= '' and redis.call('HGET', G_LEASES, e) == A(2) then
+  redis.call('SET', outpos_key(e), A(3))
+end
+redis.call('HDEL', G_HOLDERS, e)
+return ok('1')
+)lua";
+
+// A(1) = this replica's inbox position ('' if none), then pairs: edge, position delivered
+// ('' if unchanged). Returns the edges another replica holds now.
+constexpr char kDelivered[] = R"lua(
+if A(1) ~= '' then redis.call('XTRIM', inbox_key(ME), 'MINID', A(1)) end
+local lost = {}
+for i = 2, NA - 1, 2 do
+  local e, pos = A(i), A(i + 1)
+  if redis.call('HGET', G_HOLDERS, e) == ME then
+    if pos ~= '' then
+      redis.call('SET', outpos_key(e), pos)
+      redis.call('XTRIM', outbox_key(e), 'MINID', pos)
+    end
+  else
+    lost[#lost + 1] = e
+  end
+end
+return ok_list(lost)
 )lua";
 
 // Live connection i: A(2 + i) = enc{conn, node, public_key, client, commands, remote_addr,
@@ -428,11 +510,14 @@ end
 return ok()
 )lua";
 
-// A(1..) = invoke, node, command, params, key, remember, timeout, deadline.
+// A(1..) = invoke, node, command, params, key, remember, timeout, deadline, the key the node sees.
 constexpr char kStart[] = R"lua(
 local inv, n, cmd, key = A(1), A(2), A(3), A(5)
 local joined = redis.call('GET', idem_key(n, key))
-if joined then return ok('joined', unpack(dispatch_of(n, joined))) end
+if joined then
+  redis.call('SADD', waiting_key(n, joined), ME)
+  return ok('joined', unpack(dispatch_of(n, joined)))
+end
 local f = redis.call('HMGET', done_key(n, key), 'invoke', 'code', 'payload', 'node_error_code',
                      'message', 'conn', 'generation', 'expires')
 if f[1] and tonumber(f[8]) > NOW then
@@ -449,6 +534,9 @@ if not allowed then
 end
 local c = nh[1]
 local ch = redis.call('HMGET', conn_key(n, c), 'edge', 'generation')
+if redis.call('HEXISTS', G_HOLDERS, ch[1]) == 0 then
+  return ok('failed', '4', 'edge link down')
+end
 redis.call('HSET', inv_key(n, inv), 'conn', c, 'edge', ch[1], 'generation', ch[2],
            'command', cmd, 'params', A(4), 'key', key, 'remember', A(6), 'started', NOWS,
            'deadline', A(8), 'timeout', A(7))
@@ -456,7 +544,13 @@ redis.call('HSET', G_INVS, inv, n)
 redis.call('ZADD', G_DEADLINES, A(8), inv)
 redis.call('SADD', cpend_key(n, c), inv)
 redis.call('SET', idem_key(n, key), inv)
-return ok('dispatched', unpack(dispatch_of(n, inv)))
+redis.call('SADD', waiting_key(n, inv), ME)
+local d = dispatch_of(n, inv)
+local to_node = {}
+for i = 1, #d do to_node[i] = d[i] end
+to_node[8] = A(9)
+route(ch[1], 'I', enc(to_node))
+return ok('dispatched', unpack(d))
 )lua";
 
 // A(1..) = invoke, node, conn, edge, code, payload, node_error_code, message.
@@ -512,7 +606,9 @@ for _, e in ipairs(lapsed) do
     end
   end
   redis.call('HDEL', G_LEASES, e)
+  redis.call('HDEL', G_HOLDERS, e)
   redis.call('ZREM', G_LEASE_EXP, e)
+  redis.call('DEL', outbox_key(e), outpos_key(e))
 end
 local retire = redis.call('ZRANGEBYSCORE', G_RETIRE, '-inf', NOWS)
 for _, c in ipairs(retire) do
@@ -885,8 +981,11 @@ std::vector<std::string> RedisStore::DecodeList(const std::string& data) {
 RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& redis)
     : options_(options),
       prefix_(redis.key_prefix),
+      replica_id_(redis.replica_id.empty() ? common::UniqueId() : redis.replica_id),
+      command_timeout_(redis.client.command_timeout),
       client_(std::make_unique<RedisClient>(redis.client)),
-      lease_client_(std::make_unique<RedisClient>(redis.client)) {
+      lease_client_(std::make_unique<RedisClient>(redis.client)),
+      route_client_(std::make_unique<RedisClient>(redis.client)) {
   auto add = [&](const char* body) { return client_->AddScript(std::string(kPrelude) + body); };
   attach_ = add(kAttach);
   renew_ = lease_client_->AddScript(std::string(kPrelude) + kRenew);  // on its own connection
@@ -908,6 +1007,8 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
   approve_ = add(kApprove);
   reject_ = add(kReject);
   revoke_ = add(kRevoke);
+  release_ = add(kRelease);
+  delivered_ = route_client_->AddScript(std::string(kPrelude) + kDelivered);
   const int raise = client_->AddScript(kRaiseCounters);
   client_->SetConnectScript(
       raise,
@@ -982,6 +1083,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, i
       options_.auto_approve_loopback ? "1" : "0",
       absl::StrCat(options_.max_pairing_requests),
       absl::StrCat(options_.pairing_request_ttl_ms),
+      replica_id_,
   };
   argv.insert(argv.end(), args.begin(), args.end());
   auto reply = timeout > absl::ZeroDuration() ? client.Eval(handle, argv, timeout)
@@ -1117,7 +1219,9 @@ InvokeStartResult RedisStore::StartInvoke(const InvokeStart& start, int64_t now_
   auto r = Run(start_, now_ms,
                {start.invoke_id, start.node_id, start.command, start.params_json,
                 start.idempotency_key, start.remember_outcome ? "1" : "0",
-                absl::StrCat(start.timeout_ms), absl::StrCat(start.deadline_ms)},
+                absl::StrCat(start.timeout_ms), absl::StrCat(start.deadline_ms),
+                start.node_idempotency_key.empty() ? start.idempotency_key
+                                                   : start.node_idempotency_key},
                effects);
   if (!r.ok()) {
     LogFailure("StartInvoke", r.status());
@@ -1308,6 +1412,121 @@ absl::StatusOr<int> RedisStore::RevokeDevice(const std::string& node_id, int64_t
   if (!r.ok()) return r.status();
   if (r->empty()) return absl::InternalError("redis store: malformed revoke reply");
   return static_cast<int>((*r)[0].AsInt());
+}
+
+// --- Routing between replicas ----------------------------------------------------------------
+
+std::string RedisStore::OutboxKey(const std::string& edge_id) const {
+  return absl::StrCat(prefix_, "outbox:{", edge_id, "}");
+}
+
+std::string RedisStore::InboxKey() const { return absl::StrCat(prefix_, "inbox:", replica_id_); }
+
+absl::StatusOr<RoutedBatch> RedisStore::ReadRouted(const std::vector<OutboxPosition>& edges,
+                                                   const std::string& inbox_after,
+                                                   int64_t wait_ms) {
+  RoutedBatch batch;
+  batch.inbox_position = inbox_after;
+  std::vector<std::string> keys;
+  std::vector<std::string> ids;
+  absl::flat_hash_map<std::string, std::string> edge_of;  // outbox key -> edge id
+  for (const OutboxPosition& e : edges) {
+    std::string position = e.position;
+    if (position.empty()) {  // a route new to this replica: continue where the last holder was
+      auto r = route_client_->Command({"GET", absl::StrCat(prefix_, "outbox_pos:{", e.edge_id,
+                                                           "}")});
+      if (!r.ok()) return r.status();
+      position = r->is_nil() ? "0-0" : r->AsString();
+    }
+    keys.push_back(OutboxKey(e.edge_id));
+    edge_of[keys.back()] = e.edge_id;
+    ids.push_back(position);
+  }
+  const std::string inbox = InboxKey();
+  keys.push_back(inbox);
+  ids.push_back(inbox_after.empty() ? "0-0" : inbox_after);
+  std::vector<std::string> argv = {"XREAD", "COUNT", "1024"};
+  if (wait_ms > 0) {
+    argv.push_back("BLOCK");
+    argv.push_back(absl::StrCat(wait_ms));
+  }
+  argv.push_back("STREAMS");
+  argv.insert(argv.end(), keys.begin(), keys.end());
+  argv.insert(argv.end(), ids.begin(), ids.end());
+  auto reply = wait_ms > 0 ? route_client_->Command(argv, absl::Milliseconds(wait_ms) +
+                                                              command_timeout_)
+                           : route_client_->Command(argv);
+  if (!reply.ok()) return reply.status();
+  if (reply->is_nil()) return batch;  // nothing arrived
+  for (const RedisValue& stream : reply->elements) {
+    if (stream.elements.size() != 2) continue;
+    const std::string key = stream.elements[0].AsString();
+    const bool is_inbox = key == inbox;
+    for (const RedisValue& entry : stream.elements[1].elements) {
+      if (entry.elements.size() != 2) continue;
+      const std::string id = entry.elements[0].AsString();
+      std::string type, data;
+      const auto& fields = entry.elements[1].elements;
+      for (size_t i = 0; i + 1 < fields.size(); i += 2) {
+        const std::string name = fields[i].AsString();
+        if (name == "t") type = fields[i + 1].AsString();
+        if (name == "d") data = fields[i + 1].AsString();
+      }
+      std::vector<std::string> f = DecodeList(data);
+      if (is_inbox) {
+        batch.inbox_position = id;
+        if (f.size() < 16) continue;
+        SettledInvoke& s = batch.settled.emplace_back();
+        s.dispatch = DispatchFrom(f, 0);
+        s.outcome.code = CodeOf(f[12]);
+        s.outcome.payload_json = f[13];
+        s.outcome.node_error_code = f[14];
+        s.outcome.message = f[15];
+        s.outcome.conn_id = s.dispatch.conn_id;
+        s.outcome.generation = s.dispatch.generation;
+        continue;
+      }
+      RoutedMessage& m = batch.to_edges.emplace_back();
+      m.edge_id = edge_of[key];
+      m.position = id;
+      if (type == "I" && f.size() >= 12) {
+        m.invoke = true;
+        m.dispatch = DispatchFrom(f, 0);
+      } else if (type == "E" && f.size() >= 7) {
+        EdgeCommand& c = m.command;
+        c.kind = f[0] == "0"   ? EdgeCommand::Kind::kSuperseded
+                 : f[0] == "2" ? EdgeCommand::Kind::kCancel
+                               : EdgeCommand::Kind::kClose;
+        c.edge_id = f[1];
+        c.conn_id = f[2];
+        c.node_id = f[3];
+        c.reason = f[4];
+        c.invoke_id = f[5];
+        c.grace_ms = ToInt(f[6]);
+      } else {
+        batch.to_edges.pop_back();  // malformed: skip it (its position is passed by the next)
+      }
+    }
+  }
+  return batch;
+}
+
+absl::StatusOr<std::vector<std::string>> RedisStore::MarkDelivered(
+    const std::vector<OutboxPosition>& delivered, const std::string& inbox_position) {
+  std::vector<std::string> args = {inbox_position};
+  for (const OutboxPosition& d : delivered) {
+    args.push_back(d.edge_id);
+    args.push_back(d.position);
+  }
+  auto r = RunOn(*route_client_, delivered_, 0, args, nullptr);
+  if (!r.ok()) return r.status();
+  return Strings(RedisValue{RedisValue::Type::kArray, "", 0, *r});
+}
+
+void RedisStore::ReleaseEdge(const std::string& edge_id, const std::string& epoch,
+                             const std::string& position) {
+  auto r = Run(release_, 0, {edge_id, epoch, position}, nullptr);
+  if (!r.ok()) LogFailure("ReleaseEdge", r.status());
 }
 
 }  // namespace tether::registry

@@ -19,6 +19,9 @@ namespace tether::registry {
 struct RedisStoreOptions {
   RedisClientOptions client;
   std::string key_prefix = "tether:";  // every key starts with this (tests use one per case)
+  // This replica's id, unique among the replicas sharing the Redis (edge holders and inboxes
+  // are keyed by it). Empty: a fresh random id per process (waiters do not survive a restart).
+  std::string replica_id;
 };
 
 // Implements every decision of Store as one Lua script run atomically inside Redis (EVALSHA),
@@ -90,6 +93,19 @@ class RedisStore final : public Store {
   absl::StatusOr<int> RevokeDevice(const std::string& node_id, int64_t now_ms,
                                    Effects* effects) override;
 
+  // Routing between replicas (Store; README "Replicas"): edge messages go through per-edge
+  // outbox streams, settlements for other replicas' callers through their inbox streams. Reads
+  // run on a connection of their own (a blocking XREAD must not hold up decisions).
+  bool RoutesThroughStore() const override { return true; }
+  absl::StatusOr<RoutedBatch> ReadRouted(const std::vector<OutboxPosition>& edges,
+                                         const std::string& inbox_after,
+                                         int64_t wait_ms) override;
+  absl::StatusOr<std::vector<std::string>> MarkDelivered(
+      const std::vector<OutboxPosition>& delivered, const std::string& inbox_position) override;
+  void ReleaseEdge(const std::string& edge_id, const std::string& epoch,
+                   const std::string& position) override;
+  const std::string& replica_id() const { return replica_id_; }
+
   // Serializes a list of strings as "<len>:<bytes>..." (the scripts' record format).
   static std::string EncodeList(const std::vector<std::string>& items);
   static std::vector<std::string> DecodeList(const std::string& data);
@@ -112,19 +128,26 @@ class RedisStore final : public Store {
   void Observe(uint64_t generation, uint64_t revision);
   void ObserveEffects(const Effects& effects, size_t presence_from, size_t settled_from);
 
+  std::string OutboxKey(const std::string& edge_id) const;
+  std::string InboxKey() const;
+
   const StoreOptions options_;
   const std::string prefix_;
+  const std::string replica_id_;
+  const absl::Duration command_timeout_;
   std::unique_ptr<RedisClient> client_;  // owned
   // Lease renewals only: a heartbeat must not wait behind a storm of decisions on client_
   // (the edge's lease would lapse and every node on it would be disconnected). Owned.
   std::unique_ptr<RedisClient> lease_client_;
+  // Reads of outboxes and the inbox (blocking XREAD) and delivery marks. Owned.
+  std::unique_ptr<RedisClient> route_client_;
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
   bool started_empty_ = false;  // written once by Connect, before the store is shared
   int attach_ = 0, renew_ = 0 /* on lease_client_ */, drain_ = 0, resync_ = 0, register_ = 0,
       close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0,
       get_node_ = 0, presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0,
-      approve_ = 0, reject_ = 0, revoke_ = 0;
+      approve_ = 0, reject_ = 0, revoke_ = 0, release_ = 0, delivered_ = 0 /* route_client_ */;
 };
 
 }  // namespace tether::registry

@@ -65,7 +65,7 @@ TEST_F(BalancedTest, ReconnectRaceThroughTheBalancer) {
   auto second = c_.ReadyNodeAt(creds, lb_);  // least_conn: most likely the other edge
   ASSERT_TRUE(
       Eventually([&] { return c_.GetNode(creds.node_id())->conn_id() == second->conn_id(); }));
-  first->Close(1000, "late");
+  (void)first->Close(1000, "late");
   auto ok = c_.Invoke(creds.node_id());
   ASSERT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.response.conn_id(), second->conn_id());

@@ -132,7 +132,7 @@ TEST(ReplicasE2ETest, WatchPresenceOnEitherReplicaYieldsTheSameEvents) {
   }
 }
 
-TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaAndTheOldCloseArrivesLate) {
+TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaTheOldSocketIsRetiredAndItsCloseIgnored) {
   auto redis = RedisServer::Start();
   ASSERT_TRUE(redis.ok()) << redis.status();
   const std::string store = "--store=" + (*redis)->url();
@@ -152,7 +152,12 @@ TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaAndTheOldCloseArrivesLat
   auto new_socket = c.ReadyNode(creds, "edgeB");
   ASSERT_TRUE(
       Eventually([&] { return c.GetNode(creds.node_id())->conn_id() == new_socket->conn_id(); }));
-  ASSERT_TRUE(old_socket->Close(1000, "late").ok());  // reaches replica 1 through edgeA
+  // Replica 2 decided the supersede; replica 1 holds edgeA's stream and delivers the
+  // retirement from edgeA's outbox in Redis: the old socket is closed with 4001 (replaced), and
+  // its close, late and through replica 1, is ignored as stale.
+  auto closed = old_socket->WaitForClose(absl::Seconds(10));
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->code, 4001) << closed->reason;
   const int m1 = testing::MetricsPort(c.registry());
   ASSERT_TRUE(Eventually([&] {
     return testing::MetricValue(testing::HttpGet(m1, "/metrics"),
@@ -174,6 +179,78 @@ TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaAndTheOldCloseArrivesLat
   EXPECT_EQ(w1.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
   EXPECT_EQ(w2.Count(creds.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
   EXPECT_EQ(w2.Count(creds.node_id(), v1::PresenceEvent::REPLACED), 1);
+}
+
+// One InvokeNode call on the replica at `port`.
+testing::InvokeOutcome InvokeOn(int port, const std::string& node_id, const std::string& key,
+                                int64_t timeout_ms = 10000) {
+  auto stub = Api(port);
+  auto ctx = testing::AuthedContext(testing::kWriteToken, absl::Milliseconds(timeout_ms + 5000));
+  v1::InvokeNodeRequest req;
+  req.set_node_id(node_id);
+  req.set_command("system.which");
+  req.set_params_json(R"({"bins":["sh"]})");
+  req.set_timeout_ms(timeout_ms);
+  req.set_idempotency_key(key);
+  testing::InvokeOutcome out;
+  out.status = stub->InvokeNode(ctx.get(), req, &out.response);
+  auto md = ctx->GetServerTrailingMetadata();
+  auto it = md.find("tether-error-code");
+  if (it != md.end()) out.error_code = std::string(it->second.data(), it->second.size());
+  return out;
+}
+
+// The node's edge is attached to replica 1; callers on replica 2 reach it through edgeA's
+// outbox in Redis and get the node's result through replica 2's inbox. Two callers with the
+// same idempotency key on different replicas share one invoke: the node runs it once and
+// both get its result.
+TEST(ReplicasE2ETest, InvokesReachTheNodeWhicheverReplicaTheCallerIsOn) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string store = "--store=" + (*redis)->url();
+  Cluster c;
+  const int p1 = c.StartRegistry({"--auto_approve", store});
+  const int p2 = c.StartExtraRegistry("r2", {"--auto_approve", store});
+  c.StartEdge("edgeA");  // on replica 1 only
+  DeviceCredentials creds;
+  auto node = c.Node(creds, "edgeA", [](edge::client::NodeClientOptions& o) {
+    o.on_invoke = [](const edge::protocol::InvokeRequest&) { return InvokeReply::Deferred(); };
+  });
+  ASSERT_TRUE(node->Connect(absl::Seconds(10)).ok());
+
+  // Plain cross-replica invoke: decided on replica 2, delivered by replica 1, answered back.
+  auto plain = std::async(std::launch::async, [&] { return InvokeOn(p2, creds.node_id(), ""); });
+  ASSERT_TRUE(node->WaitForInvokeCount(1, absl::Seconds(5)).ok());
+  ASSERT_TRUE(
+      node->SendInvokeResult(node->invoke_requests()[0], InvokeReply::Ok(R"({"from":"node"})"))
+          .ok());
+  auto first = plain.get();
+  ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+  EXPECT_EQ(first.response.payload_json(), R"({"from":"node"})");
+
+  // One key, callers on both replicas: one invoke at the node, one result for both.
+  auto on2 = std::async(std::launch::async, [&] { return InvokeOn(p2, creds.node_id(), "k1"); });
+  ASSERT_TRUE(node->WaitForInvokeCount(2, absl::Seconds(5)).ok());
+  auto on1 = std::async(std::launch::async, [&] { return InvokeOn(p1, creds.node_id(), "k1"); });
+  // The second caller joins (it must not start a second invoke at the node).
+  EXPECT_FALSE(node->WaitForInvokeCount(3, absl::Milliseconds(500)).ok());
+  ASSERT_TRUE(
+      node->SendInvokeResult(node->invoke_requests()[1], InvokeReply::Ok(R"({"n":2})")).ok());
+  auto r2 = on2.get();
+  auto r1 = on1.get();
+  ASSERT_TRUE(r2.status.ok()) << r2.status.error_message();
+  ASSERT_TRUE(r1.status.ok()) << r1.status.error_message();
+  EXPECT_EQ(r2.response.payload_json(), R"({"n":2})");
+  EXPECT_EQ(r1.response.payload_json(), R"({"n":2})");
+  EXPECT_EQ(r1.response.invoke_id(), r2.response.invoke_id());
+  EXPECT_EQ(node->invoke_requests_received(), 2);
+
+  // A timeout decided by whichever replica ticks first reaches the caller on replica 2 as the
+  // store's outcome, not as replica 2's own fallback for outcomes that never arrived.
+  auto late = InvokeOn(p2, creds.node_id(), "", 500);
+  EXPECT_EQ(late.error_code, "TIMEOUT") << late.status.error_message();
+  EXPECT_EQ(late.status.error_message().find("no outcome reached"), std::string::npos)
+      << late.status.error_message();
 }
 
 }  // namespace

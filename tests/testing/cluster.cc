@@ -252,7 +252,8 @@ bool Cluster::Connected(const std::string& node_id) {
 }
 
 InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
-                              const std::string& command, const std::string& params_json) {
+                              const std::string& command, const std::string& params_json,
+                              const std::string& idempotency_key) {
   auto ctx_owner = AuthedContext(kWriteToken, absl::Milliseconds(timeout_ms + 5000));
   grpc::ClientContext& ctx = *ctx_owner;
   v1::InvokeNodeRequest req;
@@ -260,6 +261,7 @@ InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
   req.set_command(command);
   req.set_params_json(params_json);
   req.set_timeout_ms(timeout_ms);
+  req.set_idempotency_key(idempotency_key);
   InvokeOutcome out;
   out.status = api_->InvokeNode(&ctx, req, &out.response);
   auto md = ctx.GetServerTrailingMetadata();

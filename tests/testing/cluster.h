@@ -121,7 +121,8 @@ class Cluster {
   bool Connected(const std::string& node_id);
   InvokeOutcome Invoke(const std::string& node_id, int64_t timeout_ms = 5000,
                        const std::string& command = "system.which",
-                       const std::string& params_json = R"({"bins":["sh"]})");
+                       const std::string& params_json = R"({"bins":["sh"]})",
+                       const std::string& idempotency_key = "");
   uint64_t Revision();
 
  private:

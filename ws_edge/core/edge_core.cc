@@ -568,6 +568,11 @@ void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
     conn.queued.push_back(inv);  // hello-ok must reach the node first
     return;
   }
+  if (recent_invokes_.contains(inv.invoke_id())) {
+    // Sent again by a registry replica that took this edge over: delivered once already.
+    stats_.invokes_duplicate.Add();
+    return;
+  }
   protocol::InvokeRequest req;
   req.id = inv.invoke_id();
   req.node_id = inv.node_id();
@@ -580,6 +585,12 @@ void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
                                                protocol::InvokeRequestPayloadJson(req)))) {
     conn.invokes.insert(inv.invoke_id());
     stats_.invokes_delivered.Add();
+    recent_invokes_.insert(inv.invoke_id());
+    recent_order_.push_back(inv.invoke_id());
+    if (recent_order_.size() > kRecentInvokes) {
+      recent_invokes_.erase(recent_order_.front());
+      recent_order_.pop_front();
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <optional>
 #include <random>
@@ -53,6 +54,7 @@ struct EdgeStats {
   common::Counter handshakes_unavailable;  // refused while the registry link was down
   common::Counter invokes_delivered;
   common::Counter invokes_undeliverable;
+  common::Counter invokes_duplicate;  // sent again after a registry takeover: dropped
   common::Counter results_forwarded;
   common::Counter superseded_closed;
   common::Counter slow_consumers_closed;
@@ -185,6 +187,12 @@ class EdgeCore {
   absl::node_hash_map<uint64_t, Conn> sockets_;
   absl::flat_hash_map<std::string, uint64_t> by_conn_id_;
   absl::flat_hash_map<uint64_t, AwaitingAck> awaiting_ack_;  // result request id -> frame
+  // Invoke ids delivered lately (the last kRecentInvokes), oldest first. A registry replica
+  // that takes this edge over may send again what the previous one sent but had not recorded;
+  // the node must not run it twice.
+  static constexpr size_t kRecentInvokes = 65536;
+  absl::flat_hash_set<std::string> recent_invokes_;
+  std::deque<std::string> recent_order_;
   EdgeStats stats_;
   HandshakeLimiter limiter_;
   int64_t verifying_ = 0;  // signature checks queued or running off the loop

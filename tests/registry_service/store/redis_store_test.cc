@@ -430,3 +430,44 @@ TEST_F(RedisStoreTest, StartedEmptyOnANewOrFlushedDatabaseOnly) {
 
 }  // namespace
 }  // namespace tether::registry
+
+namespace tether::registry {
+namespace {
+
+// An edge's outbox holds only what was not yet delivered: marking a position trims the rest,
+// a drain or a lapsed lease deletes it, and nothing is queued for an edge without a lease.
+TEST_F(RedisStoreTest, EdgeOutboxesHoldOnlyWhatIsUndelivered) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  auto xlen = [&] { return server_->Command({"XLEN", "t:outbox:{A}"})->AsInt(); };
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  for (int i = 0; i < 3; ++i) {  // each replaces the previous: a supersede per register
+    ASSERT_THAT(store->Register(Spec("c" + std::to_string(i), "n1"), kNow, &fx), IsOk());
+  }
+  EXPECT_EQ(xlen(), 2);
+  auto batch = store->ReadRouted({{"A", ""}}, "", 0);
+  ASSERT_THAT(batch, IsOk());
+  ASSERT_EQ(batch->to_edges.size(), 2u);
+  EXPECT_EQ(batch->to_edges[0].command.conn_id, "c0");
+  EXPECT_EQ(batch->to_edges[1].command.conn_id, "c1");
+  auto lost = store->MarkDelivered({{"A", batch->to_edges[1].position}}, "");
+  ASSERT_THAT(lost, IsOk());
+  EXPECT_TRUE(lost->empty());
+  EXPECT_EQ(xlen(), 1);  // the last one delivered stays as the position's anchor
+  auto again = store->ReadRouted({{"A", ""}}, "", 0);  // from the recorded position
+  ASSERT_THAT(again, IsOk());
+  EXPECT_TRUE(again->to_edges.empty());
+
+  ASSERT_THAT(store->DrainEdge("A", "e1", kNow, &fx), IsOk());
+  EXPECT_EQ(xlen(), 0);
+  ASSERT_THAT(store->Register(Spec("c9", "n2"), kNow, &fx).status(),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  Effects revoke;
+  (void)store->RevokeDevice("n1", kNow, &revoke);  // tells edge A: no lease, nothing queued
+  EXPECT_EQ(xlen(), 0);
+}
+
+}  // namespace
+}  // namespace tether::registry

@@ -639,3 +639,27 @@ TEST_F(EdgeCoreTest, ATimerPassThatClosesEverySocketInline) {
 
 }  // namespace
 }  // namespace tether::edge
+
+namespace tether::edge {
+namespace {
+
+// A registry replica that takes this edge over may send again an invoke the previous replica
+// already sent (it had not recorded the delivery yet): the node runs it once, answered or not.
+TEST_F(EdgeCoreTest, AnInvokeSentAgainAfterARegistryTakeoverIsDeliveredOnce) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  const size_t before = down_.sockets[1].frames.size();
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");  // still pending at the node
+  EXPECT_EQ(down_.sockets[1].frames.size(), before + 1);
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  const size_t answered = down_.sockets[1].frames.size();
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");  // already answered
+  EXPECT_EQ(down_.sockets[1].frames.size(), answered);
+  EXPECT_EQ(core_->stats().invokes_duplicate.value(), 2u);
+  Invoke(opened.conn_id(), opened.node_id(), "inv-2");  // a new one still goes out
+  EXPECT_EQ(down_.sockets[1].frames.size(), answered + 1);
+}
+
+}  // namespace
+}  // namespace tether::edge
