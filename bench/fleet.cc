@@ -30,6 +30,7 @@
 #include <cstdlib>
 #include <deque>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <queue>
 #include <string>
@@ -187,6 +188,7 @@ class Fleet {
     }
     int ready = 0, failed = 0, retries = 0, old_open = total;
     int closed_by_us = 0, replaced = 0, other = 0;
+    std::map<int, std::pair<int, std::string>> new_socket_failures;  // code -> count, a reason
     absl::Time all_ready = start;
     // (when, node): old sockets to close late, and new sockets to retry.
     using Timed = std::pair<absl::Time, int>;
@@ -229,6 +231,9 @@ class Fleet {
                          e.node});
         } else if (!n.ready) {
           n.current.reset();
+          // Why new sockets fail, for the report: close code (and the first reason seen).
+          auto& why = new_socket_failures[e.close.code];
+          if (why.first++ == 0) why.second = e.close.reason.empty() ? e.close.error : e.close.reason;
           if (++n.attempts <= absl::GetFlag(FLAGS_retries)) {
             ++retries;
             retry_at.push({absl::Now() + absl::Milliseconds(200 * n.attempts), e.node});
@@ -253,11 +258,17 @@ class Fleet {
       n.previous.reset();
       n.previous_open = false;
     }
+    std::string failures;
+    for (const auto& [code, why] : new_socket_failures) {
+      absl::StrAppend(&failures, failures.empty() ? "" : ",", code, ":", why.first, "(",
+                      why.second.substr(0, 60), ")");
+    }
     return absl::StrFormat(
         "stormed nodes=%d ready=%d failed=%d retries=%d all_ready_ms=%.0f old_closed_by_us=%d "
-        "old_replaced=%d old_other=%d old_left_open=%d elapsed_ms=%.0f",
+        "old_replaced=%d old_other=%d old_left_open=%d elapsed_ms=%.0f new_socket_closes=%s",
         total, ready, total - ready, retries, absl::ToDoubleMilliseconds(all_ready - start),
-        closed_by_us, replaced, other, old_open, absl::ToDoubleMilliseconds(absl::Now() - start));
+        closed_by_us, replaced, other, old_open, absl::ToDoubleMilliseconds(absl::Now() - start),
+        failures.empty() ? "none" : failures);
   }
 
   std::string CloseAll() {

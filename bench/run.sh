@@ -93,7 +93,7 @@ for s in "${scenarios[@]}"; do
     echo
     echo "Machine: $machine; CPU ${busy_pct} % busy in the 2 s before the run. Commit $rev, \`-c opt\`, store: $store."
     if [[ -n $redis_pid ]]; then
-      echo "Redis memory after the run: $(redis-cli -p "$redis_port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r'), $(redis-cli -p "$redis_port" dbsize | tr -d '\r') keys."
+      echo "Redis memory after the run: $(redis-cli -p "$redis_port" info memory | sed -n 's/^used_memory_human://p' | tr -d '\r'), $(redis-cli -p "$redis_port" dbsize | tr -d '\r') keys; redis-server CPU seconds so far (this and earlier scenarios): $(redis-cli -p "$redis_port" info cpu | awk -F: '/^used_cpu_(user|sys):/ {t += $2} END {printf "%.1f", t}')."
     fi
     echo "Command: \`$cmd\`"
     echo

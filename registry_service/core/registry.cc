@@ -100,6 +100,8 @@ void Registry::MaybeEndRecovery() {
 
 absl::Status Registry::AttachEdge(const std::string& edge_id, const std::string& epoch,
                                   std::shared_ptr<EdgeSink> sink) {
+  // Attaches check and install routes in one step, also when decisions run side by side.
+  absl::MutexLock attaching(&attach_mu_);
   Effects effects;
   {
     Decision decision(*this, &effects);
@@ -533,6 +535,39 @@ void Registry::Unwatch(uint64_t watch_id) {
   stats_.watchers.store(static_cast<int64_t>(watchers_.size()));
 }
 
+void Registry::Publish(const std::vector<PresenceEvent>& events) {
+  {
+    absl::MutexLock lock(&publish_mu_);
+    if (watchers_.empty()) {
+      // Nobody to tell: no read of the history (a watcher that comes later starts from here
+      // or reads its backlog from the store).
+      published_ = std::max(published_, events.back().revision);
+      return;
+    }
+    // The common case: this decision's events follow what was published. Deliver them as
+    // they are instead of reading them back from the store.
+    size_t i = 0;
+    while (i < events.size() && events[i].revision <= published_) ++i;
+    bool next = i < events.size() && events[i].revision == published_ + 1;
+    for (size_t j = i + 1; next && j < events.size(); ++j) {
+      next = events[j].revision == events[j - 1].revision + 1;
+    }
+    if (next || i == events.size()) {
+      for (; i < events.size(); ++i) {
+        const PresenceEvent& e = events[i];
+        for (auto& [id, w] : watchers_) {
+          if (e.revision <= w.after) continue;
+          w.after = e.revision;
+          w.fn(e);
+        }
+        published_ = e.revision;
+      }
+      return;
+    }
+  }
+  PumpPresence();  // a gap: another decision (here or on another replica) came in between
+}
+
 void Registry::PumpPresence() {
   absl::MutexLock lock(&publish_mu_);
   for (;;) {
@@ -696,7 +731,9 @@ void Registry::Outbox::Drain() {
 
 Registry::Decision::Decision(Registry& registry, Effects* effects)
     : registry_(registry), effects_(effects) {
-  registry_.decide_mu_.Lock();
+  // A store that routes keeps the decision order itself (each decision appends to the edges'
+  // outboxes atomically): decisions then run side by side.
+  if (!registry_.routed_) registry_.decide_mu_.Lock();
 }
 
 bool Registry::Decision::SendInvoke(const Dispatch& dispatch, int64_t remaining_ms) {
@@ -716,7 +753,6 @@ bool Registry::Decision::SendInvoke(const Dispatch& dispatch, int64_t remaining_
 Registry::Decision::~Decision() {
   if (registry_.routed_) {
     // The store queued them in the edges' outboxes, in decision order across replicas.
-    registry_.decide_mu_.Unlock();
     if (!effects_->to_edges.empty()) (void)registry_.PumpRouted(0);
     return;
   }
@@ -924,7 +960,7 @@ void Registry::Apply(Effects& effects) {
   // Edge messages were queued and sent by the decision (see Decision), in decision order.
   for (auto& [done, result] : calls) done(result);
   // (With a store that routes, callers on other replicas get theirs through their inbox.)
-  if (!effects.presence.empty()) PumpPresence();
+  if (!effects.presence.empty()) Publish(effects.presence);
 }
 
 }  // namespace tether::registry

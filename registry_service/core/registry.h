@@ -36,6 +36,7 @@ class EdgeSink {
 struct RegistryStats {
   common::Counter registrations_granted;
   common::Counter registrations_refused;
+  common::Counter registrations_shed;  // refused unread: waited too long (overload)
   common::Counter closes_of_owner;
   common::Counter stale_closes_ignored;  // closes of superseded connections: changed nothing
   common::Counter superseded_retired;    // replaced connections told to close
@@ -169,6 +170,8 @@ class Registry {
   void Undeliverable(const std::string& edge_id, const std::string& conn_id,
                      const std::string& invoke_id, const std::string& reason);
   void Seen(const std::string& conn_id);
+  // The transport refused a registration without deciding it (it waited too long: overload).
+  void ShedRegistration() { stats_.registrations_shed.Add(); }
   absl::StatusOr<ResyncResult> Resync(const std::string& edge_id, const std::string& epoch,
                                       const std::vector<LiveConnection>& live);
 
@@ -276,12 +279,13 @@ class Registry {
   };
   // Holds decide_mu_ for one decision: the store decides, and what it tells edges is queued in
   // their outboxes before the next decision can run. The destructor queues the commands in
-  // `effects`, releases the lock, then drains the outboxes it touched.
+  // `effects`, releases the lock, then drains the outboxes it touched. With a store that
+  // routes (the store orders edge messages itself) it takes no lock: the destructor only pumps
+  // the routed messages when the decision told an edge something.
   class Decision {
    public:
-    Decision(Registry& registry, Effects* effects)
-        ABSL_EXCLUSIVE_LOCK_FUNCTION(registry.decide_mu_);
-    ~Decision() ABSL_UNLOCK_FUNCTION();
+    Decision(Registry& registry, Effects* effects);
+    ~Decision();
     Decision(const Decision&) = delete;
     Decision& operator=(const Decision&) = delete;
     // Queues `dispatch` for its edge, recording the stream it goes out through; false when the
@@ -309,6 +313,9 @@ class Registry {
   // Delivers what a decision changed. Call with no lock held.
   void Apply(Effects& effects) ABSL_LOCKS_EXCLUDED(mu_, publish_mu_);
   void PumpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
+  // Publishes a decision's presence events (in revision order): directly when they follow
+  // what was published, else by pumping the store's history (which fills the gap).
+  void Publish(const std::vector<PresenceEvent>& events) ABSL_LOCKS_EXCLUDED(publish_mu_);
   // Pumps what the store's history holds beyond what this registry published (decisions of
   // other replicas sharing the store).
   void CatchUpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
@@ -330,6 +337,8 @@ class Registry {
   // Serializes decisions with the queuing of their edge messages (see Decision). Taken before
   // the store's lock and before mu_.
   absl::Mutex decide_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  // Serializes AttachEdge (its check of the routes and their update), before decide_mu_.
+  absl::Mutex attach_mu_ ABSL_ACQUIRED_BEFORE(decide_mu_);
 
   mutable absl::Mutex mu_;
   uint64_t next_waiter_id_ ABSL_GUARDED_BY(mu_) = 1;

@@ -20,6 +20,12 @@ ABSL_FLAG(std::string, store, "memory",
 ABSL_FLAG(int64_t, redis_timeout_ms, 1000,
           "Redis connect and command timeout: RPCs fail UNAVAILABLE after this long when Redis "
           "is dead or silent (a whole-fleet read such as GetPresence is one command)");
+ABSL_FLAG(int64_t, max_registration_wait_ms, 5000,
+          "under overload, a registration that waited longer than this for the store is refused "
+          "as retryable instead of decided (keep it below the edges' --handshake_timeout_ms)");
+ABSL_FLAG(int, redis_connections, 8,
+          "Redis connections decisions are spread over (1..64): Redis runs one script at a "
+          "time, but with one connection every caller would also wait for every round trip");
 ABSL_FLAG(std::string, redis_password_file, "",
           "file with the Redis password (AUTH) for --store=redis://...; empty: none");
 ABSL_FLAG(int64_t, lease_ttl_ms, 10'000, "edge lease TTL; an edge silent this long is lost");
@@ -74,6 +80,12 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
   if (o.registry.max_params_bytes < 1024 || o.registry.max_params_bytes > (16 << 20)) {
     return absl::InvalidArgumentError("--max_params_bytes must be in 1024..16777216");
   }
+  if (o.max_registration_wait_ms < 100) {
+    return absl::InvalidArgumentError("--max_registration_wait_ms must be >= 100");
+  }
+  if (o.redis_connections < 1 || o.redis_connections > 64) {
+    return absl::InvalidArgumentError("--redis_connections must be in 1..64");
+  }
   if (o.redis_timeout_ms < 10 || o.redis_timeout_ms > 60'000) {
     return absl::InvalidArgumentError("--redis_timeout_ms must be in 10..60000");
   }
@@ -102,6 +114,8 @@ int main(int argc, char** argv) {
   o.listen = absl::GetFlag(FLAGS_listen);
   o.store_url = absl::GetFlag(FLAGS_store);
   o.redis_timeout_ms = absl::GetFlag(FLAGS_redis_timeout_ms);
+  o.redis_connections = absl::GetFlag(FLAGS_redis_connections);
+  o.max_registration_wait_ms = absl::GetFlag(FLAGS_max_registration_wait_ms);
   o.store.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));

@@ -18,6 +18,10 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
   return reactor;
 }
 
+// Less than this left of the caller's deadline when a worker picks the call up: answered
+// TIMEOUT at once instead of started.
+constexpr int64_t kMinRemainingMs = 20;
+
 // One InvokeNode call: finishes when the Registry ends the invoke, and turns the caller's
 // cancellation (or expired deadline) into CancelInvoke. Deletes itself in OnDone.
 class InvokeReactor final : public grpc::ServerUnaryReactor {
@@ -25,22 +29,38 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
   InvokeReactor(Registry& registry, grpc::CallbackServerContext* ctx,
                 const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp, std::string caller)
       : registry_(registry), ctx_(ctx), resp_(resp) {
-    InvokeParams p;
+    InvokeParams& p = params_;
     p.caller = std::move(caller);
     p.node_id = req->node_id();
     p.command = req->command();
     p.params_json = req->params_json();
     p.timeout_ms = req->timeout_ms();
     p.idempotency_key = req->idempotency_key();
-    const auto deadline = ctx->deadline();
+  }
+
+  // Starts the invoke (on a worker thread: it waits for the store). The call cannot end before
+  // (only Complete finishes it), so the reactor is alive.
+  void Start() {
+    const auto deadline = ctx_->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      // Both ends of the difference come from the same clock at the same moment.
-      p.caller_remaining_ms =
+      // Measured now, not at arrival: the call may have waited for a worker. Both ends of the
+      // difference come from the same clock at the same moment.
+      params_.caller_remaining_ms =
           std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::system_clock::now())
                                    .count());
+      if (params_.caller_remaining_ms < kMinRemainingMs) {
+        // Too late to reach the node and back: a typed answer while the caller still listens.
+        InvokeResult late;
+        late.outcome = Failure(InvokeCode::kTimeout,
+                               "the caller's deadline passed before the invoke could start "
+                               "(registry overloaded)");
+        Complete(late);
+        return;
+      }
     }
-    InvokeTicket ticket = registry_.Invoke(p, [this](const InvokeResult& r) { Complete(r); });
+    InvokeTicket ticket =
+        registry_.Invoke(params_, [this](const InvokeResult& r) { Complete(r); });
     absl::MutexLock lock(&mu_);
     ticket_ = ticket;
     if (cancelled_) Cancel();
@@ -84,6 +104,7 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
   Registry& registry_;
   grpc::CallbackServerContext* ctx_;
   v1::InvokeNodeResponse* resp_;
+  InvokeParams params_;
   absl::Mutex mu_;
   InvokeTicket ticket_ ABSL_GUARDED_BY(mu_);
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
@@ -142,6 +163,13 @@ grpc::Status RegistryApiService::Serving(grpc::CallbackServerContext* ctx) const
   return ToGrpc(s);
 }
 
+grpc::ServerUnaryReactor* RegistryApiService::Offload(grpc::CallbackServerContext* ctx,
+                                                      std::function<grpc::Status()> work) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  pool_->Post([reactor, work = std::move(work)] { reactor->Finish(work()); });
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerContext* ctx,
                                                         const v1::ListNodesRequest* req,
                                                         v1::ListNodesResponse* resp) {
@@ -161,11 +189,13 @@ grpc::ServerUnaryReactor* RegistryApiService::ListNodes(grpc::CallbackServerCont
   if (req->page_size() < 0) {
     return Done(ctx, grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "negative page_size"));
   }
-  auto page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
-  if (!page.ok()) return Done(ctx, ToGrpc(page.status()));
-  for (const NodeView& n : page->nodes) ToProto(n, resp->add_nodes());
-  resp->set_next_page_token(page->next_page_token);
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, f, req, resp] {
+    auto page = registry_.store().ListNodes(f, req->page_token(), req->page_size());
+    if (!page.ok()) return ToGrpc(page.status());
+    for (const NodeView& n : page->nodes) ToProto(n, resp->add_nodes());
+    resp->set_next_page_token(page->next_page_token);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContext* ctx,
@@ -173,10 +203,12 @@ grpc::ServerUnaryReactor* RegistryApiService::GetNode(grpc::CallbackServerContex
                                                       v1::Node* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  auto node = registry_.store().GetNode(req->node_id());
-  if (!node.ok()) return Done(ctx, ToGrpc(node.status()));
-  ToProto(*node, resp);
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, req, resp] {
+    auto node = registry_.store().GetNode(req->node_id());
+    if (!node.ok()) return ToGrpc(node.status());
+    ToProto(*node, resp);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerContext* ctx,
@@ -187,7 +219,9 @@ grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerCon
     return Done(ctx, a);
   }
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  return new InvokeReactor(registry_, ctx, req, resp, std::move(caller));
+  auto* reactor = new InvokeReactor(registry_, ctx, req, resp, std::move(caller));
+  pool_->Post([reactor] { reactor->Start(); });
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,
@@ -195,11 +229,13 @@ grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerCo
                                                           v1::GetPresenceResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  auto snap = registry_.store().GetPresence();
-  if (!snap.ok()) return Done(ctx, ToGrpc(snap.status()));
-  for (const NodeView& n : snap->nodes) ToProto(n, resp->add_nodes());
-  resp->set_revision(snap->revision);
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, resp] {
+    auto snap = registry_.store().GetPresence();
+    if (!snap.ok()) return ToGrpc(snap.status());
+    for (const NodeView& n : snap->nodes) ToProto(n, resp->add_nodes());
+    resp->set_revision(snap->revision);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerWriteReactor<v1::PresenceEvent>* RegistryApiService::WatchPresence(
@@ -213,46 +249,55 @@ grpc::ServerUnaryReactor* RegistryApiService::ListPairingRequests(
     grpc::CallbackServerContext* ctx, const v1::ListPairingRequestsRequest*,
     v1::ListPairingRequestsResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
-  for (const PairingRequest& r : registry_.store().ListPairingRequests()) {
-    ToProto(r, resp->add_requests());
-  }
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, resp] {
+    for (const PairingRequest& r : registry_.store().ListPairingRequests()) {
+      ToProto(r, resp->add_requests());
+    }
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::ApprovePairing(grpc::CallbackServerContext* ctx,
                                                              const v1::ApprovePairingRequest* req,
                                                              v1::ApprovePairingResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
-  const std::string by = req->approved_by().empty() ? "api" : req->approved_by();
-  auto device = registry_.ApprovePairing(req->request_id(), by);
-  if (!device.ok()) return Done(ctx, ToGrpc(device.status()));
-  ToProto(*device, resp->mutable_device());
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, req, resp] {
+    const std::string by = req->approved_by().empty() ? "api" : req->approved_by();
+    auto device = registry_.ApprovePairing(req->request_id(), by);
+    if (!device.ok()) return ToGrpc(device.status());
+    ToProto(*device, resp->mutable_device());
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::RejectPairing(grpc::CallbackServerContext* ctx,
                                                             const v1::RejectPairingRequest* req,
                                                             v1::RejectPairingResponse*) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
-  return Done(ctx, ToGrpc(registry_.store().RejectPairing(req->request_id())));
+  return Offload(ctx,
+                 [this, req] { return ToGrpc(registry_.store().RejectPairing(req->request_id())); });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::RevokeDevice(grpc::CallbackServerContext* ctx,
                                                            const v1::RevokeDeviceRequest* req,
                                                            v1::RevokeDeviceResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
-  auto closed = registry_.RevokeDevice(req->node_id());
-  if (!closed.ok()) return Done(ctx, ToGrpc(closed.status()));
-  resp->set_closed_connections(*closed);
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, req, resp] {
+    auto closed = registry_.RevokeDevice(req->node_id());
+    if (!closed.ok()) return ToGrpc(closed.status());
+    resp->set_closed_connections(*closed);
+    return grpc::Status::OK;
+  });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::ListDevices(grpc::CallbackServerContext* ctx,
                                                           const v1::ListDevicesRequest*,
                                                           v1::ListDevicesResponse* resp) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kRead); !a.ok()) return Done(ctx, a);
-  for (const Device& d : registry_.store().ListDevices()) ToProto(d, resp->add_devices());
-  return Done(ctx, grpc::Status::OK);
+  return Offload(ctx, [this, resp] {
+    for (const Device& d : registry_.store().ListDevices()) ToProto(d, resp->add_devices());
+    return grpc::Status::OK;
+  });
 }
 
 }  // namespace tether::registry

@@ -2,20 +2,29 @@
 #ifndef TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_API_SERVICE_H_
 #define TETHER_REGISTRY_SERVICE_SERVER_REGISTRY_API_SERVICE_H_
 
+#include <functional>
+#include <memory>
+
 #include "proto/tether/v1/registry.grpc.pb.h"
 #include "registry_service/core/registry.h"
 #include "registry_service/server/auth.h"
+#include "registry_service/server/worker_pool.h"
 
 namespace tether::registry {
 
-// Converts, delegates, finishes. Holds the Registry by reference (not owned; must outlive the
-// server). Thread-safe. While the Registry recovers (Registry::ServingStatus), ListNodes,
+// Converts, delegates, finishes. Calls that wait for the store run on the service's worker
+// threads (owned), never on gRPC's: a slow store must not starve gRPC's transport (edges'
+// keepalives and streams share it). Holds the Registry by reference (not owned; must outlive
+// the server). Thread-safe. While the Registry recovers (Registry::ServingStatus), ListNodes,
 // GetNode, GetPresence, WatchPresence and InvokeNode answer UNAVAILABLE with `retry-after-ms`;
 // pairing and device calls are served (they do not depend on the edges' reports).
 class RegistryApiService final : public v1::Registry::CallbackService {
  public:
   // `auth` is not owned and must outlive the service.
-  RegistryApiService(Registry& registry, const ApiAuth& auth) : registry_(registry), auth_(auth) {}
+  RegistryApiService(Registry& registry, const ApiAuth& auth, int worker_threads = 16)
+      : registry_(registry),
+        auth_(auth),
+        pool_(std::make_unique<WorkerPool>(worker_threads)) {}
 
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
                                       const v1::ListNodesRequest* req,
@@ -50,9 +59,14 @@ class RegistryApiService final : public v1::Registry::CallbackService {
   // OK when the registry serves ownership reads and invokes; while it recovers, UNAVAILABLE
   // with its message and the trailing metadata `retry-after-ms`.
   grpc::Status Serving(grpc::CallbackServerContext* ctx) const;
+  // Runs `work` (it fills the response and returns the call's status) on the worker pool, then
+  // finishes the call with that status.
+  grpc::ServerUnaryReactor* Offload(grpc::CallbackServerContext* ctx,
+                                    std::function<grpc::Status()> work);
 
   Registry& registry_;
   const ApiAuth& auth_;
+  std::unique_ptr<WorkerPool> pool_;
 };
 
 }  // namespace tether::registry

@@ -42,6 +42,7 @@ absl::StatusOr<int> RegistryServer::Start() {
     redis.client.password = options_.redis_password;
     redis.client.connect_timeout = absl::Milliseconds(options_.redis_timeout_ms);
     redis.client.command_timeout = absl::Milliseconds(options_.redis_timeout_ms);
+    redis.connections = options_.redis_connections;
     auto store = std::make_unique<RedisStore>(options_.store, redis);
     if (absl::Status s = store->Connect(); !s.ok()) return s;
     common::Log(common::LogLevel::kInfo, "redis_store_connected",
@@ -53,7 +54,7 @@ absl::StatusOr<int> RegistryServer::Start() {
   registry_ = std::make_unique<Registry>(*store_, clock_, registry_options);
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,
-      options_.store.superseded_grace_ms);
+      options_.store.superseded_grace_ms, options_.max_registration_wait_ms);
   api_ = std::make_unique<RegistryApiService>(*registry_, *api_auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -159,6 +160,8 @@ void RegistryServer::ExposeMetrics() {
                   "Connection registrations decided by the registry", &s.registrations_granted);
   metrics_.Expose("tether_registry_registrations_total{result=\"refused\"}", "",
                   &s.registrations_refused);
+  metrics_.Expose("tether_registry_registrations_total{result=\"shed\"}", "",
+                  &s.registrations_shed);
   metrics_.Expose("tether_registry_closes_total{kind=\"owner\"}",
                   "Connection closes reported by edges", &s.closes_of_owner);
   metrics_.Expose("tether_registry_closes_total{kind=\"stale_ignored\"}", "",

@@ -31,6 +31,10 @@ struct ServerOptions {
   // Connect and command timeout for the Redis store: a dead or silent Redis makes RPCs fail
   // (UNAVAILABLE) after this long instead of hanging.
   int64_t redis_timeout_ms = 1000;
+  int redis_connections = 8;  // decisions are spread over these
+  // A registration that waited longer than this for the store is refused as retryable
+  // (overload shedding; below the edges' handshake timeout, 10 s by default).
+  int64_t max_registration_wait_ms = 5000;
   RegistryOptions registry;
   int64_t tick_ms = 50;  // how often expiries run (invoke deadlines are this precise)
   std::string metrics_host = "127.0.0.1";

@@ -354,27 +354,19 @@ end
 return ok_list(lost)
 )lua";
 
-// Live connection i: A(2 + i) = enc{conn, node, public_key, client, commands, remote_addr,
-// generation, superseded}.
-constexpr char kResync[] = R"lua(
-local e, epoch = A(1), A(2)
+// A resync runs as chunks and a sweep (RedisStore::Resync), so that no script holds Redis for
+// long (an edge reports thousands of connections; every other decision, lease renewals
+// included, would wait behind one big script). A chunk reconciles the connections it carries
+// and marks them with the resync's token; the sweep then closes what the lease holds unmarked.
+//
+// Chunk: A(1..3) = edge, epoch, token; live connection i: A(3 + i) = enc{conn, node,
+// public_key, client, commands, remote_addr, generation, superseded}.
+constexpr char kResyncChunk[] = R"lua(
+local e, epoch, token = A(1), A(2), A(3)
 if redis.call('HGET', G_LEASES, e) ~= epoch then return err('9', 'resync before attach') end
-local live, reported = {}, {}
-for i = 3, NA do
-  local l = dec(A(i))
-  live[#live + 1] = l
-  reported[l[1]] = true
-end
+local live = {}
+for i = 4, NA do live[#live + 1] = dec(A(i)) end
 local kept, closed = 0, 0
-local lk = lease_conns_key(e)
-local held = redis.call('SMEMBERS', lk)
-table.sort(held)
-for _, c in ipairs(held) do
-  if not reported[c] then
-    remove_conn(c, 'disconnect')
-    closed = closed + 1
-  end
-end
 for _, l in ipairs(live) do
   local c, n, gen = l[1], l[2], tonumber(l[7])
   local function close_it(reason)
@@ -387,6 +379,7 @@ for _, l in ipairs(live) do
     local h = redis.call('HMGET', ck, 'edge', 'superseded', 'retire_at')
     if h[1] == e then
       kept = kept + 1
+      redis.call('HSET', ck, 'mark', token)
       if h[2] == '1' then
         -- Its retirement may have been lost with the link: say it again.
         if redis.call('SCARD', cpend_key(kn, c)) == 0 then
@@ -428,6 +421,7 @@ for _, l in ipairs(live) do
         close_it('superseded')
       else
         new_conn(n, c, e, I(gen))
+        redis.call('HSET', conn_key(n, c), 'mark', token)
         install_owner(n, c, e, I(gen), {l[4], l[5], l[3], l[6]})
         kept = kept + 1
       end
@@ -435,6 +429,29 @@ for _, l in ipairs(live) do
   end
 end
 return ok(I(kept), I(closed))
+)lua";
+
+// Sweep: A(1..4) = edge, epoch, token, SSCAN cursor. Closes the lease's connections a chunk of
+// this resync did not mark (the edge no longer has them); returns the next cursor ('0': done)
+// and how many it closed.
+constexpr char kResyncSweep[] = R"lua(
+local e, epoch, token = A(1), A(2), A(3)
+if redis.call('HGET', G_LEASES, e) ~= epoch then return err('9', 'resync before attach') end
+local lk = lease_conns_key(e)
+local page = redis.call('SSCAN', lk, A(4), 'COUNT', 256)
+local held = page[2]
+table.sort(held)
+local closed = 0
+for _, c in ipairs(held) do
+  local n = redis.call('HGET', G_CONNS, c)
+  if not n then
+    redis.call('SREM', lk, c)
+  elseif redis.call('HGET', conn_key(n, c), 'mark') ~= token then
+    remove_conn(c, 'disconnect')
+    closed = closed + 1
+  end
+end
+return ok(page[1], I(closed))
 )lua";
 
 // A(1..) = conn, node, edge, epoch, public_key, remote_addr, client, commands,
@@ -579,8 +596,11 @@ if A(4) == '6' then tell('2', d[2], d[1], n, '', inv) end
 return ok('1')
 )lua";
 
+// At most BATCH items of each kind per call, so that a backlog (an edge with thousands of
+// connections lapsing) never holds Redis for long; the next tick continues.
 constexpr char kExpire[] = R"lua(
-local due = redis.call('ZRANGEBYSCORE', G_DEADLINES, '-inf', NOWS)
+local BATCH = 1000
+local due = redis.call('ZRANGEBYSCORE', G_DEADLINES, '-inf', NOWS, 'LIMIT', 0, BATCH)
 for _, inv in ipairs(due) do
   local n = redis.call('HGET', G_INVS, inv)
   if n then
@@ -591,12 +611,19 @@ for _, inv in ipairs(due) do
     redis.call('ZREM', G_DEADLINES, inv)
   end
 end
-local lapsed = redis.call('ZRANGEBYSCORE', G_LEASE_EXP, '-inf', NOWS)
+local lapsed = redis.call('ZRANGEBYSCORE', G_LEASE_EXP, '-inf', NOWS, 'LIMIT', 0, 16)
+local budget = BATCH
 for _, e in ipairs(lapsed) do
+  if budget <= 0 then break end
+  -- The lease ends at once (a late renewal must fail: the edge re-attaches and resyncs); its
+  -- connections are closed over as many calls as it takes.
+  redis.call('HDEL', G_LEASES, e)
+  redis.call('HDEL', G_HOLDERS, e)
+  redis.call('DEL', outbox_key(e), outpos_key(e))
   local lk = lease_conns_key(e)
-  local conns = redis.call('SMEMBERS', lk)
+  local conns = redis.call('SPOP', lk, budget)
+  budget = budget - #conns
   table.sort(conns)
-  redis.call('DEL', lk)
   for _, c in ipairs(conns) do
     local n = redis.call('HGET', G_CONNS, c)
     if n then
@@ -605,12 +632,9 @@ for _, e in ipairs(lapsed) do
       remove_conn(c, 'edge_lost')
     end
   end
-  redis.call('HDEL', G_LEASES, e)
-  redis.call('HDEL', G_HOLDERS, e)
-  redis.call('ZREM', G_LEASE_EXP, e)
-  redis.call('DEL', outbox_key(e), outpos_key(e))
+  if redis.call('SCARD', lk) == 0 then redis.call('ZREM', G_LEASE_EXP, e) end
 end
-local retire = redis.call('ZRANGEBYSCORE', G_RETIRE, '-inf', NOWS)
+local retire = redis.call('ZRANGEBYSCORE', G_RETIRE, '-inf', NOWS, 'LIMIT', 0, BATCH)
 for _, c in ipairs(retire) do
   redis.call('ZREM', G_RETIRE, c)
   local n = redis.call('HGET', G_CONNS, c)
@@ -622,7 +646,7 @@ for _, c in ipairs(retire) do
     end
   end
 end
-local old = redis.call('ZRANGEBYSCORE', G_PAIR_AGE, '-inf', I(NOW - PAIR_TTL))
+local old = redis.call('ZRANGEBYSCORE', G_PAIR_AGE, '-inf', I(NOW - PAIR_TTL), 'LIMIT', 0, BATCH)
 for _, rid in ipairs(old) do
   local n = redis.call('HGET', G_PAIRING, rid)
   redis.call('HDEL', G_PAIRING, rid)
@@ -631,7 +655,7 @@ for _, rid in ipairs(old) do
     redis.call('DEL', preq_key(n))
   end
 end
-local gone = redis.call('ZRANGEBYSCORE', G_OUTCOMES, '-inf', NOWS)
+local gone = redis.call('ZRANGEBYSCORE', G_OUTCOMES, '-inf', NOWS, 'LIMIT', 0, BATCH)
 for _, m in ipairs(gone) do
   redis.call('ZREM', G_OUTCOMES, m)
   local z = string.find(m, '\0', 1, true)
@@ -983,14 +1007,23 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
       prefix_(redis.key_prefix),
       replica_id_(redis.replica_id.empty() ? common::UniqueId() : redis.replica_id),
       command_timeout_(redis.client.command_timeout),
-      client_(std::make_unique<RedisClient>(redis.client)),
       lease_client_(std::make_unique<RedisClient>(redis.client)),
       route_client_(std::make_unique<RedisClient>(redis.client)) {
-  auto add = [&](const char* body) { return client_->AddScript(std::string(kPrelude) + body); };
+  for (int i = 0; i < std::max(redis.connections, 1); ++i) {
+    pool_.push_back(std::make_unique<RedisClient>(redis.client));
+  }
+  client_ = pool_[0].get();
+  // Every script on every pooled connection, in the same order: the handles are the same.
+  auto add = [&](const char* body) {
+    int handle = 0;
+    for (auto& c : pool_) handle = c->AddScript(std::string(kPrelude) + body);
+    return handle;
+  };
   attach_ = add(kAttach);
   renew_ = lease_client_->AddScript(std::string(kPrelude) + kRenew);  // on its own connection
   drain_ = add(kDrain);
-  resync_ = add(kResync);
+  resync_chunk_ = add(kResyncChunk);
+  resync_sweep_ = add(kResyncSweep);
   register_ = add(kRegister);
   close_ = add(kClose);
   touch_ = add(kTouch);
@@ -1009,8 +1042,9 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
   revoke_ = add(kRevoke);
   release_ = add(kRelease);
   delivered_ = route_client_->AddScript(std::string(kPrelude) + kDelivered);
-  const int raise = client_->AddScript(kRaiseCounters);
-  client_->SetConnectScript(
+  for (auto& c : pool_) {
+    const int raise = c->AddScript(kRaiseCounters);
+    c->SetConnectScript(
       raise,
       [this] {
         return std::vector<std::string>{prefix_, absl::StrCat(highest_generation_.load()),
@@ -1023,6 +1057,11 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
                      {"revision", absl::StrCat(highest_revision_.load())},
                      {"why", "Redis lost data; presence watchers must re-list"}});
       });
+  }
+}
+
+RedisClient& RedisStore::Decider() {
+  return *pool_[next_client_.fetch_add(1, std::memory_order_relaxed) % pool_.size()];
 }
 
 void RedisStore::Observe(uint64_t generation, uint64_t revision) {
@@ -1044,7 +1083,7 @@ void RedisStore::ObserveEffects(const Effects& effects, size_t presence_from, si
 }
 
 absl::Status RedisStore::Connect() {
-  RETURN_IF_ERROR(client_->Connect());
+  for (auto& c : pool_) RETURN_IF_ERROR(c->Connect());
   // SET NX GET is Redis 7 only; two commands are enough: a replica that starts between them
   // also sees an empty table and recovers too, which is harmless.
   auto marker = client_->Command({"EXISTS", prefix_ + "table"});
@@ -1059,12 +1098,10 @@ absl::Status RedisStore::Connect() {
   return absl::OkStatus();
 }
 
-constexpr absl::Duration kResyncTimeout = absl::Seconds(30);
-
 absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_ms,
                                                         const std::vector<std::string>& args,
                                                         Effects* effects) {
-  return RunOn(*client_, handle, now_ms, args, effects);
+  return RunOn(Decider(), handle, now_ms, args, effects);
 }
 
 absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, int handle,
@@ -1139,23 +1176,35 @@ absl::StatusOr<ResyncResult> RedisStore::Resync(const std::string& edge_id,
                                                 const std::string& epoch,
                                                 const std::vector<LiveConnection>& live,
                                                 int64_t now_ms, Effects* effects) {
-  std::vector<std::string> args = {edge_id, epoch};
-  args.reserve(live.size() + 2);
-  for (const LiveConnection& l : live) {
-    args.push_back(
-        EncodeList({l.spec.conn_id, l.spec.node_id, l.spec.public_key, EncodeClient(l.spec.client),
-                    EncodeList(l.spec.client.commands), l.spec.remote_addr,
-                    absl::StrCat(l.generation), l.superseded ? "1" : "0"}));
-  }
-  // Its work grows with the edge's connections (thousands after a storm): the fail-fast
-  // timeout would fail it every time, and the edge would resync again and again.
-  auto r = RunOn(*client_, resync_, now_ms, args, effects, kResyncTimeout);
-  if (!r.ok()) return r.status();
+  // Chunks, then the sweep (see kResyncChunk): no script holds Redis for long.
+  constexpr size_t kChunk = 256;
+  const std::string token = common::UniqueId();
   ResyncResult result;
-  if (r->size() >= 2) {
-    result.kept = static_cast<int>((*r)[0].AsInt());
-    result.closed = static_cast<int>((*r)[1].AsInt());
+  for (size_t from = 0; from < live.size() || from == 0; from += kChunk) {
+    std::vector<std::string> args = {edge_id, epoch, token};
+    for (size_t i = from; i < std::min(live.size(), from + kChunk); ++i) {
+      const LiveConnection& l = live[i];
+      args.push_back(EncodeList({l.spec.conn_id, l.spec.node_id, l.spec.public_key,
+                                 EncodeClient(l.spec.client), EncodeList(l.spec.client.commands),
+                                 l.spec.remote_addr, absl::StrCat(l.generation),
+                                 l.superseded ? "1" : "0"}));
+    }
+    auto r = Run(resync_chunk_, now_ms, args, effects);
+    if (!r.ok()) return r.status();
+    if (r->size() >= 2) {
+      result.kept += static_cast<int>((*r)[0].AsInt());
+      result.closed += static_cast<int>((*r)[1].AsInt());
+    }
+    if (live.empty()) break;
   }
+  std::string cursor = "0";
+  do {
+    auto r = Run(resync_sweep_, now_ms, {edge_id, epoch, token, cursor}, effects);
+    if (!r.ok()) return r.status();
+    if (r->size() < 2) return absl::InternalError("redis store: malformed sweep reply");
+    cursor = (*r)[0].AsString();
+    result.closed += static_cast<int>((*r)[1].AsInt());
+  } while (cursor != "0");
   return result;
 }
 
@@ -1343,7 +1392,7 @@ absl::StatusOr<std::vector<PresenceEvent>> RedisStore::ReadPresence(uint64_t aft
 }
 
 uint64_t RedisStore::HeadRevision() {
-  auto r = client_->Command({"GET", prefix_ + "revision"});
+  auto r = Decider().Command({"GET", prefix_ + "revision"});
   if (!r.ok()) {
     LogFailure("HeadRevision", r.status());
     return 0;

@@ -22,6 +22,10 @@ struct RedisStoreOptions {
   // This replica's id, unique among the replicas sharing the Redis (edge holders and inboxes
   // are keyed by it). Empty: a fresh random id per process (waiters do not survive a restart).
   std::string replica_id;
+  // Connections decisions are spread over (round robin). Redis runs one script at a time, but
+  // one connection would also serialize every round trip: with several, one decision's round
+  // trip overlaps another's run.
+  int connections = 8;
 };
 
 // Implements every decision of Store as one Lua script run atomically inside Redis (EVALSHA),
@@ -37,8 +41,10 @@ struct RedisStoreOptions {
 // tail), dropping the presence history when the revision had to be raised (watchers re-list).
 // Device tokens are kept only as SHA-256 hex hashes.
 //
-// Owns its RedisClient (one connection). Thread-safe: the client's mutex serializes every call
-// over that connection. Methods that return a Status report an unreachable or failing Redis as
+// Owns its RedisClients: a pool of `connections` for decisions and reads (round robin), one for
+// lease renewals, one for routed reads. Thread-safe: each client's mutex serializes the calls
+// over its connection; decisions on different connections run side by side (Redis still runs
+// one script at a time, so each stays atomic). Methods that return a Status report an unreachable or failing Redis as
 // kUnavailable within about the client's timeouts. Methods that cannot report errors (Close,
 // Touch, StartInvoke, SettleInvoke, FailInvoke, Expire, ListPairingRequests, ListDevices) log
 // the error and return their "nothing changed" value (an unknown close, an ignored result, no
@@ -135,7 +141,12 @@ class RedisStore final : public Store {
   const std::string prefix_;
   const std::string replica_id_;
   const absl::Duration command_timeout_;
-  std::unique_ptr<RedisClient> client_;  // owned
+  // The connection a decision runs on (round robin over pool_).
+  RedisClient& Decider();
+
+  std::vector<std::unique_ptr<RedisClient>> pool_;  // decisions and reads; owned
+  RedisClient* client_ = nullptr;                   // pool_[0]: start-up checks
+  std::atomic<uint64_t> next_client_{0};
   // Lease renewals only: a heartbeat must not wait behind a storm of decisions on client_
   // (the edge's lease would lapse and every node on it would be disconnected). Owned.
   std::unique_ptr<RedisClient> lease_client_;
@@ -144,7 +155,8 @@ class RedisStore final : public Store {
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
   bool started_empty_ = false;  // written once by Connect, before the store is shared
-  int attach_ = 0, renew_ = 0 /* on lease_client_ */, drain_ = 0, resync_ = 0, register_ = 0,
+  int attach_ = 0, renew_ = 0 /* on lease_client_ */, drain_ = 0, resync_chunk_ = 0,
+      resync_sweep_ = 0, register_ = 0,
       close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0,
       get_node_ = 0, presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0,
       approve_ = 0, reject_ = 0, revoke_ = 0, release_ = 0, delivered_ = 0 /* route_client_ */;

@@ -728,9 +728,16 @@ TEST_P(Presence, WatcherDoesNotSilentlyMissABurstLargerThanTheHistory) {
   h.Detach("edgeA");             // the old process died: its stream ended
   h.Attach("edgeA", "epoch-2");  // edge restarted: 6 owners lost in one decision
   EXPECT_FALSE(h.Node("n0").connected);
-  // Either every event, in order, or a clear error telling the watcher to re-list.
-  ASSERT_EQ(errors.size(), 1u) << "the watcher saw " << seen << " of 6 disconnects and no error";
-  EXPECT_EQ(errors[0].code(), absl::StatusCode::kOutOfRange);
+  // Either every event, in order, or a clear error telling the watcher to re-list. (This
+  // replica decided the burst, so it publishes the events from the decision itself: all 6. A
+  // burst decided by another replica comes from the history, and there it is the error:
+  // shared_store_test.)
+  if (errors.empty()) {
+    EXPECT_EQ(seen, 6);
+  } else {
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].code(), absl::StatusCode::kOutOfRange);
+  }
   // The registry keeps serving new watchers from the current revision.
   int later = 0;
   ASSERT_TRUE(h.registry().Watch(0, [&](const PresenceEvent&) { ++later; }).ok());

@@ -58,6 +58,34 @@ TEST(SharedStore, WatchersOnEveryReplicaSeeTheSameEventsWithTheSameRevisions) {
   EXPECT_EQ(late[0].revision, seen1.back().revision);
 }
 
+// A burst another replica decided, larger than the history, cannot be served in order from the
+// history: the watcher is told to re-list (OUT_OF_RANGE), never left with a silent gap.
+TEST(SharedStore, ABurstLargerThanTheHistoryFromAnotherReplicaEndsTheWatchWithOutOfRange) {
+  common::FakeClock clock;
+  StoreOptions o = RegistryHarness::DefaultOptions();
+  o.presence_history = 4;
+  MemoryStore store(o, clock.NowMs());
+  Registry r1(store, clock, RegistryOptions{});
+  Registry r2(store, clock, RegistryOptions{});
+  auto sink = std::make_shared<RecordingEdgeSink>();
+  ASSERT_TRUE(r1.AttachEdge("edgeA", "e1", sink).ok());
+  int seen = 0;
+  std::vector<absl::Status> errors;
+  ASSERT_TRUE(r2.Watch(
+                    0, [&](const PresenceEvent&) { ++seen; },
+                    [&](const absl::Status& s) { errors.push_back(s); })
+                  .ok());
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(r1.Register(RegistryHarness::Spec("c" + std::to_string(i),
+                                                  "n" + std::to_string(i), "edgeA", "e1"))
+                    .ok());
+  }
+  r2.Tick();
+  ASSERT_EQ(errors.size(), 1u) << "the watcher saw " << seen << " of 6 and no error";
+  EXPECT_EQ(errors[0].code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(seen, 0);
+}
+
 // With no watcher a replica skips ahead instead of reading the history; a watcher that joins
 // afterwards from now does not get old events.
 TEST(SharedStore, AReplicaWithoutWatchersSkipsAhead) {

@@ -56,9 +56,11 @@ class RedisStoreTest : public ::testing::Test {
 
   // `command_timeout` zero: the test server's default.
   std::unique_ptr<RedisStore> NewStore(const StoreOptions& options,
-                                       absl::Duration command_timeout = absl::ZeroDuration()) {
+                                       absl::Duration command_timeout = absl::ZeroDuration(),
+                                       int connections = 8) {
     RedisStoreOptions r;
     r.client = server_->ClientOptions();
+    r.connections = connections;
     if (command_timeout > absl::ZeroDuration()) r.client.command_timeout = command_timeout;
     r.key_prefix = "t:";
     auto store = std::make_unique<RedisStore>(options, r);
@@ -293,7 +295,8 @@ TEST_F(RedisStoreTest, EdgesResyncRaisesTheGenerationAfterDataLoss) {
 TEST_F(RedisStoreTest, CountersLostWithARedisRestartAreRaisedAtReconnect) {
   StoreOptions o;
   o.auto_approve_all = true;
-  auto store = NewStore(o);
+  // One connection: the test steers which call finds it dead and which one reconnects.
+  auto store = NewStore(o, absl::ZeroDuration(), 1);
   Effects fx;
   ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
   uint64_t last = 0;
@@ -467,6 +470,90 @@ TEST_F(RedisStoreTest, EdgeOutboxesHoldOnlyWhatIsUndelivered) {
   Effects revoke;
   (void)store->RevokeDevice("n1", kNow, &revoke);  // tells edge A: no lease, nothing queued
   EXPECT_EQ(xlen(), 0);
+}
+
+}  // namespace
+}  // namespace tether::registry
+
+namespace tether::registry {
+namespace {
+
+// A resync larger than one chunk (256) is reconciled whole: reported connections are kept or
+// installed, the lease's unreported ones closed, across chunks and sweep pages.
+TEST_F(RedisStoreTest, AResyncOfMoreConnectionsThanAChunkIsReconciledWhole) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  std::vector<LiveConnection> live;
+  for (int i = 0; i < 700; ++i) {
+    auto r = store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &fx);
+    ASSERT_THAT(r, IsOk());
+    if (i % 2 == 0) {  // the even ones are still on the edge; the odd ones are gone
+      LiveConnection l;
+      l.spec = Spec("c" + std::to_string(i), "n" + std::to_string(i));
+      l.generation = r->generation;
+      live.push_back(l);
+    }
+  }
+  for (int i = 0; i < 300; ++i) {  // connections the table never heard of (a lost grant)
+    LiveConnection l;
+    l.spec = Spec("x" + std::to_string(i), "m" + std::to_string(i));
+    l.generation = 5000 + i;
+    live.push_back(l);
+  }
+  Effects resync_fx;
+  auto r = store->Resync("A", "e1", live, kNow, &resync_fx);
+  ASSERT_THAT(r, IsOk());
+  EXPECT_EQ(r->kept, 650);
+  EXPECT_EQ(r->closed, 350);
+  EXPECT_TRUE(store->GetNode("n0")->connected);
+  EXPECT_FALSE(store->GetNode("n1")->connected);
+  EXPECT_TRUE(store->GetNode("m299")->connected);
+  int disconnected = 0;
+  for (const PresenceEvent& e : resync_fx.presence) {
+    disconnected += e.kind == PresenceKind::kDisconnected;
+  }
+  EXPECT_EQ(disconnected, 350);
+  // A second resync of the same report changes nothing.
+  Effects again;
+  auto r2 = store->Resync("A", "e1", live, kNow, &again);
+  ASSERT_THAT(r2, IsOk());
+  EXPECT_EQ(r2->kept, 650);
+  EXPECT_EQ(r2->closed, 0);
+  EXPECT_TRUE(again.presence.empty());
+}
+
+// A lapsed lease with more connections than one expiry may close (1000) ends at once (a late
+// renewal fails: the edge must re-attach and resync) and its connections close over the next
+// calls, each once.
+TEST_F(RedisStoreTest, ALapsedLeaseWithManyConnectionsIsClosedOverSeveralExpiries) {
+  StoreOptions o;
+  o.auto_approve_all = true;
+  o.lease_ttl_ms = 1000;
+  auto store = NewStore(o);
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  for (int i = 0; i < 1500; ++i) {
+    ASSERT_THAT(store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &fx),
+                IsOk());
+  }
+  auto lost = [](const Effects& e) {
+    int n = 0;
+    for (const PresenceEvent& p : e.presence) n += p.reason == kReasonEdgeLost;
+    return n;
+  };
+  Effects first, second, third;
+  store->Expire(kNow + 2000, &first);
+  EXPECT_EQ(lost(first), 1000);
+  EXPECT_THAT(store->RenewLease("A", "e1", kNow + 2000),
+              StatusIs(absl::StatusCode::kFailedPrecondition));
+  store->Expire(kNow + 2100, &second);
+  EXPECT_EQ(lost(second), 500);
+  store->Expire(kNow + 2200, &third);
+  EXPECT_EQ(lost(third), 0);
+  EXPECT_FALSE(store->GetNode("n1499")->connected);
 }
 
 }  // namespace

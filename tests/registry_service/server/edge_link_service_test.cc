@@ -1,0 +1,238 @@
+// EdgeLinkService over a real loopback gRPC channel, on a store that stalls when told to (as
+// Redis does under a storm): a stalled decision holds up only its own lane, and a registration
+// whose socket's close was read before it ran is not decided.
+#include "registry_service/server/edge_link_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <memory>
+#include <string>
+
+#include "absl/hash/hash.h"
+#include "absl/synchronization/mutex.h"
+#include "common/clock.h"
+#include "gtest/gtest.h"
+#include "registry_service/store/memory_store.h"
+#include "tests/testing/fake_edge.h"
+
+namespace tether::registry {
+namespace {
+
+using ::tether::testing::FakeEdge;
+
+// A MemoryStore whose Register and Touch wait while their gate is closed. Thread-safe.
+class StallingStore final : public Store {
+ public:
+  explicit StallingStore(const StoreOptions& o) : inner_(o, 1'700'000'000'000) {}
+  void Stall(bool registers, bool touches) {
+    absl::MutexLock lock(&mu_);
+    stall_registers_ = registers;
+    stall_touches_ = touches;
+  }
+  int stalled() {
+    absl::MutexLock lock(&mu_);
+    return stalled_;
+  }
+
+  absl::Status AttachEdge(const std::string& e, const std::string& ep, int64_t now,
+                          Effects* fx) override {
+    return inner_.AttachEdge(e, ep, now, fx);
+  }
+  absl::Status RenewLease(const std::string& e, const std::string& ep, int64_t now) override {
+    return inner_.RenewLease(e, ep, now);
+  }
+  absl::Status DrainEdge(const std::string& e, const std::string& ep, int64_t now,
+                         Effects* fx) override {
+    return inner_.DrainEdge(e, ep, now, fx);
+  }
+  absl::StatusOr<ResyncResult> Resync(const std::string& e, const std::string& ep,
+                                      const std::vector<LiveConnection>& live, int64_t now,
+                                      Effects* fx) override {
+    return inner_.Resync(e, ep, live, now, fx);
+  }
+  absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec, int64_t now,
+                                          Effects* fx) override {
+    Wait(&stall_registers_);
+    return inner_.Register(spec, now, fx);
+  }
+  CloseResult Close(const std::string& e, const std::string& c, int64_t now,
+                    Effects* fx) override {
+    return inner_.Close(e, c, now, fx);
+  }
+  void Touch(const std::string& c, int64_t now) override {
+    Wait(&stall_touches_);
+    inner_.Touch(c, now);
+  }
+  InvokeStartResult StartInvoke(const InvokeStart& s, int64_t now, Effects* fx) override {
+    return inner_.StartInvoke(s, now, fx);
+  }
+  bool SettleInvoke(const std::string& i, const std::string& n, const std::string& c,
+                    const std::string& e, const InvokeOutcome& o, int64_t now,
+                    Effects* fx) override {
+    return inner_.SettleInvoke(i, n, c, e, o, now, fx);
+  }
+  bool FailInvoke(const std::string& i, const std::string& c, const std::string& e,
+                  const InvokeOutcome& o, int64_t now, Effects* fx) override {
+    return inner_.FailInvoke(i, c, e, o, now, fx);
+  }
+  void Expire(int64_t now, Effects* fx) override { inner_.Expire(now, fx); }
+  absl::StatusOr<NodePage> ListNodes(const NodeFilter& f, const std::string& t,
+                                     int size) override {
+    return inner_.ListNodes(f, t, size);
+  }
+  absl::StatusOr<NodeView> GetNode(const std::string& n) override { return inner_.GetNode(n); }
+  absl::StatusOr<PresenceSnapshot> GetPresence() override { return inner_.GetPresence(); }
+  absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override {
+    return inner_.ReadPresence(after, max);
+  }
+  uint64_t HeadRevision() override { return inner_.HeadRevision(); }
+  std::vector<PairingRequest> ListPairingRequests() override {
+    return inner_.ListPairingRequests();
+  }
+  std::vector<Device> ListDevices() override { return inner_.ListDevices(); }
+  absl::StatusOr<Device> ApprovePairing(const std::string& r, const std::string& by,
+                                        int64_t now) override {
+    return inner_.ApprovePairing(r, by, now);
+  }
+  absl::Status RejectPairing(const std::string& r) override { return inner_.RejectPairing(r); }
+  absl::StatusOr<int> RevokeDevice(const std::string& n, int64_t now, Effects* fx) override {
+    return inner_.RevokeDevice(n, now, fx);
+  }
+  bool StartedEmpty() const override { return false; }
+
+ private:
+  void Wait(bool* gate) {
+    absl::MutexLock lock(&mu_);
+    if (!*gate) return;
+    ++stalled_;
+    mu_.Await(absl::Condition(+[](bool* g) { return !*g; }, gate));
+    --stalled_;
+  }
+  MemoryStore inner_;
+  absl::Mutex mu_;
+  bool stall_registers_ ABSL_GUARDED_BY(mu_) = false;
+  bool stall_touches_ ABSL_GUARDED_BY(mu_) = false;
+  int stalled_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+class EdgeLinkServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    StoreOptions o;
+    o.auto_approve_all = true;
+    store_ = std::make_unique<StallingStore>(o);
+    registry_ = std::make_unique<Registry>(*store_, clock_, RegistryOptions{});
+    service_ = std::make_unique<EdgeLinkService>(*registry_, auth_, false, 10'000, 500);
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(service_.get());
+    server_ = b.BuildAndStart();
+    ASSERT_NE(port, 0);
+    edge_ = std::make_unique<FakeEdge>("127.0.0.1:" + std::to_string(port), "edgeA");
+    ASSERT_TRUE(edge_->Attach().has_value());
+  }
+  void TearDown() override {
+    store_->Stall(false, false);
+    edge_.reset();
+    server_->Shutdown();
+  }
+
+  // A conn id whose lane differs from `other`'s (or equals it).
+  static std::string ConnIn(bool same_lane_as, const std::string& other) {
+    const size_t lane = absl::HashOf(other) % EdgeLinkService::kLanes;
+    for (int i = 0;; ++i) {
+      std::string c = "conn-" + std::to_string(i);
+      if ((absl::HashOf(c) % EdgeLinkService::kLanes == lane) == same_lane_as && c != other) {
+        return c;
+      }
+    }
+  }
+
+  void SendEvent(const std::string& conn) {
+    v1::EdgeMessage m;
+    m.mutable_event()->set_conn_id(conn);
+    m.mutable_event()->set_event("ping");
+    ASSERT_TRUE(edge_->Send(m));
+  }
+
+  bool WaitStalled(int n) {
+    for (int i = 0; i < 500; ++i) {
+      if (store_->stalled() >= n) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+  common::RealClock clock_;
+  EdgeAuth auth_{""};
+  std::unique_ptr<StallingStore> store_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<EdgeLinkService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<FakeEdge> edge_;
+};
+
+TEST_F(EdgeLinkServiceTest, AStalledDecisionHoldsUpOnlyItsOwnLane) {
+  const std::string stuck = "conn-stuck";
+  store_->Stall(/*registers=*/false, /*touches=*/true);
+  SendEvent(stuck);  // its lane now waits for the store
+  ASSERT_TRUE(WaitStalled(1));
+  // A registration in another lane is decided and answered meanwhile.
+  auto other = edge_->Open(ConnIn(false, stuck), "n1");
+  ASSERT_TRUE(other.has_value());
+  EXPECT_TRUE(other->granted());
+  // One in the stalled lane waits for it.
+  v1::EdgeMessage m;
+  auto* o = m.mutable_opened();
+  o->set_request_id(77);
+  o->set_conn_id(ConnIn(true, stuck));
+  o->set_node_id("n2");
+  o->set_shared_token_ok(true);
+  ASSERT_TRUE(edge_->Send(m));
+  EXPECT_FALSE(edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); },
+                           absl::Milliseconds(300))
+                   .has_value());
+  store_->Stall(false, false);
+  auto late = edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); });
+  ASSERT_TRUE(late.has_value());
+  EXPECT_TRUE(late->register_outcome().granted());
+}
+
+// Overload: the edge gave up on a socket whose registration is still queued behind a slow
+// decision, and said so (closed). The registration is not decided: the node keeps its working
+// old socket instead of being moved to a dead one (which would then close as a false
+// DISCONNECTED).
+TEST_F(EdgeLinkServiceTest, ARegistrationWhoseCloseWasReadFirstIsNotDecided) {
+  auto first = edge_->Open("conn-old", "n1");
+  ASSERT_TRUE(first.has_value() && first->granted());
+  const std::string fresh = "conn-new";
+  store_->Stall(false, /*touches=*/true);
+  SendEvent(ConnIn(true, fresh));  // stalls the lane `fresh` will use
+  ASSERT_TRUE(WaitStalled(1));
+  v1::EdgeMessage m;
+  auto* o = m.mutable_opened();
+  o->set_request_id(78);
+  o->set_conn_id(fresh);
+  o->set_node_id("n1");
+  o->set_shared_token_ok(true);
+  ASSERT_TRUE(edge_->Send(m));
+  edge_->Close(fresh);
+  absl::SleepFor(absl::Milliseconds(200));  // both read (reading does not wait for the lane)
+  store_->Stall(false, false);
+  auto outcome =
+      edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); });
+  ASSERT_TRUE(outcome.has_value());
+  EXPECT_FALSE(outcome->register_outcome().granted());
+  auto node = store_->GetNode("n1");
+  ASSERT_TRUE(node.ok());
+  EXPECT_TRUE(node->connected);
+  EXPECT_EQ(node->conn_id, "conn-old");
+  EXPECT_EQ(registry_->stats().registrations_shed.value(), 1u);
+  EXPECT_FALSE(edge_->Next([](const v1::RegistryMessage& r) { return r.has_superseded(); },
+                           absl::Milliseconds(200))
+                   .has_value());
+}
+
+}  // namespace
+}  // namespace tether::registry
