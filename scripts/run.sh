@@ -2,10 +2,13 @@
 # Installs what is missing, builds, and runs Tether on loopback: a local redis-server (the
 # registry's durable state: pairings, device tokens, ownership, counters, presence history), one
 # registry on it and one edge; or, with --edges N, N edges behind nginx as the WebSocket load
-# balancer. --store memory runs the registry without Redis (state lost on restart; says so).
+# balancer; with --replicas N, N registry replicas on the one Redis (edges spread over them,
+# each edge listing every replica to fail over to). --store memory runs the registry without
+# Redis (state lost on restart; says so; one replica only).
 # Ctrl-C stops everything it started; the Redis data folder stays (printed) for the next run.
-#   scripts/run.sh [--edges N] [--secure] [--store redis|memory]
-#   env: TETHER_REGISTRY_PORT (7000)  TETHER_EDGE_PORT (18789: the edge, or the balancer)
+#   scripts/run.sh [--edges N] [--replicas N] [--secure] [--store redis|memory]
+#   env: TETHER_REGISTRY_PORT (7000; replicas use the ports after it)
+#        TETHER_EDGE_PORT (18789: the edge, or the balancer)
 #        TETHER_REDIS_PORT (6390)  TETHER_DATA_DIR (~/.local/share/tether: Redis data lives here)
 #        TETHER_SHARED_TOKEN (nodes' gateway token; random when unset)
 #        TETHER_TOKEN (an admin API token to require; implies --secure)
@@ -16,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 edges=0
+replicas=1
 secure=0
 store=redis
 [[ -n "${TETHER_TOKEN:-}" ]] && secure=1
@@ -23,14 +27,21 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --edges) edges="${2:?--edges needs a number}"; shift 2 ;;
     --edges=*) edges="${1#--edges=}"; shift ;;
+    --replicas) replicas="${2:?--replicas needs a number}"; shift 2 ;;
+    --replicas=*) replicas="${1#--replicas=}"; shift ;;
     --secure) secure=1; shift ;;
     --store) store="${2:?--store needs redis or memory}"; shift 2 ;;
     --store=*) store="${1#--store=}"; shift ;;
-    *) echo "usage: scripts/run.sh [--edges N] [--secure] [--store redis|memory]" >&2; exit 2 ;;
+    *) echo "usage: scripts/run.sh [--edges N] [--replicas N] [--secure] [--store redis|memory]" >&2; exit 2 ;;
   esac
 done
 [[ "$edges" =~ ^[0-9]+$ ]] || { echo "--edges takes a number" >&2; exit 2; }
 [[ "$store" == redis || "$store" == memory ]] || { echo "--store is redis or memory" >&2; exit 2; }
+[[ "$replicas" =~ ^[1-5]$ ]] || { echo "--replicas takes 1..5" >&2; exit 2; }
+if ((replicas > 1)) && [[ "$store" == memory ]]; then
+  echo "--replicas needs the Redis store (replicas share their state through it)" >&2
+  exit 2
+fi
 
 scripts/install_deps.sh run
 if ((edges > 0)) && ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
@@ -111,32 +122,57 @@ else
 fi
 
 # Development mode: every new device key is paired automatically (the registry warns loudly).
-"$bin/registry_service/server/registry_service" --listen="127.0.0.1:${reg_port}" \
-  "${store_flags[@]}" --recovery_edges="$(( edges > 0 ? edges : 1 ))" --auto_approve \
-  --metrics_port=0 "${registry_auth[@]}" \
-  >"$logs/registry.log" 2>&1 &
-pids+=($!)
-wait_for "$logs/registry.log" "listening"
+# Each replica is a full registry on the shared Redis; edges and callers may use any of them.
+# Recovery (after a start on an empty table) is per replica: a replica counts the edges that
+# resync through it, and edge n attaches first to replica ((n - 1) % replicas) + 1.
+edges_of() {  # replica -> how many edges attach to it first (0: it waits its whole grace)
+  local total=$(( edges > 0 ? edges : 1 )) n count=0
+  for ((n = 1; n <= total; n++)); do (( (n - 1) % replicas + 1 == $1 )) && count=$((count + 1)); done
+  echo "$count"
+}
+registry_addrs=()
+for r in $(seq "$replicas"); do
+  port=$((reg_port + r - 1))
+  log="$logs/registry.log"
+  ((r > 1)) && log="$logs/registry-$r.log"
+  "$bin/registry_service/server/registry_service" --listen="127.0.0.1:${port}" \
+    "${store_flags[@]}" --recovery_edges="$(edges_of "$r")" --auto_approve \
+    --metrics_port=0 "${registry_auth[@]}" \
+    >"$log" 2>&1 &
+  pids+=($!)
+  wait_for "$log" "listening"
+  registry_addrs+=("127.0.0.1:${port}")
+done
 
-start_edge() {  # id port [flags...]
-  local id="$1" port="$2"
-  shift 2
+# Edge n lists the replicas starting from replica n: edges spread over them, and each fails
+# over to the next one.
+registry_list() {  # n
+  local n="$1" out="" i
+  for ((i = 0; i < replicas; i++)); do
+    out+="${out:+,}${registry_addrs[$(( (n - 1 + i) % replicas ))]}"
+  done
+  echo "$out"
+}
+
+start_edge() {  # id n port [flags...]
+  local id="$1" n="$2" port="$3"
+  shift 3
   TETHER_SHARED_TOKEN="$token" "$bin/ws_edge/ws_edge" --listen="127.0.0.1:$port" "$@" \
-    --registry="127.0.0.1:${reg_port}" --edge_id="$id" --metrics_port=0 \
+    --registry="$(registry_list "$n")" --edge_id="$id" --metrics_port=0 \
     "${edge_auth[@]}" >"$logs/$id.log" 2>&1 &
   pids+=($!)
   wait_for "$logs/$id.log" "registry_link_up"
 }
 
 if ((edges == 0)); then
-  start_edge edge-1 "$front_port"
+  start_edge edge-1 1 "$front_port"
   topology="edge WebSocket  ws://127.0.0.1:${front_port}/  (OpenClaw node protocol)"
 else
   edge_ports=()
   for i in $(seq "$edges"); do
     port=$((front_port + i))
     # Behind nginx every socket comes from nginx: per-address limits use X-Forwarded-For.
-    start_edge "edge-$i" "$port" --trust_x_forwarded_for
+    start_edge "edge-$i" "$i" "$port" --trust_x_forwarded_for
     edge_ports+=("$port")
   done
   mkdir -p "$logs/nginx"
@@ -156,7 +192,7 @@ metrics="$(grep -ho 'http://[0-9.:]*/metrics' "$logs"/*.log | tr '\n' ' ')"
 cat <<INFO
 
 Tether is running (${state_line}; logs in $logs):
-  registry gRPC   127.0.0.1:${reg_port}    (tether.v1.Registry; health and reflection enabled)
+  registry gRPC   ${registry_addrs[*]}    (tether.v1.Registry, ${replicas} replica(s); health and reflection enabled)
   ${topology}
   node token      ${token}   (nodes' shared gateway token)
   ${api_line}
