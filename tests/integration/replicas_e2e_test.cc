@@ -10,6 +10,7 @@
 #include <csignal>
 #include <future>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 
@@ -251,6 +252,63 @@ TEST(ReplicasE2ETest, InvokesReachTheNodeWhicheverReplicaTheCallerIsOn) {
   EXPECT_EQ(late.error_code, "TIMEOUT") << late.status.error_message();
   EXPECT_EQ(late.status.error_message().find("no outcome reached"), std::string::npos)
       << late.status.error_message();
+}
+
+// The deployment shape: redis-server, two replicas, two edges (one on each replica) behind
+// nginx. Nodes land on either edge; callers on either replica reach every node, and a node
+// that reconnects through the balancer (its new socket on whichever edge) keeps one owner on
+// both replicas with no DISCONNECTED, its old socket retired across replicas.
+TEST(ReplicasE2ETest, TwoReplicasTwoEdgesBehindNginx) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  const std::string store = "--store=" + (*redis)->url();
+  Cluster c;
+  const int p1 = c.StartRegistry({"--auto_approve", store});
+  const int p2 = c.StartExtraRegistry("r2", {"--auto_approve", store});
+  c.StartEdge("edgeA", {"--trust_x_forwarded_for"});  // on replica 1
+  c.StartEdge("edgeB", {"--trust_x_forwarded_for",
+                        "--registry=127.0.0.1:" + std::to_string(p2)});  // on replica 2
+  const int lb = c.StartBalancer({"edgeA", "edgeB"});
+  auto api2 = Api(p2);
+  const uint64_t from = c.Revision();
+  PresenceWatcher w2(*api2, from);
+  ASSERT_TRUE(WatchersSubscribed(c.extra_registry("r2"), 1));
+
+  DeviceCredentials a, b;
+  auto na = c.ReadyNodeAt(a, lb);
+  auto nb = c.ReadyNodeAt(b, lb);  // least_conn: the other edge
+  std::set<std::string> edges;
+  for (DeviceCredentials* d : {&a, &b}) {
+    auto n = c.GetNode(d->node_id());
+    ASSERT_TRUE(n.has_value());
+    edges.insert(n->edge_id());
+    for (int port : {p1, p2}) {
+      auto r = InvokeOn(port, d->node_id(), "");
+      ASSERT_TRUE(r.status.ok()) << port << ": " << r.status.error_message();
+      EXPECT_EQ(r.response.conn_id(), n->conn_id()) << port;  // answered by its socket
+    }
+  }
+  EXPECT_EQ(edges.size(), 2u) << "both nodes landed on one edge";
+
+  // Node a reconnects through the balancer while its old socket stays open.
+  auto again = c.ReadyNodeAt(a, lb);
+  ASSERT_TRUE(Eventually([&] {
+    for (int port : {p1, p2}) {
+      c.PointApiAt(port);
+      auto n = c.GetNode(a.node_id());
+      if (!n.has_value() || !n->connected() || n->conn_id() != again->conn_id()) return false;
+    }
+    return true;
+  }));
+  auto closed = na->WaitForClose(absl::Seconds(10));  // retired by its edge (4001)
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(closed->code, 4001) << closed->reason;
+  auto r = InvokeOn(p2, a.node_id(), "");
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.response.conn_id(), again->conn_id());
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(w2.Count(a.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
+  EXPECT_EQ(w2.Count(b.node_id(), v1::PresenceEvent::DISCONNECTED), 0);
 }
 
 }  // namespace
