@@ -20,6 +20,14 @@ ABSL_FLAG(std::string, store, "memory",
 ABSL_FLAG(int64_t, redis_timeout_ms, 1000,
           "Redis connect and command timeout: RPCs fail UNAVAILABLE after this long when Redis "
           "is dead or silent (a whole-fleet read such as GetPresence is one command)");
+ABSL_FLAG(std::string, redis_tls_ca_file, "",
+          "with --store=rediss://...: PEM CAs the Redis server's certificate must chain to "
+          "(empty: the system's)");
+ABSL_FLAG(std::string, redis_tls_cert_file, "",
+          "with rediss://: client certificate (PEM) for a Redis that requires one");
+ABSL_FLAG(std::string, redis_tls_key_file, "", "with rediss://: the client certificate's key");
+ABSL_FLAG(std::string, redis_tls_server_name, "",
+          "with rediss://: the name the Redis certificate must carry (empty: the URL's host)");
 ABSL_FLAG(int64_t, max_registration_wait_ms, 5000,
           "under overload, a registration that waited longer than this for the store is refused "
           "as retryable instead of decided (keep it below the edges' --handshake_timeout_ms)");
@@ -116,6 +124,10 @@ int main(int argc, char** argv) {
   o.redis_timeout_ms = absl::GetFlag(FLAGS_redis_timeout_ms);
   o.redis_connections = absl::GetFlag(FLAGS_redis_connections);
   o.max_registration_wait_ms = absl::GetFlag(FLAGS_max_registration_wait_ms);
+  o.redis_tls.ca_file = absl::GetFlag(FLAGS_redis_tls_ca_file);
+  o.redis_tls.cert_file = absl::GetFlag(FLAGS_redis_tls_cert_file);
+  o.redis_tls.key_file = absl::GetFlag(FLAGS_redis_tls_key_file);
+  o.redis_tls.server_name = absl::GetFlag(FLAGS_redis_tls_server_name);
   o.store.lease_ttl_ms = absl::GetFlag(FLAGS_lease_ttl_ms);
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));

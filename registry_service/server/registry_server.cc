@@ -40,6 +40,7 @@ absl::StatusOr<int> RegistryServer::Start() {
     RedisStoreOptions redis;
     redis.client.address = *address;
     redis.client.password = options_.redis_password;
+    redis.client.tls = options_.redis_tls;
     redis.client.connect_timeout = absl::Milliseconds(options_.redis_timeout_ms);
     redis.client.command_timeout = absl::Milliseconds(options_.redis_timeout_ms);
     redis.connections = options_.redis_connections;

@@ -14,6 +14,7 @@
 #include "common/http_server.h"
 #include "common/metrics.h"
 #include "registry_service/core/registry.h"
+#include "registry_service/store/tls_tunnel.h"
 #include "registry_service/core/store.h"
 #include "registry_service/server/auth.h"
 #include "registry_service/server/edge_link_service.h"
@@ -28,6 +29,7 @@ struct ServerOptions {
   // "memory", or "redis://HOST:PORT[/DB]" for the RedisStore (checked by Start).
   std::string store_url = "memory";
   std::string redis_password;  // AUTH for the Redis store; empty: none
+  RedisTlsOptions redis_tls;   // for rediss:// stores
   // Connect and command timeout for the Redis store: a dead or silent Redis makes RPCs fail
   // (UNAVAILABLE) after this long instead of hanging.
   int64_t redis_timeout_ms = 1000;

@@ -67,13 +67,14 @@ int64_t RedisValue::AsInt() const {
 }
 
 absl::StatusOr<RedisAddress> ParseRedisUrl(const std::string& url) {
-  constexpr absl::string_view kScheme = "redis://";
   absl::string_view rest(url);
-  if (!absl::ConsumePrefix(&rest, kScheme)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("store URL '", url, "' must be memory or redis://HOST:PORT[/DB]"));
-  }
   RedisAddress a;
+  if (absl::ConsumePrefix(&rest, "rediss://")) {
+    a.tls = true;
+  } else if (!absl::ConsumePrefix(&rest, "redis://")) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "store URL '", url, "' must be memory, redis://HOST:PORT[/DB] or rediss:// (TLS)"));
+  }
   absl::string_view hostport = rest;
   if (size_t slash = rest.find('/'); slash != absl::string_view::npos) {
     hostport = rest.substr(0, slash);
@@ -130,8 +131,9 @@ absl::Status RedisClient::Connect() {
 }
 
 void RedisClient::DropConnectionLocked() {
-  if (context_ != nullptr) redisFree(context_);
+  if (context_ != nullptr) redisFree(context_);  // closes hiredis's end of a TLS tunnel
   context_ = nullptr;
+  tunnel_.reset();
 }
 
 absl::Status RedisClient::EnsureConnectedLocked() {
@@ -154,8 +156,20 @@ absl::Status RedisClient::EnsureConnectedLocked() {
 
 absl::Status RedisClient::ConnectLocked() {
   const std::string where = absl::StrCat(options_.address.host, ":", options_.address.port);
-  redisContext* c = redisConnectWithTimeout(options_.address.host.c_str(), options_.address.port,
-                                            absl::ToTimeval(options_.connect_timeout));
+  redisContext* c = nullptr;
+  if (options_.address.tls) {
+    auto tunnel = TlsTunnel::Open(options_.address.host, options_.address.port, options_.tls,
+                                  options_.connect_timeout);
+    if (!tunnel.ok()) {
+      return absl::Status(tunnel.status().code(),
+                          absl::StrCat("redis ", where, ": ", tunnel.status().message()));
+    }
+    tunnel_ = std::move(*tunnel);
+    c = redisConnectFd(tunnel_->TakeLocalFd());
+  } else {
+    c = redisConnectWithTimeout(options_.address.host.c_str(), options_.address.port,
+                                absl::ToTimeval(options_.connect_timeout));
+  }
   if (c == nullptr) return absl::UnavailableError("redis " + where + ": out of memory");
   if (c->err != 0) {
     std::string why = c->errstr;

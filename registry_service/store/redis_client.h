@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,16 +13,18 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "registry_service/store/tls_tunnel.h"
 
 struct redisContext;
 
 namespace tether::registry {
 
-// Where a Redis server is, parsed from `redis://HOST:PORT[/DB]`.
+// Where a Redis server is, parsed from `redis://HOST:PORT[/DB]` (or `rediss://...`: TLS).
 struct RedisAddress {
   std::string host;
   int port = 6379;
   int db = 0;
+  bool tls = false;
 };
 
 // kInvalidArgument with a message naming what is wrong with `url`.
@@ -30,6 +33,8 @@ absl::StatusOr<RedisAddress> ParseRedisUrl(const std::string& url);
 struct RedisClientOptions {
   RedisAddress address;
   std::string password;  // empty: no AUTH
+  // TLS (used when address.tls): through a TlsTunnel, since Debian's hiredis has no TLS.
+  RedisTlsOptions tls;
   absl::Duration connect_timeout = absl::Seconds(1);
   absl::Duration command_timeout = absl::Seconds(1);
   // After a failed connect or a command timeout, calls fail at once for this long (so callers
@@ -116,6 +121,7 @@ class RedisClient {
   const RedisClientOptions options_;
   absl::Mutex mu_;
   redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // owned; null when disconnected
+  std::unique_ptr<TlsTunnel> tunnel_ ABSL_GUARDED_BY(mu_);  // with TLS: under context_
   absl::Duration timeout_ ABSL_GUARDED_BY(mu_) = options_.command_timeout;  // of the command now
   std::vector<Script> scripts_ ABSL_GUARDED_BY(mu_);
   absl::Time retry_after_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();

@@ -21,10 +21,19 @@ class RedisServer {
  public:
   // Starts redis-server and waits (bounded, 10 s) until it answers PING.
   static absl::StatusOr<std::unique_ptr<RedisServer>> Start();
+  // The same, serving only TLS (--tls-port; plain connections are not accepted) with the
+  // server certificate and key given. With `client_cert`, clients must present a certificate
+  // signed by `ca` (--tls-auth-clients yes). ClientOptions() and Command() then speak TLS,
+  // trusting `ca` and presenting `client_cert`/`client_key` if given.
+  static absl::StatusOr<std::unique_ptr<RedisServer>> StartTls(
+      const std::string& cert, const std::string& key, const std::string& ca,
+      const std::string& client_cert = "", const std::string& client_key = "");
   ~RedisServer();
 
   int port() const { return port_; }
-  std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
+  std::string url() const {
+    return (tls_.enabled ? "rediss://127.0.0.1:" : "redis://127.0.0.1:") + std::to_string(port_);
+  }
   registry::RedisClientOptions ClientOptions() const;
   // Runs one command on a fresh connection (FLUSHALL, HGETALL, ...).
   absl::StatusOr<registry::RedisValue> Command(const std::vector<std::string>& argv);
@@ -39,6 +48,8 @@ class RedisServer {
   RedisServer() = default;
   absl::Status Launch();  // starts process_ on port_ and waits for PING
   int port_ = 0;
+  std::vector<std::string> tls_args_;  // redis-server flags for TLS; empty: plain
+  registry::RedisTlsOptions tls_;      // what clients use
   std::unique_ptr<ChildProcess> process_;
 };
 

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <string>
@@ -11,6 +12,7 @@
 #include "proto/tether/v1/registry.grpc.pb.h"
 #include "registry_service/server/registry_server.h"
 #include "tests/testing/fake_edge.h"
+#include "tests/testing/pki.h"
 #include "tests/testing/redis_server.h"
 
 namespace tether::registry {
@@ -163,6 +165,45 @@ TEST(RegistryServerRedisTest, BadUrlOrUnreachableRedisFailsStart) {
   (*redis)->Kill();
   RegistryServer unreachable(Options(url));
   EXPECT_EQ(unreachable.Start().status().code(), absl::StatusCode::kUnavailable);
+}
+
+}  // namespace
+}  // namespace tether::registry
+
+namespace tether::registry {
+namespace {
+
+// --store=rediss://... with --redis_tls_ca_file: a registry on a TLS-only Redis decides and
+// answers as on plain Redis; a CA that does not vouch for the server stops the start with why.
+TEST(RegistryServerRedisTest, ARegistryOnATlsOnlyRedis) {
+  const char* tmp = std::getenv("TEST_TMPDIR");
+  ASSERT_NE(tmp, nullptr);
+  ::tether::testing::Pki pki;
+  ASSERT_TRUE(::tether::testing::MakePki(std::string(tmp) + "/pki", &pki));
+  auto redis = RedisServer::StartTls(pki.Path("server.pem"), pki.Path("server.key"),
+                                     pki.Path("ca.pem"));
+  ASSERT_TRUE(redis.ok()) << redis.status();
+  {
+    ServerOptions o = Options((*redis)->url());
+    o.redis_tls.ca_file = pki.Path("rogue-ca.pem");
+    RegistryServer refused(o);
+    auto port = refused.Start();
+    ASSERT_FALSE(port.ok());
+    EXPECT_NE(port.status().message().find("certificate"), std::string::npos) << port.status();
+  }
+  ServerOptions o = Options((*redis)->url());
+  o.redis_tls.ca_file = pki.Path("ca.pem");
+  RegistryServer server(o);
+  auto port = server.Start();
+  ASSERT_TRUE(port.ok()) << port.status();
+  const std::string target = "127.0.0.1:" + std::to_string(*port);
+  FakeEdge edge(target, "edgeA");
+  ASSERT_TRUE(edge.Attach().has_value());
+  auto granted = edge.Open("c1", "n1");
+  ASSERT_TRUE(granted.has_value());
+  EXPECT_TRUE(granted->granted());
+  EXPECT_TRUE(GetNode(target, "n1").connected());
+  server.Shutdown();
 }
 
 }  // namespace

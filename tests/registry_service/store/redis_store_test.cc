@@ -3,6 +3,7 @@
 // stored hashed, script reloads, and the store URL.
 #include "registry_service/store/redis_store.h"
 
+#include <cstdlib>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "registry_service/store/redis_client.h"
+#include "tests/testing/pki.h"
 #include "tests/testing/redis_server.h"
 #include "tests/testing/status_matchers.h"
 
@@ -554,6 +556,103 @@ TEST_F(RedisStoreTest, ALapsedLeaseWithManyConnectionsIsClosedOverSeveralExpirie
   store->Expire(kNow + 2200, &third);
   EXPECT_EQ(lost(third), 0);
   EXPECT_FALSE(store->GetNode("n1499")->connected);
+}
+
+}  // namespace
+}  // namespace tether::registry
+
+namespace tether::registry {
+namespace {
+
+// A Redis that serves only TLS (a managed Redis): the store speaks TLS through its tunnel,
+// verifies the server, and presents a client certificate when the server requires one.
+class RedisTlsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* tmp = std::getenv("TEST_TMPDIR");
+    ASSERT_NE(tmp, nullptr);
+    ASSERT_TRUE(::tether::testing::MakePki(std::string(tmp) + "/pki", &pki_));
+  }
+  std::unique_ptr<RedisStore> Store(const RedisClientOptions& client) {
+    RedisStoreOptions r;
+    r.client = client;
+    r.connections = 2;
+    r.key_prefix = "tls:";
+    StoreOptions o;
+    o.auto_approve_all = true;
+    return std::make_unique<RedisStore>(o, r);
+  }
+  ::tether::testing::Pki pki_;
+};
+
+TEST_F(RedisTlsTest, TheStoreWorksOverTls) {
+  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
+                                      pki_.Path("ca.pem"));
+  ASSERT_THAT(server, IsOk());
+  auto store = Store((*server)->ClientOptions());
+  ASSERT_THAT(store->Connect(), IsOk());
+  Effects fx;
+  ASSERT_THAT(store->AttachEdge("A", "e1", kNow, &fx), IsOk());
+  for (int i = 0; i < 300; ++i) {  // replies larger than one TLS record
+    ASSERT_THAT(store->Register(Spec("c" + std::to_string(i), "n" + std::to_string(i)), kNow, &fx),
+                IsOk());
+  }
+  auto page = store->ListNodes(NodeFilter{}, "", 1000);
+  ASSERT_THAT(page, IsOk());
+  EXPECT_EQ(page->nodes.size(), 300u);
+  auto routed = store->ReadRouted({}, "", 50);  // a blocking read through the tunnel
+  ASSERT_THAT(routed, IsOk());
+  // The server goes away: calls fail fast; it comes back: the store reconnects.
+  (*server)->Kill();
+  const absl::Time start = absl::Now();
+  EXPECT_THAT(store->GetNode("n1").status(), StatusIs(absl::StatusCode::kUnavailable));
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  ASSERT_THAT((*server)->Restart(), IsOk());
+  absl::SleepFor(absl::Milliseconds(600));  // past the reconnect backoff
+  EXPECT_THAT(store->HeadRevision(), ::testing::Ge(0u));
+  EXPECT_THAT(store->GetNode("nobody").status(), StatusIs(absl::StatusCode::kNotFound));
+}
+
+TEST_F(RedisTlsTest, AServerTheStoreCannotVerifyIsRefusedWithTheReason) {
+  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
+                                      pki_.Path("ca.pem"));
+  ASSERT_THAT(server, IsOk());
+  RedisClientOptions untrusted = (*server)->ClientOptions();
+  untrusted.tls.ca_file = pki_.Path("rogue-ca.pem");
+  absl::Status refused = Store(untrusted)->Connect();
+  EXPECT_EQ(refused.code(), absl::StatusCode::kUnavailable) << refused;
+  EXPECT_THAT(std::string(refused.message()), HasSubstr("certificate"));
+  RedisClientOptions wrong_name = (*server)->ClientOptions();
+  wrong_name.tls.server_name = "redis.example.com";
+  absl::Status misnamed = Store(wrong_name)->Connect();
+  EXPECT_EQ(misnamed.code(), absl::StatusCode::kUnavailable) << misnamed;
+  EXPECT_THAT(std::string(misnamed.message()), HasSubstr("redis.example.com"));
+  RedisClientOptions plain = (*server)->ClientOptions();
+  plain.address.tls = false;  // plain text to a TLS-only port
+  EXPECT_THAT(Store(plain)->Connect(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST_F(RedisTlsTest, AServerThatRequiresAClientCertificateGetsOne) {
+  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
+                                      pki_.Path("ca.pem"), pki_.Path("edge.pem"),
+                                      pki_.Path("edge.key"));
+  ASSERT_THAT(server, IsOk());
+  EXPECT_THAT(Store((*server)->ClientOptions())->Connect(), IsOk());
+  RedisClientOptions anonymous = (*server)->ClientOptions();
+  anonymous.tls.cert_file.clear();
+  anonymous.tls.key_file.clear();
+  EXPECT_THAT(Store(anonymous)->Connect(), StatusIs(absl::StatusCode::kUnavailable));
+}
+
+TEST(RedisUrlTlsTest, RedissMeansTls) {
+  auto a = ParseRedisUrl("rediss://redis.internal:6380/2");
+  ASSERT_THAT(a, IsOk());
+  EXPECT_TRUE(a->tls);
+  EXPECT_EQ(a->host, "redis.internal");
+  EXPECT_EQ(a->port, 6380);
+  EXPECT_EQ(a->db, 2);
+  EXPECT_FALSE(ParseRedisUrl("redis://h:1")->tls);
+  EXPECT_THAT(ParseRedisUrl("redis+tls://h:1"), StatusIs(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
