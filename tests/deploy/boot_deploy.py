@@ -11,6 +11,15 @@ the live processes, that WebSockets pass through the load balancer image's entry
 (deploy/nginx/lb-entrypoint.sh) to a real edge, and that SIGTERM drains an edge in time, its
 sockets closed with 1012 through the balancer.
 
+Before an edge is booted with its registry address moved to loopback, it is started once with
+the configured TETHER_REGISTRY, which ws_edge must accept (it checks the value only after its
+flags parsed). Kubernetes: one registry pod stands for the replicas; it starts on an empty Redis,
+so it recovers (/readyz 503) and the edge must attach to it meanwhile. Compose: every registry
+replica on one redis-server; each edge gets the replicas its TETHER_REGISTRY lists, in order,
+and must attach to the first; a replica that recovers must end on its edges' resync
+(TETHER_RECOVERY_EDGES); then the first replica is stopped and its edges must re-attach to the
+next replica they list.
+
   boot_deploy.py SRC_ROOT BIN_ROOT WORK_DIR
 """
 import base64
@@ -128,9 +137,13 @@ ADDRESS_FLAGS = ("listen", "edge_listen", "metrics_host", "metrics_port", "regis
 
 
 class Booted:
-    """One registry or edge started from a deploy config."""
+    """One registry or edge started from a deploy config.
 
-    def __init__(self, cfg, bin_root, work, name, registry=None):
+    registry: for an edge, the booted registry replicas its TETHER_REGISTRY becomes (a Booted or
+    a list of them, in order: the edge uses the first that answers). store: for a registry, a
+    redis:// URL to use instead of starting a redis-server of its own (replicas share one)."""
+
+    def __init__(self, cfg, bin_root, work, name, registry=None, store=None):
         self.cfg, self.name = cfg, name
         d = os.path.join(work, name)
         os.makedirs(d, exist_ok=True)
@@ -158,15 +171,22 @@ class Booted:
             env["TETHER_EDGE_LISTEN"] = "127.0.0.1:0"
         if cd.as_int(env.get("TETHER_METRICS_PORT"), -1) >= 0:
             env["TETHER_METRICS_PORT"] = "0"
+        argv = [os.path.join(bin_root, cd.BINARIES[cfg["kind"]]), *args]
         if registry:
-            env["TETHER_REGISTRY"] = f"127.0.0.1:{registry.port}"
-        self.redis = None
+            if cfg["kind"] == "edge":
+                self.preflight(argv, env, d, work)
+            replicas = registry if isinstance(registry, list) else [registry]
+            env["TETHER_REGISTRY"] = ",".join(f"127.0.0.1:{r.port}" for r in replicas)
+        self.redis, self.store = None, None
         if env.get("TETHER_STORE", "").startswith("redis://"):
-            # A real redis-server on loopback stands where the manifest's Redis would be, with
-            # the password the example Secret gives, if any.
-            self.redis, env["TETHER_STORE"] = start_redis(name, d, env, work)
-        self.proc = Proc(name, [os.path.join(bin_root, cd.BINARIES[cfg["kind"]]), *args],
-                         cd.clean_env(env), work)
+            if store:
+                env["TETHER_STORE"] = store
+            else:
+                # A real redis-server on loopback stands where the manifest's Redis would be,
+                # with the password the example Secret gives, if any.
+                self.redis, env["TETHER_STORE"] = start_redis(name, d, env, work)
+            self.store = env["TETHER_STORE"]
+        self.proc = Proc(name, argv, cd.clean_env(env), work)
         port_file = env["TETHER_PORT_FILE"]
 
         def port():
@@ -177,6 +197,27 @@ class Booted:
         self.metrics = int(m.group(1)) if m else None
         if not self.port:
             fail(name, f"did not start:\n{self.proc.text()}")
+
+    def preflight(self, argv, env, d, work):
+        """ws_edge checks its --registry value only after the flags parsed (the static dry run's
+        --version stops before that; the boot rewrites it): start the edge once with the
+        configuration's own value, which must get as far as listening."""
+        value = env.get("TETHER_REGISTRY")
+        port_file = os.path.join(d, "preflight-port")
+        p = Proc(f"{self.name}-preflight", argv,
+                 cd.clean_env(dict(env, TETHER_PORT_FILE=port_file)), work)
+        eventually(lambda: os.path.exists(port_file) or p.p.poll() is not None)
+        if os.path.exists(port_file):
+            ok(self.name, f"ws_edge accepts the configured TETHER_REGISTRY {value}")
+        else:
+            fail(self.name, f"ws_edge does not start with the configured TETHER_REGISTRY {value} "
+                            f"(exit {p.p.poll()}):\n{p.text().strip()}")
+        p.stop(signal.SIGKILL)
+
+    def attached(self, edge_id):
+        """Whether this registry's log shows that edge attaching to it."""
+        return re.search(rf"event=edge_attached edge_id={re.escape(edge_id)}( |$)",
+                         self.proc.text(), re.M) is not None
 
     def actual_port(self, container_port):
         """Where a containerPort of the manifest ended up on loopback."""
@@ -202,10 +243,12 @@ def run_healthcheck(where, img, env, replace=None):
         fail(where, f"Docker HEALTHCHECK {argv} exited {r.returncode}: {r.stderr.strip()}")
 
 
-def run_k8s_probes(b, bin_root):
+def run_k8s_probes(b, bin_root, probes=("startupProbe", "readinessProbe", "livenessProbe"),
+                   wait=10):
+    """The container's probes against the live process; an HTTP probe may take `wait` s to pass."""
     c = b.cfg["container"]
     ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in probes:
         p = c.get(probe)
         if not p:
             continue
@@ -216,7 +259,7 @@ def run_k8s_probes(b, bin_root):
             good = subprocess.run([probe_bin, f"--addr=127.0.0.1:{port}"],
                                   capture_output=True).returncode == 0
         elif how == "httpGet":
-            good = eventually(lambda: http_status(port, p[how]["path"]) == 200, 10)
+            good = eventually(lambda: http_status(port, p[how]["path"]) == 200, wait)
         else:
             good = socket.create_connection(("127.0.0.1", port), timeout=2) is not None
         (ok if good else fail)(b.name, f"{probe} {how} on port {port} "
@@ -283,20 +326,37 @@ def boot_k8s(src, bin_root, work, images):
     cfgs = cd.k8s_containers(os.path.join(src, "deploy/k8s"), images)
     reg_cfg = next(c for c in cfgs if c["kind"] == "registry")
     edge_cfg = next(c for c in cfgs if c["kind"] == "edge")
+    # One registry pod stands for the replicas (boot_compose boots two on one Redis).
     reg = Booted(reg_cfg, bin_root, work, "k8s-registry")
     started = [reg]
     try:
         if not reg.port:
             return
-        run_k8s_probes(reg, bin_root)
+        run_k8s_probes(reg, bin_root, ("startupProbe", "livenessProbe"))
+        # Its Redis starts empty, so the registry recovers: not ready until its grace ends (the
+        # manifest sets no TETHER_RECOVERY_EDGES), yet its edges must attach meanwhile, which is
+        # why they use a Service that publishes not-ready addresses (check_deploy.py).
+        recovering = "event=recovery_started" in reg.proc.text()
+        if recovering:
+            status = http_status(reg.metrics, "/readyz")
+            (ok if status == 503 else fail)(
+                "k8s-registry", f"recovering after a start on an empty Redis: /readyz {status}")
         edge = Booted(edge_cfg, bin_root, work, "k8s-edge", registry=reg)
         started.append(edge)
         if not edge.port:
             return
         if eventually(lambda: http_status(edge.metrics, "/readyz") == 200):
-            ok("k8s-edge", "attached to the registry with the manifests' edge secret (/readyz 200)")
+            ok("k8s-edge", "attached to the registry with the manifests' edge secret (/readyz 200)"
+                           + (", while the registry was recovering (not ready)"
+                              if recovering and "event=recovery_ended" not in reg.proc.text()
+                              else ""))
         else:
             fail("k8s-edge", f"never ready:\n{edge.proc.text()}")
+        grace = cd.as_int(reg_cfg["env"].get("TETHER_RECOVERY_GRACE_MS"), None)
+        if grace is None:
+            grace = cd.as_int(cd.Binary(os.path.join(bin_root, cd.BINARIES["registry"]),
+                                        "registry").defaults.get("recovery_grace_ms"), 10000)
+        run_k8s_probes(reg, bin_root, ("readinessProbe",), wait=grace / 1000 + 5)
         run_k8s_probes(edge, bin_root)
         run_healthcheck("k8s-registry", images["registry"], reg.healthcheck_env(bin_root))
         run_healthcheck("k8s-edge", images["edge"], edge.healthcheck_env(bin_root))
@@ -316,18 +376,37 @@ def boot_k8s(src, bin_root, work, images):
 
 def boot_compose(src, bin_root, work, images):
     _, svcs = cd.compose_services(os.path.join(src, "deploy/compose/compose.yaml"), images)
-    reg_name = next(n for n, c in svcs.items() if c["kind"] == "registry")
+    reg_names = [n for n, c in svcs.items() if c["kind"] == "registry"]
     edge_names = [n for n, c in svcs.items() if c["kind"] == "edge"]
     lb_cfg = next(c for c in svcs.values() if c["kind"] == "lb")
-    reg = Booted(svcs[reg_name], bin_root, work, f"compose-{reg_name}")
-    started, lb = [reg], None
+    started, lb, regs = [], None, {}
     try:
-        if not reg.port:
-            return
-        run_healthcheck(f"compose-{reg_name}", images["registry"], reg.healthcheck_env(bin_root))
-        edges = {}
+        # Every replica, in the compose file's order, on one redis-server (the first one's).
+        for n in reg_names:
+            first = regs[reg_names[0]] if regs else None
+            regs[n] = Booted(svcs[n], bin_root, work, f"compose-{n}",
+                             store=first.store if first else None)
+            started.append(regs[n])
+            if not regs[n].port:
+                return
+        for n, r in regs.items():
+            run_healthcheck(f"compose-{n}", images["registry"], r.healthcheck_env(bin_root))
+        if len(regs) > 1 and len({r.store for r in regs.values()}) == 1:
+            ok("compose", f"{len(regs)} registry replicas ({', '.join(regs)}) on one Redis")
+
+        # Each edge gets the replicas its TETHER_REGISTRY lists (by service name or fixed
+        # address), in its order, as loopback addresses.
+        edges, lists, ids = {}, {}, {}
         for n in edge_names:
-            edges[n] = Booted(svcs[n], bin_root, work, f"compose-{n}", registry=reg)
+            targets = cd.compose_registry_targets(svcs, svcs[n])
+            lists[n] = [r for _, r, _ in targets]
+            ids[n] = svcs[n]["env"].get("TETHER_EDGE_ID", n)
+            if None in lists[n]:
+                fail(f"compose-{n}", f"TETHER_REGISTRY {svcs[n]['env'].get('TETHER_REGISTRY')} "
+                                     "names something that is no registry (see check_deploy.py)")
+                return
+            edges[n] = Booted(svcs[n], bin_root, work, f"compose-{n}",
+                              registry=[regs[r] for r in lists[n]])
             started.append(edges[n])
             if not edges[n].port:
                 return
@@ -337,6 +416,41 @@ def boot_compose(src, bin_root, work, images):
             else:
                 fail(f"compose-{n}", f"never ready:\n{e.proc.text()}")
             run_healthcheck(f"compose-{n}", images["edge"], e.healthcheck_env(bin_root))
+        # An edge uses the first replica it lists that answers: with all of them up, that one.
+        for n in edges:
+            on = [r for r, b in regs.items() if b.attached(ids[n])]
+            (ok if on == lists[n][:1] else fail)(
+                f"compose-{n}", f"attached to {', '.join(on) or 'no replica'} (it lists "
+                                f"{', '.join(lists[n])})")
+        # Recovery is per replica: a replica that started on the empty Redis must end it once
+        # its own edges resynced (TETHER_RECOVERY_EDGES), not wait out the grace.
+        for n, r in regs.items():
+            if "event=recovery_started" not in r.proc.text():
+                continue
+            ended = eventually(lambda: re.search(r"event=recovery_ended (.*)", r.proc.text()), 5)
+            expected = ended and "expected edges resynced" in ended.group(1)
+            (ok if expected else fail)(
+                f"compose-{n}", "recovery after the start on an empty Redis "
+                + (f"ended when its edges resynced ({ended.group(1)})" if expected else
+                   f"did not end on its edges' resync: {ended.group(0) if ended else 'still on'} "
+                   f"(TETHER_RECOVERY_EDGES {svcs[n]['env'].get('TETHER_RECOVERY_EDGES')})"))
+        # Failover: stop the first replica; each edge on it moves to the next replica it lists
+        # and is ready again (the rest of the boot runs on the remaining replicas).
+        if len(regs) > 1:
+            gone = reg_names[0]
+            rc, took = regs[gone].proc.stop()
+            (ok if rc == 0 else fail)(f"compose-{gone}", f"SIGTERM: exit {rc} after {took:.1f} s")
+            for n, e in edges.items():
+                if lists[n][0] != gone:
+                    continue
+                nxt = lists[n][1] if len(lists[n]) > 1 else None
+                moved = nxt and eventually(lambda: regs[nxt].attached(ids[n]) and
+                                           http_status(e.metrics, "/readyz") == 200, 10)
+                (ok if moved else fail)(
+                    f"compose-{n}", f"{gone} stopped: " + (
+                        f"re-attached to {nxt}, the next replica it lists (/readyz 200)"
+                        if moved else f"did not fail over to {nxt or 'another replica'}:\n"
+                                      f"{e.proc.text()}"))
 
         # The balancer, started by the image's own entry point with the compose arguments,
         # with the addresses mapped onto the booted edges.
@@ -384,7 +498,7 @@ def boot_compose(src, bin_root, work, images):
     finally:
         if lb:
             lb.stop()
-        for b in reversed(started):
+        for b in reversed(started):  # the replicas sharing a Redis stop before its owner
             b.proc.stop()
             if b.redis:
                 b.redis.stop()

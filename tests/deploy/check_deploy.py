@@ -13,6 +13,7 @@ if there is any.
 Standard library plus python3-yaml (Debian) only. boot_deploy.py reuses the parsing below.
 """
 import glob
+import ipaddress
 import json
 import os
 import re
@@ -139,6 +140,34 @@ def redis_host(url):
     """The host of a redis://HOST:PORT[/DB] store URL, or None."""
     m = re.match(r"redis://([^:/]+)", url or "")
     return m.group(1) if m else None
+
+
+def registry_targets(value):
+    """The entries of an edge's TETHER_REGISTRY (HOST:PORT, dns:///HOST:PORT, or a comma-separated
+    list of them, possibly ipv4:-prefixed) as [(entry, host, port)]."""
+    value = str(value or "").strip()
+    if value.startswith("ipv4:"):
+        value = value[len("ipv4:"):]
+    out = []
+    for entry in value.split(","):
+        entry = entry.strip()
+        host, _, port = (entry[len("dns:///"):] if entry.startswith("dns:///") else entry) \
+            .rpartition(":")
+        out.append((entry, host, as_int(port, None)))
+    return out
+
+
+def scaled(v, total, round_up):
+    """A Deployment/PDB count: an int, or "N%" of total (rounded as Kubernetes does)."""
+    if isinstance(v, str) and v.endswith("%"):
+        n = as_int(v[:-1]) * total
+        return -(-n // 100) if round_up else n // 100
+    return as_int(v)
+
+
+def selects(selector, labels):
+    """Whether a Service/PDB selector (a label map) picks pods with these labels."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 def image_kind(image):
@@ -284,6 +313,53 @@ def compose_services(path, images):
     return c, out
 
 
+def compose_networks(s):
+    """A compose service's networks as {name: options} (none listed: the project's default)."""
+    nets = s.get("networks") or ["default"]
+    return {n: {} for n in nets} if isinstance(nets, list) else \
+        {n: (o or {}) for n, o in nets.items()}
+
+
+def compose_depends(s):
+    """depends_on as {service: condition} (the short list form means service_started)."""
+    dep = s.get("depends_on") or {}
+    if isinstance(dep, list):
+        return {d: "service_started" for d in dep}
+    return {d: (o or {}).get("condition", "service_started") for d, o in dep.items()}
+
+
+def compose_ports(s):
+    """A service's `ports` as [(host ip, host port or None, container port)]."""
+    out = []
+    for p in s.get("ports", []):
+        if isinstance(p, dict):
+            out.append((p.get("host_ip", "0.0.0.0"), as_int(p.get("published"), None),
+                        as_int(p.get("target"), None)))
+            continue
+        parts = str(p).split("/")[0].split(":")
+        out.append((":".join(parts[:-2]) or "0.0.0.0",
+                    as_int(parts[-2], None) if len(parts) > 1 else None, as_int(parts[-1], None)))
+    return out
+
+
+def compose_registry_targets(svcs, cfg):
+    """The registries an edge's TETHER_REGISTRY lists, in its order, as [(entry, registry service
+    or None, port)]. An entry names a registry service, or the fixed ipv4_address a registry has
+    on a network the edge is on (a list in TETHER_REGISTRY takes IPv4 addresses only)."""
+    edge_nets = compose_networks(cfg["service"])
+    by_host = {}
+    for n, c in svcs.items():
+        if c["kind"] != "registry":
+            continue
+        for net, opts in compose_networks(c["service"]).items():
+            if net in edge_nets:
+                by_host[n] = n
+                if opts.get("ipv4_address"):
+                    by_host[str(opts["ipv4_address"])] = n
+    return [(e, by_host.get(h), p)
+            for e, h, p in registry_targets(cfg["env"].get("TETHER_REGISTRY"))]
+
+
 # ---------------------------------------------------------------------------- checks
 
 def check_dockerfile(img, kind, bins, bin_root):
@@ -368,7 +444,28 @@ def check_k8s(k8s_dir, bins, images):
     kust_images = {i["name"] for i in kust.get("images", [])}
     services = {n: d for (k, n), d in docs.items() if k == "Service"}
     pods_by_app = {}
-    for cfg in k8s_containers(k8s_dir, images):
+    cfgs = k8s_containers(k8s_dir, images)
+    # The registry's pods: their labels, container ports and listen port (for the Services below).
+    registries = [(c["deployment"]["spec"]["template"]["metadata"]["labels"],
+                   {p.get("name"): p["containerPort"] for p in c["container"].get("ports", [])},
+                   port_of(c["env"].get("TETHER_LISTEN"))) for c in cfgs if c["kind"] == "registry"]
+
+    def registry_port(svc, port):
+        """For a Service and one of its ports: None if it reaches the registry's gRPC listener,
+        else why not."""
+        sel = svc["spec"].get("selector") or {}
+        reg = next((r for r in registries if selects(sel, r[0])), None)
+        if reg is None:
+            return "its selector does not pick the registry pods"
+        sp = next((p for p in svc["spec"]["ports"] if p["port"] == port), None)
+        if sp is None:
+            return f"it has no port {port} (ports {[p['port'] for p in svc['spec']['ports']]})"
+        target = sp.get("targetPort", sp["port"])
+        if reg[1].get(target, target) != reg[2]:
+            return f"port {port} goes to {target}, not the registry's TETHER_LISTEN port {reg[2]}"
+        return None
+
+    for cfg in cfgs:
         where, kind, c, dep = cfg["where"], cfg["kind"], cfg["container"], cfg["deployment"]
         if kind not in bins:
             error(where, f"image {c['image']} is neither tether/registry nor tether/edge")
@@ -405,17 +502,22 @@ def check_k8s(k8s_dir, bins, images):
                         ("127.0.0.1", "localhost", "::1"):
                     error(where, f"{probe}: the kubelet cannot reach a metrics port on loopback")
         if kind == "registry":
-            if dep["spec"].get("replicas") != 1 or dep["spec"]["strategy"]["type"] != "Recreate":
-                error(where, "the registry (memory store) must be 1 replica with Recreate")
+            check_registry_replicas(where, dep, env, docs)
             if "grpc" not in (c.get("livenessProbe") or {}):
                 error(where, "the registry's liveness must be the gRPC health check")
         if kind == "edge":
             check_edge_shutdown(where, pod, c, env, bins["edge"])
-            host, port = (env.get("TETHER_REGISTRY", ":").rsplit(":", 1) + [""])[:2]
-            svc = services.get(host)
-            if not svc or port_of(env.get("TETHER_REGISTRY")) not in [
-                    p["port"] for p in svc["spec"]["ports"]]:
-                error(where, f"TETHER_REGISTRY {env.get('TETHER_REGISTRY')} is no Service port")
+            for entry, host, port in registry_targets(env.get("TETHER_REGISTRY")):
+                svc = services.get(host)
+                why = registry_port(svc, port) if svc else "no Service has that name"
+                if why:
+                    error(where, f"TETHER_REGISTRY {env.get('TETHER_REGISTRY')}: {entry} is no "
+                                 f"Service port of the registry: {why}")
+                elif not svc["spec"].get("publishNotReadyAddresses"):
+                    error(where, f"TETHER_REGISTRY {entry}: Service {host} must set "
+                                 "publishNotReadyAddresses: true: a replica that started on an "
+                                 "empty Redis is not ready until edges resynced through it, so "
+                                 "through a readiness-gated Service no edge could reach it")
 
     # Workloads that are not ours (Redis) count for Services too, and must keep their data.
     for (k, n), d in docs.items():
@@ -442,6 +544,14 @@ def check_k8s(k8s_dir, bins, images):
     if not any(d["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") == "tether-edge"
                for (k, _), d in docs.items() if k == "PodDisruptionBudget"):
         error("k8s", "no PodDisruptionBudget covers the edges")
+    # Callers must not reach a replica that is recovering or stopping: they need a Service that
+    # lists ready replicas only (the edges' Service lists every replica).
+    if registries and not any(
+            not svc["spec"].get("publishNotReadyAddresses") and
+            registry_port(svc, registries[0][2]) is None for svc in services.values()):
+        error("k8s", "no readiness-gated Service (without publishNotReadyAddresses) reaches the "
+                     "registry's gRPC port: callers need one that leaves out replicas that are "
+                     "recovering or stopping")
     for (k, n), ing in docs.items():
         if k != "Ingress":
             continue
@@ -461,6 +571,43 @@ def check_k8s(k8s_dir, bins, images):
                                bins["edge"])
         if ann.get("nginx.ingress.kubernetes.io/proxy-buffering") != "off":
             error(f"k8s Ingress {n}", "proxy buffering must be off")
+
+
+def check_registry_replicas(where, dep, env, docs):
+    """Replicas on one Redis: at least two, replaced one by one, never all evicted together."""
+    spec = dep["spec"]
+    replicas = spec.get("replicas", 1)
+    if redis_host(env.get("TETHER_STORE")) and replicas < 2:
+        error(where, f"{replicas} registry replica(s): run at least 2 on the one Redis, so edges "
+                     "and callers have another to fail over to (registry_service/store/README.md, "
+                     "Replicas)")
+    strategy = spec.get("strategy") or {}
+    if strategy.get("type", "RollingUpdate") != "RollingUpdate":
+        error(where, f"strategy {strategy.get('type')}: use RollingUpdate, so a rollout replaces "
+                     "the replicas one at a time instead of stopping them all together")
+    else:
+        ru = strategy.get("rollingUpdate") or {}
+        down = scaled(ru.get("maxUnavailable", "25%"), replicas, round_up=False)
+        if down >= replicas:
+            error(where, f"rollingUpdate maxUnavailable {ru.get('maxUnavailable')} lets a rollout "
+                         f"stop all {replicas} replicas at once")
+    labels = spec["template"]["metadata"]["labels"]
+    pdbs = [d for (k, _), d in docs.items() if k == "PodDisruptionBudget"
+            and selects(d["spec"]["selector"].get("matchLabels"), labels)]
+    if not pdbs:
+        error(where, "no PodDisruptionBudget covers the registry: a node drain could evict every "
+                     "replica at once")
+    for d in pdbs:
+        name, ps = d["metadata"]["name"], d["spec"]
+        if "minAvailable" in ps:
+            keep = scaled(ps["minAvailable"], replicas, round_up=True)
+        else:
+            keep = replicas - scaled(ps.get("maxUnavailable", 1), replicas, round_up=True)
+        if keep < 1:
+            error(f"k8s PodDisruptionBudget {name}", "lets evictions take every registry replica")
+        elif keep >= replicas:
+            error(f"k8s PodDisruptionBudget {name}", f"keeps {keep} of {replicas} registry "
+                                                     "replicas: it blocks every node drain")
 
 
 def check_edge_shutdown(where, pod, c, env, edge):
@@ -491,6 +638,7 @@ def check_compose(path, bins, images):
     base = os.path.dirname(path)
     ignored = open(os.path.join(base, ".gitignore")).read().split()
     env_file_users = {}
+    published, fixed, first_choice = {}, {}, {}
     for name, cfg in svcs.items():
         where, kind, s = cfg["where"], cfg["kind"], cfg["service"]
         if "build" in s:
@@ -509,20 +657,52 @@ def check_compose(path, bins, images):
             if src.startswith("./") and src[2:] not in ignored:
                 error(where, f"{src} holds a secret but is not git-ignored")
         check_config(cfg, bins)
+        for ip, host_port, _ in compose_ports(s):
+            if host_port is not None:
+                if (ip, host_port) in published:
+                    error(where, f"publishes {ip}:{host_port}, as does "
+                                 f"{published[(ip, host_port)]}")
+                published[(ip, host_port)] = name
         if kind == "registry":
             host = redis_host(cfg["env"].get("TETHER_STORE", ""))
             if host and host not in svcs:
                 error(where, f"TETHER_STORE names {host}, which is no compose service")
-            elif host and host not in s.get("depends_on", {}):
-                error(where, f"the registry must depend on {host} (healthy) to start after it")
+            elif host and compose_depends(s).get(host) != "service_healthy":
+                error(where, f"the registry must depend on {host} with condition: service_healthy "
+                             "to start after it")
+            listen = port_of(cfg["env"].get("TETHER_LISTEN"))
+            for _, host_port, target in compose_ports(s):
+                if target != listen:
+                    error(where, f"publishes container port {target}, but the registry listens on "
+                                 f"{cfg['env'].get('TETHER_LISTEN')}")
+            for net, opts in compose_networks(s).items():
+                if opts.get("ipv4_address"):
+                    check_fixed_address(where, str(opts["ipv4_address"]), net, compose, fixed)
         if kind == "edge":
             reg = cfg["env"].get("TETHER_REGISTRY", "")
-            host = reg.rsplit(":", 1)[0]
-            if svcs.get(host, {}).get("kind") != "registry":
-                error(where, f"TETHER_REGISTRY {reg} is not the registry service")
-            elif port_of(reg) != port_of(svcs[host]["env"].get("TETHER_LISTEN")):
-                error(where, f"TETHER_REGISTRY {reg}, but the registry listens on "
-                             f"{svcs[host]['env'].get('TETHER_LISTEN')}")
+            listed = []
+            for entry, r, port in compose_registry_targets(svcs, cfg):
+                if r is None:
+                    error(where, f"TETHER_REGISTRY {reg}: {entry} is neither a registry service "
+                                 "nor the ipv4_address of one on this edge's networks")
+                    continue
+                if port != port_of(svcs[r]["env"].get("TETHER_LISTEN")):
+                    error(where, f"TETHER_REGISTRY {entry} ({r}), but {r} listens on "
+                                 f"{svcs[r]['env'].get('TETHER_LISTEN')}")
+                if r in listed:
+                    error(where, f"TETHER_REGISTRY {reg} lists {r} twice")
+                    continue
+                listed.append(r)
+                if compose_depends(s).get(r) != "service_healthy":
+                    error(where, f"TETHER_REGISTRY lists {r} ({entry}), so the edge must depend on "
+                                 f"it with condition: service_healthy")
+            missing = [r for r, c in svcs.items() if c["kind"] == "registry" and r not in listed]
+            if listed and missing:
+                error(where, f"TETHER_REGISTRY {reg} lists {', '.join(listed)} but not "
+                             f"{', '.join(missing)}: list every replica, so the edge can fail "
+                             "over to any")
+            if listed:
+                first_choice.setdefault(listed[0], []).append(name)
             grace = re.match(r"(\d+)s$", str(s.get("stop_grace_period", "10s")))
             drain = as_int(cfg["env"].get("TETHER_DRAIN_TIMEOUT_MS",
                                           bins["edge"].defaults["drain_timeout_ms"]))
@@ -540,6 +720,26 @@ def check_compose(path, bins, images):
                 error(f"{ef}.example", f"{k} is not a CHANGE_ME placeholder")
             if not any(bins[kd].knows_env(k) for kd in kinds if kd in bins):
                 error(f"{ef}.example", f"{k} is read by none of the services using it")
+    regs = [n for n, c in svcs.items() if c["kind"] == "registry"]
+    if len(regs) < 2:
+        error(path, f"{len(regs)} registry service(s): run at least two replicas on the one Redis, "
+                    "so each edge has another to fail over to (registry_service/store/README.md, "
+                    "Replicas)")
+    stores = sorted({svcs[r]["env"].get("TETHER_STORE", "") for r in regs})
+    if len(stores) > 1:
+        error(path, f"the registry replicas use different stores {stores}: replicas share their "
+                    "state through one Redis")
+    for r in regs:
+        # Recovery after a start on an empty Redis is per replica: it ends once as many edges as
+        # TETHER_RECOVERY_EDGES resynced through that replica (0: only the grace ends it).
+        first = first_choice.get(r, [])
+        have = as_int(svcs[r]["env"].get("TETHER_RECOVERY_EDGES",
+                                         bins["registry"].defaults.get("recovery_edges", "0")))
+        if have not in (0, len(first)):
+            error(svcs[r]["where"], f"TETHER_RECOVERY_EDGES is {have}, but {len(first)} edge(s) "
+                                    f"list this replica first ({', '.join(first) or 'none'}): "
+                                    "recovery counts the edges that resync through it (0: wait "
+                                    "the whole grace)")
     edges = [n for n, c in svcs.items() if c["kind"] == "edge"]
     lbs = [c for c in svcs.values() if c["kind"] == "lb"]
     if len(edges) < 2:
@@ -550,6 +750,29 @@ def check_compose(path, bins, images):
         want = {f"{e}:{port_of(svcs[e]['env']['TETHER_LISTEN'])}" for e in edges}
         if set(lbs[0]["args"][1:]) != want:
             error(path, f"the lb balances {lbs[0]['args'][1:]}, but the edges are {sorted(want)}")
+
+
+def check_fixed_address(where, addr, net, compose, fixed):
+    """A compose ipv4_address must lie in its network's subnet, outside the range Docker hands
+    out to other containers, and be nobody else's."""
+    if addr in fixed:
+        error(where, f"ipv4_address {addr} is also {fixed[addr]}'s")
+    fixed[addr] = where
+    configs = ((((compose.get("networks") or {}).get(net) or {}).get("ipam") or {})
+               .get("config") or [])
+    try:
+        ip = ipaddress.ip_address(addr)
+        for c in configs:
+            if ip in ipaddress.ip_network(c["subnet"]):
+                if c.get("ip_range") and ip in ipaddress.ip_network(c["ip_range"]):
+                    error(where, f"ipv4_address {addr} is inside ip_range {c['ip_range']}: "
+                                 "Docker may give it to another container first")
+                return
+    except (KeyError, ValueError) as e:
+        error(where, f"ipv4_address {addr} on network {net}: {e}")
+        return
+    error(where, f"ipv4_address {addr}: network {net} declares no ipam subnet holding it "
+                 "(Docker assigns fixed addresses only from a configured subnet)")
 
 
 def check_secrets_are_placeholders(deploy):
