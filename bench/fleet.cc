@@ -233,7 +233,8 @@ class Fleet {
           n.current.reset();
           // Why new sockets fail, for the report: close code (and the first reason seen).
           auto& why = new_socket_failures[e.close.code];
-          if (why.first++ == 0) why.second = e.close.reason.empty() ? e.close.error : e.close.reason;
+          if (why.first++ == 0)
+            why.second = e.close.reason.empty() ? e.close.error : e.close.reason;
           if (++n.attempts <= absl::GetFlag(FLAGS_retries)) {
             ++retries;
             retry_at.push({absl::Now() + absl::Milliseconds(200 * n.attempts), e.node});

@@ -70,11 +70,11 @@ struct InvokeStart {
   std::string node_id;
   std::string command;
   std::string params_json;
-  std::string idempotency_key;    // never empty (the caller generates one)
-  bool remember_outcome = false;  // keep the outcome for replays (the key came from the user)
+  std::string idempotency_key;       // never empty (the caller generates one)
+  bool remember_outcome = false;     // keep the outcome for replays (the key came from the user)
   std::string node_idempotency_key;  // the key the node sees (the caller's own, unscoped)
-  int64_t timeout_ms = 0;         // already defaulted and clamped
-  int64_t deadline_ms = 0;        // absolute; min(now + timeout, the caller's deadline)
+  int64_t timeout_ms = 0;            // already defaulted and clamped
+  int64_t deadline_ms = 0;           // absolute; min(now + timeout, the caller's deadline)
 };
 
 struct InvokeStartResult {
@@ -128,15 +128,15 @@ struct RoutedMessage {
   std::string edge_id;
   std::string position;  // its place in the outbox
   bool invoke = false;
-  Dispatch dispatch;     // invoke (idempotency_key is the one the node sees)
-  EdgeCommand command;   // !invoke
+  Dispatch dispatch;    // invoke (idempotency_key is the one the node sees)
+  EdgeCommand command;  // !invoke
 };
 
 // What ReadRouted found.
 struct RoutedBatch {
-  std::vector<RoutedMessage> to_edges;   // per edge in decision order
-  std::vector<SettledInvoke> settled;    // for callers waiting on this replica
-  std::string inbox_position;            // pass back as `inbox_after` next time
+  std::vector<RoutedMessage> to_edges;  // per edge in decision order
+  std::vector<SettledInvoke> settled;   // for callers waiting on this replica
+  std::string inbox_position;           // pass back as `inbox_after` next time
 };
 
 // Thread-safe: every method is one atomic decision or a consistent read.
@@ -224,8 +224,7 @@ class Store {
   // Reads, after the given positions, the outboxes of the edges this replica holds and this
   // replica's inbox; waits up to `wait_ms` (0: not at all) for anything to arrive.
   virtual absl::StatusOr<RoutedBatch> ReadRouted(const std::vector<OutboxPosition>& edges,
-                                                 const std::string& inbox_after,
-                                                 int64_t wait_ms) {
+                                                 const std::string& inbox_after, int64_t wait_ms) {
     return absl::UnimplementedError("this store does not route");
   }
   // Records how far this replica delivered each edge's outbox (a replica taking an edge over

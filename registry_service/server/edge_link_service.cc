@@ -85,9 +85,8 @@ class Link final : public EdgeSink, public std::enable_shared_from_this<Link> {
       edge_id = edge_id_;
     }
     if (edge_id.empty()) return;
-    control_->Post([self = shared_from_this(), edge_id] {
-      self->registry_.DetachEdge(edge_id, self.get());
-    });
+    control_->Post(
+        [self = shared_from_this(), edge_id] { self->registry_.DetachEdge(edge_id, self.get()); });
   }
   void Finish(const grpc::Status& status) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -208,7 +207,7 @@ void Link::Received(v1::EdgeMessage m) {
 
 void Link::Post(const std::shared_ptr<Strand>& strand, v1::EdgeMessage m, bool barrier) {
   strand->Post([self = shared_from_this(), m = std::move(m), barrier,
-                 read_at = std::chrono::steady_clock::now()] { self->Run(m, barrier, read_at); });
+                read_at = std::chrono::steady_clock::now()] { self->Run(m, barrier, read_at); });
 }
 
 void Link::Run(const v1::EdgeMessage& m, bool barrier,

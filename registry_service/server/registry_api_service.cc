@@ -59,8 +59,7 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
         return;
       }
     }
-    InvokeTicket ticket =
-        registry_.Invoke(params_, [this](const InvokeResult& r) { Complete(r); });
+    InvokeTicket ticket = registry_.Invoke(params_, [this](const InvokeResult& r) { Complete(r); });
     absl::MutexLock lock(&mu_);
     ticket_ = ticket;
     if (cancelled_) Cancel();
@@ -274,8 +273,8 @@ grpc::ServerUnaryReactor* RegistryApiService::RejectPairing(grpc::CallbackServer
                                                             const v1::RejectPairingRequest* req,
                                                             v1::RejectPairingResponse*) {
   if (grpc::Status a = auth_.Authorize(*ctx, Scope::kPairing); !a.ok()) return Done(ctx, a);
-  return Offload(ctx,
-                 [this, req] { return ToGrpc(registry_.store().RejectPairing(req->request_id())); });
+  return Offload(
+      ctx, [this, req] { return ToGrpc(registry_.store().RejectPairing(req->request_id())); });
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::RevokeDevice(grpc::CallbackServerContext* ctx,

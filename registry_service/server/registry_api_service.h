@@ -22,9 +22,7 @@ class RegistryApiService final : public v1::Registry::CallbackService {
  public:
   // `auth` is not owned and must outlive the service.
   RegistryApiService(Registry& registry, const ApiAuth& auth, int worker_threads = 16)
-      : registry_(registry),
-        auth_(auth),
-        pool_(std::make_unique<WorkerPool>(worker_threads)) {}
+      : registry_(registry), auth_(auth), pool_(std::make_unique<WorkerPool>(worker_threads)) {}
 
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
                                       const v1::ListNodesRequest* req,

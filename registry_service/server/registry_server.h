@@ -14,12 +14,12 @@
 #include "common/http_server.h"
 #include "common/metrics.h"
 #include "registry_service/core/registry.h"
-#include "registry_service/store/tls_tunnel.h"
 #include "registry_service/core/store.h"
 #include "registry_service/server/auth.h"
 #include "registry_service/server/edge_link_service.h"
 #include "registry_service/server/registry_api_service.h"
 #include "registry_service/store/store_options.h"
+#include "registry_service/store/tls_tunnel.h"
 
 namespace tether::registry {
 

@@ -120,7 +120,7 @@ class RedisClient {
 
   const RedisClientOptions options_;
   absl::Mutex mu_;
-  redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // owned; null when disconnected
+  redisContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;    // owned; null when disconnected
   std::unique_ptr<TlsTunnel> tunnel_ ABSL_GUARDED_BY(mu_);  // with TLS: under context_
   absl::Duration timeout_ ABSL_GUARDED_BY(mu_) = options_.command_timeout;  // of the command now
   std::vector<Script> scripts_ ABSL_GUARDED_BY(mu_);

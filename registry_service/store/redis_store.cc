@@ -16,8 +16,9 @@ namespace tether::registry {
 namespace {
 
 // Shared by every script. ARGV[1..11] is the common header (see RedisStore::Run; ARGV[11] is
-// the calling replica's id); a script's own arguments are A(1), A(2), ... Every script returns {result, effects}: result[1] is 'OK'
-// or an absl status code number with result[2] its message; effects is a list of
+// the calling replica's id); a script's own arguments are A(1), A(2), ... Every script returns
+// {result, effects}: result[1] is 'OK' or an absl status code number with result[2] its message;
+// effects is a list of
 //   {'P', revision, node, kind, reason, conn, edge, generation, time}       presence event
 //   {'S', invoke, node, conn, edge, gen, command, params, key, remember, started, deadline,
 //         timeout, code, payload, node_error_code, message}                  settled invoke
@@ -1045,18 +1046,18 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
   for (auto& c : pool_) {
     const int raise = c->AddScript(kRaiseCounters);
     c->SetConnectScript(
-      raise,
-      [this] {
-        return std::vector<std::string>{prefix_, absl::StrCat(highest_generation_.load()),
-                                        absl::StrCat(highest_revision_.load())};
-      },
-      [this](const RedisValue& raised) {
-        if (raised.AsInt() == 0) return;
-        common::Log(common::LogLevel::kWarn, "redis_counters_raised",
-                    {{"generation", absl::StrCat(highest_generation_.load())},
-                     {"revision", absl::StrCat(highest_revision_.load())},
-                     {"why", "Redis lost data; presence watchers must re-list"}});
-      });
+        raise,
+        [this] {
+          return std::vector<std::string>{prefix_, absl::StrCat(highest_generation_.load()),
+                                          absl::StrCat(highest_revision_.load())};
+        },
+        [this](const RedisValue& raised) {
+          if (raised.AsInt() == 0) return;
+          common::Log(common::LogLevel::kWarn, "redis_counters_raised",
+                      {{"generation", absl::StrCat(highest_generation_.load())},
+                       {"revision", absl::StrCat(highest_revision_.load())},
+                       {"why", "Redis lost data; presence watchers must re-list"}});
+        });
   }
 }
 
@@ -1184,10 +1185,10 @@ absl::StatusOr<ResyncResult> RedisStore::Resync(const std::string& edge_id,
     std::vector<std::string> args = {edge_id, epoch, token};
     for (size_t i = from; i < std::min(live.size(), from + kChunk); ++i) {
       const LiveConnection& l = live[i];
-      args.push_back(EncodeList({l.spec.conn_id, l.spec.node_id, l.spec.public_key,
-                                 EncodeClient(l.spec.client), EncodeList(l.spec.client.commands),
-                                 l.spec.remote_addr, absl::StrCat(l.generation),
-                                 l.superseded ? "1" : "0"}));
+      args.push_back(
+          EncodeList({l.spec.conn_id, l.spec.node_id, l.spec.public_key,
+                      EncodeClient(l.spec.client), EncodeList(l.spec.client.commands),
+                      l.spec.remote_addr, absl::StrCat(l.generation), l.superseded ? "1" : "0"}));
     }
     auto r = Run(resync_chunk_, now_ms, args, effects);
     if (!r.ok()) return r.status();
@@ -1265,13 +1266,13 @@ void RedisStore::Touch(const std::string& conn_id, int64_t now_ms) {
 InvokeStartResult RedisStore::StartInvoke(const InvokeStart& start, int64_t now_ms,
                                           Effects* effects) {
   InvokeStartResult result;
-  auto r = Run(start_, now_ms,
-               {start.invoke_id, start.node_id, start.command, start.params_json,
-                start.idempotency_key, start.remember_outcome ? "1" : "0",
-                absl::StrCat(start.timeout_ms), absl::StrCat(start.deadline_ms),
-                start.node_idempotency_key.empty() ? start.idempotency_key
-                                                   : start.node_idempotency_key},
-               effects);
+  auto r =
+      Run(start_, now_ms,
+          {start.invoke_id, start.node_id, start.command, start.params_json, start.idempotency_key,
+           start.remember_outcome ? "1" : "0", absl::StrCat(start.timeout_ms),
+           absl::StrCat(start.deadline_ms),
+           start.node_idempotency_key.empty() ? start.idempotency_key : start.node_idempotency_key},
+          effects);
   if (!r.ok()) {
     LogFailure("StartInvoke", r.status());
     result.outcome = Failure(InvokeCode::kNotConnected,
@@ -1482,8 +1483,8 @@ absl::StatusOr<RoutedBatch> RedisStore::ReadRouted(const std::vector<OutboxPosit
   for (const OutboxPosition& e : edges) {
     std::string position = e.position;
     if (position.empty()) {  // a route new to this replica: continue where the last holder was
-      auto r = route_client_->Command({"GET", absl::StrCat(prefix_, "outbox_pos:{", e.edge_id,
-                                                           "}")});
+      auto r =
+          route_client_->Command({"GET", absl::StrCat(prefix_, "outbox_pos:{", e.edge_id, "}")});
       if (!r.ok()) return r.status();
       position = r->is_nil() ? "0-0" : r->AsString();
     }
@@ -1502,9 +1503,9 @@ absl::StatusOr<RoutedBatch> RedisStore::ReadRouted(const std::vector<OutboxPosit
   argv.push_back("STREAMS");
   argv.insert(argv.end(), keys.begin(), keys.end());
   argv.insert(argv.end(), ids.begin(), ids.end());
-  auto reply = wait_ms > 0 ? route_client_->Command(argv, absl::Milliseconds(wait_ms) +
-                                                              command_timeout_)
-                           : route_client_->Command(argv);
+  auto reply = wait_ms > 0
+                   ? route_client_->Command(argv, absl::Milliseconds(wait_ms) + command_timeout_)
+                   : route_client_->Command(argv);
   if (!reply.ok()) return reply.status();
   if (reply->is_nil()) return batch;  // nothing arrived
   for (const RedisValue& stream : reply->elements) {

@@ -44,12 +44,12 @@ struct RedisStoreOptions {
 // Owns its RedisClients: a pool of `connections` for decisions and reads (round robin), one for
 // lease renewals, one for routed reads. Thread-safe: each client's mutex serializes the calls
 // over its connection; decisions on different connections run side by side (Redis still runs
-// one script at a time, so each stays atomic). Methods that return a Status report an unreachable or failing Redis as
-// kUnavailable within about the client's timeouts. Methods that cannot report errors (Close,
-// Touch, StartInvoke, SettleInvoke, FailInvoke, Expire, ListPairingRequests, ListDevices) log
-// the error and return their "nothing changed" value (an unknown close, an ignored result, no
-// invoke started (NOT_CONNECTED "store unavailable"), an empty list). The ownership reads
-// (ListNodes, GetNode, GetPresence, ReadPresence) report kUnavailable.
+// one script at a time, so each stays atomic). Methods that return a Status report an unreachable
+// or failing Redis as kUnavailable within about the client's timeouts. Methods that cannot report
+// errors (Close, Touch, StartInvoke, SettleInvoke, FailInvoke, Expire, ListPairingRequests,
+// ListDevices) log the error and return their "nothing changed" value (an unknown close, an ignored
+// result, no invoke started (NOT_CONNECTED "store unavailable"), an empty list). The ownership
+// reads (ListNodes, GetNode, GetPresence, ReadPresence) report kUnavailable.
 class RedisStore final : public Store {
  public:
   RedisStore(const StoreOptions& options, const RedisStoreOptions& redis);
@@ -104,8 +104,7 @@ class RedisStore final : public Store {
   // run on a connection of their own (a blocking XREAD must not hold up decisions).
   bool RoutesThroughStore() const override { return true; }
   absl::StatusOr<RoutedBatch> ReadRouted(const std::vector<OutboxPosition>& edges,
-                                         const std::string& inbox_after,
-                                         int64_t wait_ms) override;
+                                         const std::string& inbox_after, int64_t wait_ms) override;
   absl::StatusOr<std::vector<std::string>> MarkDelivered(
       const std::vector<OutboxPosition>& delivered, const std::string& inbox_position) override;
   void ReleaseEdge(const std::string& edge_id, const std::string& epoch,
@@ -156,10 +155,10 @@ class RedisStore final : public Store {
   std::atomic<uint64_t> highest_revision_{0};
   bool started_empty_ = false;  // written once by Connect, before the store is shared
   int attach_ = 0, renew_ = 0 /* on lease_client_ */, drain_ = 0, resync_chunk_ = 0,
-      resync_sweep_ = 0, register_ = 0,
-      close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0, expire_ = 0, list_nodes_ = 0,
-      get_node_ = 0, presence_ = 0, read_presence_ = 0, list_pairing_ = 0, list_devices_ = 0,
-      approve_ = 0, reject_ = 0, revoke_ = 0, release_ = 0, delivered_ = 0 /* route_client_ */;
+      resync_sweep_ = 0, register_ = 0, close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0,
+      expire_ = 0, list_nodes_ = 0, get_node_ = 0, presence_ = 0, read_presence_ = 0,
+      list_pairing_ = 0, list_devices_ = 0, approve_ = 0, reject_ = 0, revoke_ = 0, release_ = 0,
+      delivered_ = 0 /* route_client_ */;
 };
 
 }  // namespace tether::registry

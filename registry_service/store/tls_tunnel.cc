@@ -99,9 +99,9 @@ absl::StatusOr<std::unique_ptr<TlsTunnel>> TlsTunnel::Open(const std::string& ho
   if (t->ctx_ == nullptr) return absl::InternalError("TLS: " + SslError());
   SSL_CTX_set_min_proto_version(t->ctx_, TLS1_2_VERSION);
   SSL_CTX_set_verify(t->ctx_, SSL_VERIFY_PEER, nullptr);
-  const bool cas = options.ca_file.empty()
-                       ? SSL_CTX_set_default_verify_paths(t->ctx_) == 1
-                       : SSL_CTX_load_verify_locations(t->ctx_, options.ca_file.c_str(), nullptr) == 1;
+  const bool cas = options.ca_file.empty() ? SSL_CTX_set_default_verify_paths(t->ctx_) == 1
+                                           : SSL_CTX_load_verify_locations(
+                                                 t->ctx_, options.ca_file.c_str(), nullptr) == 1;
   if (!cas) {
     return absl::InvalidArgumentError(
         absl::StrCat("TLS: cannot load CA certificates '", options.ca_file, "': ", SslError()));
@@ -110,8 +110,8 @@ absl::StatusOr<std::unique_ptr<TlsTunnel>> TlsTunnel::Open(const std::string& ho
     if (SSL_CTX_use_certificate_chain_file(t->ctx_, options.cert_file.c_str()) != 1 ||
         SSL_CTX_use_PrivateKey_file(t->ctx_, options.key_file.c_str(), SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(t->ctx_) != 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "TLS: cannot use client certificate '", options.cert_file, "': ", SslError()));
+      return absl::InvalidArgumentError(absl::StrCat("TLS: cannot use client certificate '",
+                                                     options.cert_file, "': ", SslError()));
     }
   }
   auto fd = ConnectTcp(host, port, deadline);
@@ -143,9 +143,8 @@ absl::StatusOr<std::unique_ptr<TlsTunnel>> TlsTunnel::Open(const std::string& ho
     }
     const long verify = SSL_get_verify_result(t->ssl_);
     if (verify != X509_V_OK) {
-      return absl::UnavailableError(absl::StrCat("TLS: server certificate not accepted for '",
-                                                 name, "': ",
-                                                 X509_verify_cert_error_string(verify)));
+      return absl::UnavailableError(absl::StrCat("TLS: server certificate not accepted for '", name,
+                                                 "': ", X509_verify_cert_error_string(verify)));
     }
     return absl::UnavailableError("TLS handshake failed: " + SslError());
   }
@@ -213,8 +212,9 @@ void TlsTunnel::Pump() {
       }
     }
     pollfd p[3] = {
-        {pump_fd_, static_cast<short>((to_tls.size() < kMaxBuffered ? POLLIN : 0) |
-                                      (to_local.empty() ? 0 : POLLOUT)),
+        {pump_fd_,
+         static_cast<short>((to_tls.size() < kMaxBuffered ? POLLIN : 0) |
+                            (to_local.empty() ? 0 : POLLOUT)),
          0},
         {tcp_fd_, static_cast<short>(POLLIN | (to_tls.empty() ? 0 : POLLOUT)), 0},
         {wake_[0], POLLIN, 0},

@@ -16,11 +16,11 @@ typedef struct ssl_ctx_st SSL_CTX;
 namespace tether::registry {
 
 struct RedisTlsOptions {
-  bool enabled = false;      // rediss:// URLs
-  std::string ca_file;       // PEM CAs the server's certificate must chain to; empty: system's
-  std::string cert_file;     // client certificate (PEM), when the server requires one
-  std::string key_file;      // its private key (PEM)
-  std::string server_name;   // name the certificate must carry; empty: the URL's host
+  bool enabled = false;     // rediss:// URLs
+  std::string ca_file;      // PEM CAs the server's certificate must chain to; empty: system's
+  std::string cert_file;    // client certificate (PEM), when the server requires one
+  std::string key_file;     // its private key (PEM)
+  std::string server_name;  // name the certificate must carry; empty: the URL's host
 };
 
 // One TLS connection to host:port (the server verified against the CAs and its name), bridged

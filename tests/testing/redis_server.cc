@@ -33,17 +33,20 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::Start() {
   return server;
 }
 
-absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::StartTls(
-    const std::string& cert, const std::string& key, const std::string& ca,
-    const std::string& client_cert, const std::string& client_key) {
+absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::StartTls(const std::string& cert,
+                                                                   const std::string& key,
+                                                                   const std::string& ca,
+                                                                   const std::string& client_cert,
+                                                                   const std::string& client_key) {
   signal(SIGPIPE, SIG_IGN);
   if (RedisServerBinary().empty()) {
     return absl::FailedPreconditionError("redis-server not installed (scripts/install_deps.sh)");
   }
   std::unique_ptr<RedisServer> server(new RedisServer());
   server->port_ = FreePort();
-  server->tls_args_ = {"--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", ca,
-                       "--tls-auth-clients", client_cert.empty() ? "no" : "yes"};
+  server->tls_args_ = {
+      "--tls-cert-file",    cert, "--tls-key-file",     key,
+      "--tls-ca-cert-file", ca,   "--tls-auth-clients", client_cert.empty() ? "no" : "yes"};
   server->tls_.enabled = true;
   server->tls_.ca_file = ca;
   server->tls_.cert_file = client_cert;
@@ -55,8 +58,8 @@ absl::StatusOr<std::unique_ptr<RedisServer>> RedisServer::StartTls(
 absl::Status RedisServer::Launch() {
   const std::string dir = TempPath("redis");
   mkdir(dir.c_str(), 0700);
-  std::vector<std::string> args = {"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                                   "--dir", dir};
+  std::vector<std::string> args = {"--bind",       "127.0.0.1", "--save", "",
+                                   "--appendonly", "no",        "--dir",  dir};
   if (tls_args_.empty()) {
     args.insert(args.end(), {"--port", std::to_string(port_)});
   } else {

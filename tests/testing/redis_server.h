@@ -25,9 +25,11 @@ class RedisServer {
   // server certificate and key given. With `client_cert`, clients must present a certificate
   // signed by `ca` (--tls-auth-clients yes). ClientOptions() and Command() then speak TLS,
   // trusting `ca` and presenting `client_cert`/`client_key` if given.
-  static absl::StatusOr<std::unique_ptr<RedisServer>> StartTls(
-      const std::string& cert, const std::string& key, const std::string& ca,
-      const std::string& client_cert = "", const std::string& client_key = "");
+  static absl::StatusOr<std::unique_ptr<RedisServer>> StartTls(const std::string& cert,
+                                                               const std::string& key,
+                                                               const std::string& ca,
+                                                               const std::string& client_cert = "",
+                                                               const std::string& client_key = "");
   ~RedisServer();
 
   int port() const { return port_; }

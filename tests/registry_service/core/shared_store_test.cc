@@ -76,8 +76,8 @@ TEST(SharedStore, ABurstLargerThanTheHistoryFromAnotherReplicaEndsTheWatchWithOu
                     [&](const absl::Status& s) { errors.push_back(s); })
                   .ok());
   for (int i = 0; i < 6; ++i) {
-    ASSERT_TRUE(r1.Register(RegistryHarness::Spec("c" + std::to_string(i),
-                                                  "n" + std::to_string(i), "edgeA", "e1"))
+    ASSERT_TRUE(r1.Register(RegistryHarness::Spec("c" + std::to_string(i), "n" + std::to_string(i),
+                                                  "edgeA", "e1"))
                     .ok());
   }
   r2.Tick();
@@ -243,8 +243,7 @@ TEST_F(RoutedReplicas, EdgeMessagesArriveInDecisionOrderWhicheverReplicaDecided)
   // The old socket's invoke settles on replica 1: its retirement follows, still in order.
   const Dispatch d = sinkA->invokes()[0];
   EXPECT_TRUE(r1().AcceptResult("c1", d.invoke_id, "n1", Ok("{}"), "edgeA"));
-  EXPECT_EQ(sinkA->log(),
-            (std::vector<std::string>{"invoke c1", "superseded c1", "close c1"}));
+  EXPECT_EQ(sinkA->log(), (std::vector<std::string>{"invoke c1", "superseded c1", "close c1"}));
   ASSERT_TRUE(r2().PumpRouted(0).ok());
   EXPECT_EQ(results_["old"].outcome.code, InvokeCode::kOk);
   EXPECT_TRUE(sinkB->log().empty());
@@ -306,6 +305,38 @@ TEST_F(RoutedReplicas, AnInvokeForAnEdgeNoReplicaHoldsFailsAtOnce) {
   ASSERT_TRUE(results_.count("call"));
   EXPECT_EQ(results_["call"].outcome.code, InvokeCode::kDisconnected);
   EXPECT_EQ(results_["call"].outcome.message, "edge link down");
+}
+
+// A lost edge's lease is expired by whichever replica ticks first, once: one DISCONNECTED per
+// connection however many replicas tick, and the expiry goes on when the replica that held the
+// edge is gone (here: never ticks again).
+TEST_F(RoutedReplicas, ALostEdgesLeaseIsExpiredOnceByWhicheverReplicaTicks) {
+  auto sink = std::make_shared<RecordingEdgeSink>();
+  ASSERT_TRUE(r1().AttachEdge("edgeA", "e1", sink).ok());
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(r1().Register(RegistryHarness::Spec("c" + std::to_string(i),
+                                                    "n" + std::to_string(i), "edgeA", "e1"))
+                    .ok());
+  }
+  std::vector<PresenceEvent> seen;
+  ASSERT_TRUE(r2().Watch(0, [&](const PresenceEvent& e) { seen.push_back(e); }).ok());
+  clock_.Advance(RegistryOptions{}.lease_ttl_ms + 1000);  // edgeA went silent
+  r2().Tick();  // replica 1 (which held the stream) is dead: replica 2 expires the lease
+  r2().Tick();
+  int disconnected = 0;
+  for (const PresenceEvent& e : seen) {
+    disconnected += e.kind == PresenceKind::kDisconnected && e.reason == kReasonEdgeLost;
+  }
+  EXPECT_EQ(disconnected, 3);
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(stores_[0]->GetNode("n" + std::to_string(i))->connected);
+  // Replica 1 comes back and ticks: nothing is expired twice.
+  r1().Tick();
+  r2().Tick();
+  auto history = stores_[1]->ReadPresence(0, 100);
+  ASSERT_TRUE(history.ok());
+  int total = 0;
+  for (const PresenceEvent& e : *history) total += e.kind == PresenceKind::kDisconnected;
+  EXPECT_EQ(total, 3);
 }
 
 // A replica that takes an edge over (same process, same epoch, after the first replica lost

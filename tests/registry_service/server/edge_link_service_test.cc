@@ -55,8 +55,7 @@ class StallingStore final : public Store {
     Wait(&stall_registers_);
     return inner_.Register(spec, now, fx);
   }
-  CloseResult Close(const std::string& e, const std::string& c, int64_t now,
-                    Effects* fx) override {
+  CloseResult Close(const std::string& e, const std::string& c, int64_t now, Effects* fx) override {
     return inner_.Close(e, c, now, fx);
   }
   void Touch(const std::string& c, int64_t now) override {
@@ -76,8 +75,7 @@ class StallingStore final : public Store {
     return inner_.FailInvoke(i, c, e, o, now, fx);
   }
   void Expire(int64_t now, Effects* fx) override { inner_.Expire(now, fx); }
-  absl::StatusOr<NodePage> ListNodes(const NodeFilter& f, const std::string& t,
-                                     int size) override {
+  absl::StatusOr<NodePage> ListNodes(const NodeFilter& f, const std::string& t, int size) override {
     return inner_.ListNodes(f, t, size);
   }
   absl::StatusOr<NodeView> GetNode(const std::string& n) override { return inner_.GetNode(n); }
@@ -105,7 +103,8 @@ class StallingStore final : public Store {
     absl::MutexLock lock(&mu_);
     if (!*gate) return;
     ++stalled_;
-    mu_.Await(absl::Condition(+[](bool* g) { return !*g; }, gate));
+    mu_.Await(absl::Condition(
+        +[](bool* g) { return !*g; }, gate));
     --stalled_;
   }
   MemoryStore inner_;
@@ -190,8 +189,9 @@ TEST_F(EdgeLinkServiceTest, AStalledDecisionHoldsUpOnlyItsOwnLane) {
   o->set_node_id("n2");
   o->set_shared_token_ok(true);
   ASSERT_TRUE(edge_->Send(m));
-  EXPECT_FALSE(edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); },
-                           absl::Milliseconds(300))
+  EXPECT_FALSE(edge_
+                   ->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); },
+                          absl::Milliseconds(300))
                    .has_value());
   store_->Stall(false, false);
   auto late = edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); });
@@ -220,8 +220,7 @@ TEST_F(EdgeLinkServiceTest, ARegistrationWhoseCloseWasReadFirstIsNotDecided) {
   edge_->Close(fresh);
   absl::SleepFor(absl::Milliseconds(200));  // both read (reading does not wait for the lane)
   store_->Stall(false, false);
-  auto outcome =
-      edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); });
+  auto outcome = edge_->Next([](const v1::RegistryMessage& r) { return r.has_register_outcome(); });
   ASSERT_TRUE(outcome.has_value());
   EXPECT_FALSE(outcome->register_outcome().granted());
   auto node = store_->GetNode("n1");
@@ -229,8 +228,9 @@ TEST_F(EdgeLinkServiceTest, ARegistrationWhoseCloseWasReadFirstIsNotDecided) {
   EXPECT_TRUE(node->connected);
   EXPECT_EQ(node->conn_id, "conn-old");
   EXPECT_EQ(registry_->stats().registrations_shed.value(), 1u);
-  EXPECT_FALSE(edge_->Next([](const v1::RegistryMessage& r) { return r.has_superseded(); },
-                           absl::Milliseconds(200))
+  EXPECT_FALSE(edge_
+                   ->Next([](const v1::RegistryMessage& r) { return r.has_superseded(); },
+                          absl::Milliseconds(200))
                    .has_value());
 }
 

@@ -180,8 +180,8 @@ TEST(RegistryServerRedisTest, ARegistryOnATlsOnlyRedis) {
   ASSERT_NE(tmp, nullptr);
   ::tether::testing::Pki pki;
   ASSERT_TRUE(::tether::testing::MakePki(std::string(tmp) + "/pki", &pki));
-  auto redis = RedisServer::StartTls(pki.Path("server.pem"), pki.Path("server.key"),
-                                     pki.Path("ca.pem"));
+  auto redis =
+      RedisServer::StartTls(pki.Path("server.pem"), pki.Path("server.key"), pki.Path("ca.pem"));
   ASSERT_TRUE(redis.ok()) << redis.status();
   {
     ServerOptions o = Options((*redis)->url());

@@ -3,11 +3,11 @@
 // stored hashed, script reloads, and the store URL.
 #include "registry_service/store/redis_store.h"
 
-#include <cstdlib>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
 #include <set>
 #include <string>
@@ -586,8 +586,8 @@ class RedisTlsTest : public ::testing::Test {
 };
 
 TEST_F(RedisTlsTest, TheStoreWorksOverTls) {
-  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
-                                      pki_.Path("ca.pem"));
+  auto server =
+      RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"), pki_.Path("ca.pem"));
   ASSERT_THAT(server, IsOk());
   auto store = Store((*server)->ClientOptions());
   ASSERT_THAT(store->Connect(), IsOk());
@@ -614,8 +614,8 @@ TEST_F(RedisTlsTest, TheStoreWorksOverTls) {
 }
 
 TEST_F(RedisTlsTest, AServerTheStoreCannotVerifyIsRefusedWithTheReason) {
-  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
-                                      pki_.Path("ca.pem"));
+  auto server =
+      RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"), pki_.Path("ca.pem"));
   ASSERT_THAT(server, IsOk());
   RedisClientOptions untrusted = (*server)->ClientOptions();
   untrusted.tls.ca_file = pki_.Path("rogue-ca.pem");
@@ -633,9 +633,9 @@ TEST_F(RedisTlsTest, AServerTheStoreCannotVerifyIsRefusedWithTheReason) {
 }
 
 TEST_F(RedisTlsTest, AServerThatRequiresAClientCertificateGetsOne) {
-  auto server = RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"),
-                                      pki_.Path("ca.pem"), pki_.Path("edge.pem"),
-                                      pki_.Path("edge.key"));
+  auto server =
+      RedisServer::StartTls(pki_.Path("server.pem"), pki_.Path("server.key"), pki_.Path("ca.pem"),
+                            pki_.Path("edge.pem"), pki_.Path("edge.key"));
   ASSERT_THAT(server, IsOk());
   EXPECT_THAT(Store((*server)->ClientOptions())->Connect(), IsOk());
   RedisClientOptions anonymous = (*server)->ClientOptions();
