@@ -133,3 +133,49 @@ TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
 
 }  // namespace
 }  // namespace tether::registry
+
+namespace tether::registry {
+namespace {
+
+// Issue 11 #3: the registry times leases and invokes on the steady timeline. With the real
+// clock's wall source stepped an hour forward and then two hours back (NTP, an operator),
+// no lease lapses and no invoke times out early; the invoke still ends at its own 5 s.
+TEST(RegistryClock, WallClockStepsExpireNoLeaseAndNoInvokeEarly) {
+  std::atomic<int64_t> wall{1'700'000'000'000};
+  std::atomic<int64_t> steady{0};
+  common::RealClock clock([&] { return wall.load(); }, [&] { return steady.load(); });
+  StoreOptions o = RegistryHarness::DefaultOptions();
+  MemoryStore store(o, clock.NowMs());
+  Registry registry(store, clock, RegistryOptions{});
+  auto sink = std::make_shared<::tether::testing::RecordingEdgeSink>();
+  ASSERT_TRUE(registry.AttachEdge("edgeA", "e1", sink).ok());
+  ASSERT_TRUE(registry.Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  InvokeParams p;
+  p.node_id = "n1";
+  p.command = "system.which";
+  p.timeout_ms = 5000;
+  std::optional<InvokeResult> result;
+  registry.Invoke(p, [&](const InvokeResult& r) { result = r; });
+
+  wall += 3'600'000;  // an hour forward
+  steady += 100;
+  registry.Tick();
+  EXPECT_FALSE(result.has_value()) << "the invoke ended at a wall-clock step";
+  EXPECT_TRUE(store.GetNode("n1")->connected);
+
+  wall -= 7'200'000;  // two hours back: ticks must go on
+  for (int i = 0; i < 4; ++i) {
+    steady += 1000;
+    ASSERT_TRUE(registry.Heartbeat("edgeA", "e1").ok());
+    registry.Tick();
+  }
+  EXPECT_FALSE(result.has_value());  // 4.1 s of steady time: not yet
+  steady += 1000;
+  registry.Tick();
+  ASSERT_TRUE(result.has_value());  // 5.1 s: its own timeout
+  EXPECT_EQ(result->outcome.code, InvokeCode::kTimeout);
+  EXPECT_TRUE(store.GetNode("n1")->connected);
+}
+
+}  // namespace
+}  // namespace tether::registry

@@ -1,6 +1,8 @@
 // The edge core against fake sockets and a fake registry link.
 #include "ws_edge/core/edge_core.h"
 
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <set>
 #include <string>
@@ -659,6 +661,40 @@ TEST_F(EdgeCoreTest, AnInvokeSentAgainAfterARegistryTakeoverIsDeliveredOnce) {
   EXPECT_EQ(core_->stats().invokes_duplicate.value(), 2u);
   Invoke(opened.conn_id(), opened.node_id(), "inv-2");  // a new one still goes out
   EXPECT_EQ(down_.sockets[1].frames.size(), answered + 1);
+}
+
+}  // namespace
+}  // namespace tether::edge
+
+namespace tether::edge {
+namespace {
+
+// Issue 11 #3 at the edge: ticks and the handshake timeout run on the steady timeline. A wall
+// clock stepped two hours back (which used to stop ticks, so nodes closed with 4000 after two
+// missed tick intervals) or an hour forward changes nothing: ticks keep their 1 s rhythm.
+TEST_F(EdgeCoreTest, WallClockStepsNeitherStopTicksNorCloseSockets) {
+  const int64_t start = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count();
+  std::atomic<int64_t> wall{start};
+  std::atomic<int64_t> steady{0};
+  common::RealClock real([&] { return wall.load(); }, [&] { return steady.load(); });
+  core_ = std::make_unique<EdgeCore>(options_, down_, link_, real);
+  core_->OnLinkUp();
+  link_.sent.clear();
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  int64_t seq = 0;
+  for (int64_t step : {-7'200'000, 0, 3'600'000, 0}) {
+    wall += step;
+    steady += 1000;
+    core_->OnTimer();
+    json tick = LastFrame(1);
+    ASSERT_EQ(tick["event"], "tick") << "after a wall step of " << step << " ms";
+    EXPECT_EQ(tick["seq"], ++seq);
+  }
+  EXPECT_FALSE(down_.sockets[1].closed);
+  core_.reset();  // before `real` goes
 }
 
 }  // namespace
