@@ -380,6 +380,11 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
                               : IdempotencyScope(params) + base.idempotency_key;
   start.remember_outcome = !params.idempotency_key.empty();
   start.node_idempotency_key = base.idempotency_key;
+  if (!params.idempotency_key.empty()) {
+    start.key_claim = absl::StrCat(absl::Hex(StableHash(params.caller)), ":", base.idempotency_key);
+    start.fingerprint =
+        absl::StrCat(params.command, ":", absl::Hex(StableHash(params.params_json)));
+  }
   start.timeout_ms = timeout;
   start.deadline_ms = deadline;
 

@@ -73,6 +73,11 @@ struct InvokeStart {
   std::string idempotency_key;       // never empty (the caller generates one)
   bool remember_outcome = false;     // keep the outcome for replays (the key came from the user)
   std::string node_idempotency_key;  // the key the node sees (the caller's own, unscoped)
+  // With a caller's own key: who used it (caller digest + key) and for what (command + params
+  // digest). The store refuses (kInvalid) a claim seen within the idempotency window with
+  // another fingerprint: the same caller reused the key for a different request. Empty: none.
+  std::string key_claim;
+  std::string fingerprint;
   int64_t timeout_ms = 0;            // already defaulted and clamped
   int64_t deadline_ms = 0;           // absolute; min(now + timeout, the caller's deadline)
 };

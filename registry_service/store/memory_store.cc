@@ -415,6 +415,15 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   absl::MutexLock lock(&mu_);
   InvokeStartResult result;
   const std::string key = IdemKey(start.node_id, start.idempotency_key);
+  const std::string claim = IdemKey(start.node_id, start.key_claim);
+  if (!start.key_claim.empty()) {
+    auto c = claims_.find(claim);
+    if (c != claims_.end() && c->second.expires_ms > now_ms &&
+        c->second.fingerprint != start.fingerprint) {
+      result.outcome = Failure(InvokeCode::kInvalid, KeyReusedMessage(options_));
+      return result;
+    }
+  }
   if (auto it = inflight_keys_.find(key); it != inflight_keys_.end()) {
     result.kind = InvokeStartResult::Kind::kJoined;
     result.dispatch = pending_.at(it->second).dispatch;
@@ -455,6 +464,11 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   deadlines_.insert({d.deadline_ms, d.invoke_id});
   conn.pending.insert(d.invoke_id);
   inflight_keys_[key] = d.invoke_id;
+  if (!start.key_claim.empty()) {
+    const int64_t expires = now_ms + start.timeout_ms + options_.idempotency_window_ms;
+    claims_[claim] = Claim{start.fingerprint, expires};
+    claims_order_.emplace_back(expires, claim);
+  }
   result.kind = InvokeStartResult::Kind::kDispatched;
   return result;
 }
@@ -496,6 +510,11 @@ bool MemoryStore::FailInvoke(const std::string& invoke_id, const std::string& co
 
 void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
   absl::MutexLock lock(&mu_);
+  while (!claims_order_.empty() && claims_order_.front().first <= now_ms) {
+    auto c = claims_.find(claims_order_.front().second);
+    if (c != claims_.end() && c->second.expires_ms <= now_ms) claims_.erase(c);
+    claims_order_.pop_front();
+  }
   while (!deadlines_.empty() && deadlines_.begin()->first <= now_ms) {
     const std::string invoke_id = deadlines_.begin()->second;
     const Dispatch d = pending_.at(invoke_id).dispatch;

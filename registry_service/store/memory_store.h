@@ -154,6 +154,14 @@ class MemoryStore final : public Store {
   std::set<std::pair<int64_t, std::string>> retire_at_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, std::string> inflight_keys_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Finished> finished_keys_ ABSL_GUARDED_BY(mu_);
+  // Key claims (InvokeStart::key_claim, per node) -> fingerprint and expiry; pruned in expiry
+  // order (claims_order_, roughly ordered: window plus the invoke's timeout).
+  struct Claim {
+    std::string fingerprint;
+    int64_t expires_ms = 0;
+  };
+  absl::flat_hash_map<std::string, Claim> claims_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<int64_t, std::string>> claims_order_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<int64_t, std::string>> finished_order_ ABSL_GUARDED_BY(mu_);
 };
 

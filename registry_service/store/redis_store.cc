@@ -528,9 +528,15 @@ end
 return ok()
 )lua";
 
-// A(1..) = invoke, node, command, params, key, remember, timeout, deadline, the key the node sees.
+// A(1..) = invoke, node, command, params, key, remember, timeout, deadline, the key the node
+// sees, key claim, fingerprint, the refusal's message (see InvokeStart).
 constexpr char kStart[] = R"lua(
 local inv, n, cmd, key = A(1), A(2), A(3), A(5)
+local claim_key = NK(n, 'claim:' .. A(10))
+if A(10) ~= '' then
+  local c = redis.call('HMGET', claim_key, 'fp', 'expires')
+  if c[1] and c[1] ~= A(11) and tonumber(c[2]) > NOW then return ok('failed', '7', A(12)) end
+end
 local joined = redis.call('GET', idem_key(n, key))
 if joined then
   redis.call('SADD', waiting_key(n, joined), ME)
@@ -563,6 +569,12 @@ redis.call('ZADD', G_DEADLINES, A(8), inv)
 redis.call('SADD', cpend_key(n, c), inv)
 redis.call('SET', idem_key(n, key), inv)
 redis.call('SADD', waiting_key(n, inv), ME)
+if A(10) ~= '' then
+  -- Expiry by the registry's clock, like outcomes; Redis's own TTL only collects the garbage.
+  local ttl = tonumber(A(7)) + IDEM
+  redis.call('HSET', claim_key, 'fp', A(11), 'expires', I(NOW + ttl))
+  redis.call('PEXPIRE', claim_key, ttl + 60000)
+end
 local d = dispatch_of(n, inv)
 local to_node = {}
 for i = 1, #d do to_node[i] = d[i] end
@@ -1271,7 +1283,8 @@ InvokeStartResult RedisStore::StartInvoke(const InvokeStart& start, int64_t now_
           {start.invoke_id, start.node_id, start.command, start.params_json, start.idempotency_key,
            start.remember_outcome ? "1" : "0", absl::StrCat(start.timeout_ms),
            absl::StrCat(start.deadline_ms),
-           start.node_idempotency_key.empty() ? start.idempotency_key : start.node_idempotency_key},
+           start.node_idempotency_key.empty() ? start.idempotency_key : start.node_idempotency_key,
+           start.key_claim, start.fingerprint, KeyReusedMessage(options_)},
           effects);
   if (!r.ok()) {
     LogFailure("StartInvoke", r.status());

@@ -3,6 +3,7 @@
 #define TETHER_REGISTRY_SERVICE_STORE_STORE_OPTIONS_H_
 
 #include <cstddef>
+#include <string>
 #include <cstdint>
 
 namespace tether::registry {
@@ -17,6 +18,15 @@ struct StoreOptions {
   size_t max_pairing_requests = 10'000;        // pending requests kept; more are refused
   int64_t pairing_request_ttl_ms = 3'600'000;  // unanswered requests are dropped after this
 };
+
+// Why a caller's idempotency key was refused: it named another request of the same caller.
+inline std::string KeyReusedMessage(const StoreOptions& o) {
+  return "idempotency key already used by this caller for a different request (another command "
+         "or other params) within the last " +
+         std::to_string(o.idempotency_window_ms) +
+         " ms after it ended; a retry must repeat the request exactly, a new request needs a new "
+         "key";
+}
 
 }  // namespace tether::registry
 

@@ -2,6 +2,7 @@
 // scenarios of OpenClaw PR #78351, re-expressed against the registry core). Every scenario runs
 // on the MemoryStore and on a RedisStore (a redis-server this test starts).
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -336,14 +337,16 @@ TEST_P(Invokes, IdempotencyKeyJoinsThenReplays) {
   EXPECT_FALSE(h.results().count("fourth"));
 }
 
-// A key joins or replays only the same caller's call of the same command with the same params:
-// reused by another caller, or for another request, it is another call (it used to join or
-// replay someone else's result).
+// A key joins or replays only the same caller's call of the same command with the same params
+// (it used to join or replay someone else's result). Another caller's same key is another
+// call; the same caller reusing its key for a different request, while the key is remembered,
+// is refused INVALID_ARGUMENT (issue 11 #8): a retry must repeat the request exactly.
 TEST_P(Invokes, IdempotencyKeysAreScopedByCallerCommandAndParams) {
   RegistryHarness h(RegistryHarness::DefaultOptions(), Factory());
   h.Attach("edgeA");
   h.Register("c1", "n1");
-  auto call = [&](const std::string& caller, const std::string& command,
+  std::map<std::string, InvokeResult> ended;
+  auto call = [&](const std::string& tag, const std::string& caller, const std::string& command,
                   const std::string& params) {
     InvokeParams p;
     p.node_id = "n1";
@@ -352,21 +355,30 @@ TEST_P(Invokes, IdempotencyKeysAreScopedByCallerCommandAndParams) {
     p.timeout_ms = 5000;
     p.idempotency_key = "shared-key";
     p.caller = caller;
-    return h.registry().Invoke(p, [](const InvokeResult&) {});
+    return h.registry().Invoke(p, [&ended, tag](const InvokeResult& r) { ended[tag] = r; });
   };
-  auto a = call("alice", "system.which", R"({"bins":["sh"]})");
-  auto again = call("alice", "system.which", R"({"bins":["sh"]})");
+  auto a = call("a", "alice", "system.which", R"({"bins":["sh"]})");
+  auto again = call("again", "alice", "system.which", R"({"bins":["sh"]})");
   EXPECT_EQ(again.invoke_id, a.invoke_id);  // the same call: joined
-  auto bob = call("bob", "system.which", R"({"bins":["sh"]})");
-  auto other_command = call("alice", "system.run", R"({"bins":["sh"]})");
-  auto other_params = call("alice", "system.which", R"({"bins":["ls"]})");
+  auto bob = call("bob", "bob", "system.which", R"({"bins":["sh"]})");
   EXPECT_NE(bob.invoke_id, a.invoke_id);
-  EXPECT_NE(other_command.invoke_id, a.invoke_id);
-  EXPECT_NE(other_params.invoke_id, a.invoke_id);
-  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 4u);
+  call("other_command", "alice", "system.run", R"({"bins":["sh"]})");
+  call("other_params", "alice", "system.which", R"({"bins":["ls"]})");
+  for (const char* tag : {"other_command", "other_params"}) {
+    ASSERT_TRUE(ended.count(tag)) << tag;
+    EXPECT_EQ(ended[tag].outcome.code, InvokeCode::kInvalid) << tag;
+    EXPECT_NE(ended[tag].outcome.message.find("different request"), std::string::npos);
+  }
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 2u);  // alice's and bob's
   for (const auto& d : h.Sink("edgeA").invokes()) {
     EXPECT_EQ(d.idempotency_key, "shared-key");  // the node sees the caller's own key
   }
+  // After the invoke ended and its window passed, the key is free again.
+  EXPECT_TRUE(h.Result("c1", h.Sink("edgeA").invokes()[0]));
+  h.Advance(5000 + RegistryHarness::DefaultOptions().idempotency_window_ms + 1000);
+  call("later", "alice", "system.run", R"({"bins":["sh"]})");
+  EXPECT_FALSE(ended.count("later"));  // dispatched, not refused
+  EXPECT_EQ(h.Sink("edgeA").invokes().size(), 3u);
 }
 
 TEST_P(Invokes, CancelOneJoinedCallerKeepsTheInvokeForTheOther) {
