@@ -78,8 +78,8 @@ struct InvokeStart {
   // another fingerprint: the same caller reused the key for a different request. Empty: none.
   std::string key_claim;
   std::string fingerprint;
-  int64_t timeout_ms = 0;            // already defaulted and clamped
-  int64_t deadline_ms = 0;           // absolute; min(now + timeout, the caller's deadline)
+  int64_t timeout_ms = 0;   // already defaulted and clamped
+  int64_t deadline_ms = 0;  // absolute; min(now + timeout, the caller's deadline)
 };
 
 struct InvokeStartResult {

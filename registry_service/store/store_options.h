@@ -3,8 +3,8 @@
 #define TETHER_REGISTRY_SERVICE_STORE_STORE_OPTIONS_H_
 
 #include <cstddef>
-#include <string>
 #include <cstdint>
+#include <string>
 
 namespace tether::registry {
 
