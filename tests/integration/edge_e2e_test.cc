@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -11,8 +12,10 @@
 #include <fstream>
 #include <future>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -560,6 +563,77 @@ TEST(EdgeE2ELimitsTest, PingFloodFromAClientThatNeverReadsIsBounded) {
   std::printf("sent %zu bytes of pings; edge RSS %ld KiB -> %ld KiB\n", sent, before, after);
   // 64 MiB is more than the 50 MiB per-socket send bound the edge advertises.
   EXPECT_LT(after - before, 64 * 1024) << "edge grew by " << (after - before) / 1024 << " MiB";
+}
+
+}  // namespace
+}  // namespace tether
+
+namespace tether {
+namespace {
+
+// CPU seconds (user + system) the process has used, from /proc/<pid>/stat.
+double CpuSeconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  // Fields after the command name (in parentheses, may hold spaces): utime is the 12th, stime
+  // the 13th of what follows ")".
+  std::istringstream rest(line.substr(line.rfind(')') + 2));
+  std::string field;
+  double ticks = 0;
+  for (int i = 1; i <= 13 && rest >> field; ++i) {
+    if (i == 12 || i == 13) ticks += std::stod(field);
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// Issue 11 #7: an edge out of file descriptors (EMFILE) backs off its accept loop instead of
+// retrying at once on the pending connection (websocketpp's loop spun one core and flooded the
+// log), and accepts again once descriptors are free.
+TEST(EdgeOutOfDescriptors, TheAcceptLoopBacksOffAndRecovers) {
+  Cluster c;
+  c.StartRegistry();
+  rlimit old{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+  rlimit low = old;
+  low.rlim_cur = 96;  // the edge inherits it; its own flag must not refuse before the kernel does
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  const int port = c.StartEdge("edgeA", {"--max_connections=100000"});
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ASSERT_GT(port, 0);
+
+  std::vector<int> flood;  // plain TCP connections, more than the edge has descriptors for
+  for (int i = 0; i < 150; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    (void)connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    flood.push_back(fd);
+  }
+  const pid_t pid = c.edge("edgeA").pid();
+  auto open_files = [pid] {
+    int n = 0;
+    if (DIR* d = opendir(("/proc/" + std::to_string(pid) + "/fd").c_str())) {
+      while (readdir(d) != nullptr) ++n;
+      closedir(d);
+    }
+    return n - 2;  // . and ..
+  };
+  ASSERT_TRUE(Eventually([&] { return open_files() >= static_cast<int>(low.rlim_cur) - 1; }))
+      << "the edge never ran out of descriptors: " << open_files() << " open";
+  const double before = CpuSeconds(pid);
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const double used = CpuSeconds(pid) - before;
+  // A spinning accept loop uses the whole 2 s; backing off, next to nothing.
+  EXPECT_LT(used, 0.5) << "CPU seconds in 2 s out of descriptors";
+  EXPECT_NE(c.edge("edgeA").Log().find("event=accept_failed"), std::string::npos);
+
+  for (int fd : flood) close(fd);
+  DeviceCredentials creds;
+  auto node = c.Node(creds, "edgeA");
+  EXPECT_TRUE(node->Connect(absl::Seconds(15)).ok()) << c.edge("edgeA").Log().substr(0, 2000);
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ class ChildProcess {
   bool running();
   std::string Log() const;
   const std::string& port_file() const { return port_file_; }
+  pid_t pid() const { return pid_; }
 
  private:
   pid_t pid_ = -1;

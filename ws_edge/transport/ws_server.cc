@@ -9,6 +9,7 @@
 #include <websocketpp/server.hpp>
 
 #include "absl/container/flat_hash_map.h"
+#include "common/log.h"
 
 namespace tether::edge {
 namespace {
@@ -76,18 +77,64 @@ class WsServerImpl final : public WsServer {
       return absl::UnavailableError("cannot listen on " + options_.host + ":" +
                                     std::to_string(options_.port) + ": " + ec.message());
     }
-    server_.start_accept(ec);
-    if (ec) return absl::UnavailableError("accept failed: " + ec.message());
     asio::ip::tcp::endpoint local = server_.get_local_endpoint(ec);
     if (ec) return absl::UnavailableError("no local endpoint: " + ec.message());
     timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
     ping_timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
+    accept_timer_ = std::make_unique<asio::steady_timer>(server_.get_io_service());
+    StartAccept();
     ArmTimer();
     ArmPings();
     return static_cast<int>(local.port());
   }
 
   void set_core(EdgeCore* core) override { core_ = core; }
+
+  // The accept loop, in place of websocketpp's: that one accepts again at once after a failed
+  // accept, and with the process out of file descriptors (EMFILE) the pending connection makes
+  // every retry fail the same way: one core spins and the log floods. Here a failure waits a
+  // back-off (10 ms, doubling to 1 s; reset by the next success) before the next accept, and is
+  // logged once per wait. Loop thread only.
+  void StartAccept() {
+    if (!server_.is_listening()) return;
+    ConnPtr con = server_.get_connection();
+    if (!con) {
+      AcceptLater("cannot create a connection");
+      return;
+    }
+    std::error_code ec;
+    server_.async_accept(
+        std::static_pointer_cast<typename Server::transport_con_type>(con),
+        [this, con](const std::error_code& accept_ec) {
+          if (!accept_ec) {
+            accept_backoff_ = std::chrono::milliseconds(0);
+            con->start();
+            StartAccept();
+            return;
+          }
+          con->terminate(accept_ec);
+          if (accept_ec == websocketpp::error::operation_canceled) return;  // stopped listening
+          AcceptLater(accept_ec.message());
+        },
+        ec);
+    if (ec) {
+      con->terminate(std::error_code());
+      if (ec != websocketpp::error::async_accept_not_listening) AcceptLater(ec.message());
+    }
+  }
+
+  void AcceptLater(const std::string& why) {
+    accept_backoff_ = std::min(std::chrono::milliseconds(1000),
+                               std::max(std::chrono::milliseconds(10), accept_backoff_ * 2));
+    common::Log(common::LogLevel::kWarn, "accept_failed",
+                {{"error", why},
+                 {"retry_in_ms", std::to_string(accept_backoff_.count())},
+                 {"hint", "out of file descriptors? see --max_connections and ulimit -n"}});
+    accept_timer_->expires_after(accept_backoff_);
+    accept_timer_->async_wait([this](const std::error_code& ec) {
+      if (!ec) StartAccept();
+    });
+  }
 
   void Run() override {
     // One catch at the top of the I/O thread: websocketpp and asio may still throw on bugs.
@@ -115,6 +162,7 @@ class WsServerImpl final : public WsServer {
       StopListening();
       if (timer_) timer_->cancel();
       if (ping_timer_) ping_timer_->cancel();
+      if (accept_timer_) accept_timer_->cancel();
       server_.stop();
     });
   }
@@ -264,6 +312,9 @@ class WsServerImpl final : public WsServer {
   absl::flat_hash_map<uint64_t, std::chrono::steady_clock::time_point> last_pong_;
   std::unique_ptr<asio::steady_timer> timer_;
   std::unique_ptr<asio::steady_timer> ping_timer_;
+  // Accept loop (StartAccept): the back-off after a failed accept, doubling up to 1 s.
+  std::unique_ptr<asio::steady_timer> accept_timer_;
+  std::chrono::milliseconds accept_backoff_{0};
   std::mutex tls_mu_;  // guards tls_: ReloadTls runs on the signal thread
   std::shared_ptr<asio::ssl::context> tls_;
 };
