@@ -460,7 +460,10 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   d.started_ms = now_ms;
   d.deadline_ms = start.deadline_ms;
   d.timeout_ms = start.timeout_ms;
+  // The params go out with this dispatch and are not kept: a pending invoke holds no more than
+  // its bookkeeping, however large its params (joins and settlements carry none).
   pending_[d.invoke_id] = Pending{d};
+  pending_[d.invoke_id].dispatch.params_json.clear();
   deadlines_.insert({d.deadline_ms, d.invoke_id});
   conn.pending.insert(d.invoke_id);
   inflight_keys_[key] = d.invoke_id;

@@ -561,8 +561,10 @@ local ch = redis.call('HMGET', conn_key(n, c), 'edge', 'generation')
 if redis.call('HEXISTS', G_HOLDERS, ch[1]) == 0 then
   return ok('failed', '4', 'edge link down')
 end
+-- The params go out with the dispatch (the outbox) and are not kept: a pending invoke holds
+-- no more than its bookkeeping, however large its params (up to --max_params_bytes).
 redis.call('HSET', inv_key(n, inv), 'conn', c, 'edge', ch[1], 'generation', ch[2],
-           'command', cmd, 'params', A(4), 'key', key, 'remember', A(6), 'started', NOWS,
+           'command', cmd, 'key', key, 'remember', A(6), 'started', NOWS,
            'deadline', A(8), 'timeout', A(7))
 redis.call('HSET', G_INVS, inv, n)
 redis.call('ZADD', G_DEADLINES, A(8), inv)
@@ -576,6 +578,7 @@ if A(10) ~= '' then
   redis.call('PEXPIRE', claim_key, ttl + 60000)
 end
 local d = dispatch_of(n, inv)
+d[7] = A(4)
 local to_node = {}
 for i = 1, #d do to_node[i] = d[i] end
 to_node[8] = A(9)

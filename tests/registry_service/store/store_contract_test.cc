@@ -218,6 +218,25 @@ TEST_P(StoreContract, StaleCloseChangesNothingAndOwnerCloseDisconnects) {
   EXPECT_EQ(v.generation, g2);
 }
 
+// Issue 11 #6: a pending invoke does not keep its params (up to --max_params_bytes each) for its
+// life: they go out with the dispatch; a join and the settlement carry none.
+TEST_P(StoreContract, APendingInvokeKeepsNoParams) {
+  Attach("A");
+  Grant("c1", "n1");
+  InvokeStartResult s = Start("i1", "n1", 1000, "k1");
+  ASSERT_EQ(s.kind, InvokeStartResult::Kind::kDispatched);
+  EXPECT_EQ(s.dispatch.params_json, R"({"bins":["ls"]})");
+  InvokeStartResult joined = Start("i2", "n1", 1000, "k1");
+  ASSERT_EQ(joined.kind, InvokeStartResult::Kind::kJoined);
+  EXPECT_EQ(joined.dispatch.invoke_id, "i1");
+  EXPECT_EQ(joined.dispatch.params_json, "");
+  Effects fx;
+  ASSERT_TRUE(store_->SettleInvoke("i1", "n1", "c1", "A", Ok(), now_, &fx));
+  ASSERT_EQ(fx.settled.size(), 1u);
+  EXPECT_EQ(fx.settled[0].dispatch.params_json, "");
+  EXPECT_EQ(fx.settled[0].dispatch.command, "system.which");
+}
+
 TEST_P(StoreContract, SettleOnlyFromTheDispatchingConnectionAndEdge) {
   Attach("A");
   Attach("B");
