@@ -45,6 +45,9 @@ ABSL_FLAG(int64_t, max_params_bytes, 12 << 20,
           "largest invoke params_json accepted (larger: INVALID_ARGUMENT); at most 16 MiB so the "
           "escaped frame stays under a node's 25 MiB maxPayload");
 ABSL_FLAG(int64_t, presence_history, 100'000, "presence events kept for resuming watchers");
+ABSL_FLAG(int64_t, node_retention_ms, 30LL * 24 * 3'600'000,
+          "records of nodes disconnected this long are dropped (ListNodes/GetNode forget them; "
+          "their pairing and device token stay); default 30 days");
 ABSL_FLAG(int64_t, idempotency_window_ms, 60'000,
           "finished invokes are replayed for a repeated idempotency key this long");
 ABSL_FLAG(bool, auto_approve, false, "pair every new device automatically (development only)");
@@ -87,6 +90,9 @@ absl::Status Validate(const tether::registry::ServerOptions& o) {
   }
   if (o.registry.max_params_bytes < 1024 || o.registry.max_params_bytes > (16 << 20)) {
     return absl::InvalidArgumentError("--max_params_bytes must be in 1024..16777216");
+  }
+  if (o.store.node_retention_ms < 60'000) {
+    return absl::InvalidArgumentError("--node_retention_ms must be >= 60000");
   }
   if (o.max_registration_wait_ms < 100) {
     return absl::InvalidArgumentError("--max_registration_wait_ms must be >= 100");
@@ -132,6 +138,7 @@ int main(int argc, char** argv) {
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));
   o.store.idempotency_window_ms = absl::GetFlag(FLAGS_idempotency_window_ms);
+  o.store.node_retention_ms = absl::GetFlag(FLAGS_node_retention_ms);
   o.store.auto_approve_all = absl::GetFlag(FLAGS_auto_approve);
   o.store.auto_approve_loopback = absl::GetFlag(FLAGS_auto_approve_loopback);
   o.registry.default_invoke_timeout_ms = absl::GetFlag(FLAGS_default_invoke_timeout_ms);

@@ -71,6 +71,10 @@ NodeView MemoryStore::View(const NodeRecord& node) const {
 }
 
 void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms, Effects* effects) {
+  if (node.idle_since_ms != 0) {  // owned again: no longer up for pruning
+    idle_.erase({node.idle_since_ms, node.node_id});
+    node.idle_since_ms = 0;
+  }
   PresenceEvent event;
   event.node_id = node.node_id;
   event.kind = PresenceKind::kConnected;
@@ -169,6 +173,8 @@ CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::strin
     result.was_owner = true;
     node->second.owner.clear();
     node->second.last_seen_ms = now_ms;
+    node->second.idle_since_ms = now_ms;
+    idle_.insert({now_ms, node->first});
     PresenceEvent event;
     event.node_id = conn.spec.node_id;
     event.kind = PresenceKind::kDisconnected;
@@ -513,6 +519,18 @@ bool MemoryStore::FailInvoke(const std::string& invoke_id, const std::string& co
 
 void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
   absl::MutexLock lock(&mu_);
+  // Records of nodes disconnected for longer than the retention are dropped (their pairing is
+  // not); a bounded batch per call.
+  for (int i = 0;
+       i < 1000 && !idle_.empty() && idle_.begin()->first + options_.node_retention_ms <= now_ms;
+       ++i) {
+    auto [since, node_id] = *idle_.begin();
+    idle_.erase(idle_.begin());
+    auto node = nodes_.find(node_id);
+    if (node != nodes_.end() && node->second.owner.empty() && node->second.idle_since_ms == since) {
+      nodes_.erase(node);
+    }
+  }
   while (!claims_order_.empty() && claims_order_.front().first <= now_ms) {
     auto c = claims_.find(claims_order_.front().second);
     if (c != claims_.end() && c->second.expires_ms <= now_ms) claims_.erase(c);

@@ -96,6 +96,7 @@ class MemoryStore final : public Store {
     uint64_t generation = 0;  // of the owner (or the last one)
     int64_t connected_at_ms = 0;
     int64_t last_seen_ms = 0;
+    int64_t idle_since_ms = 0;  // disconnected since (its key in idle_); 0 while owned
   };
   struct DeviceRecord {
     Device device;
@@ -141,6 +142,9 @@ class MemoryStore final : public Store {
   uint64_t head_revision_ ABSL_GUARDED_BY(mu_);
   std::deque<PresenceEvent> history_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, NodeRecord> nodes_ ABSL_GUARDED_BY(mu_);  // ordered for paging
+  // Disconnected nodes by when they went idle: their records are dropped after
+  // StoreOptions::node_retention_ms (pairings are kept).
+  std::set<std::pair<int64_t, std::string>> idle_ ABSL_GUARDED_BY(mu_);
   // Node-based maps for the per-session records: no slack of large empty slots.
   absl::node_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);

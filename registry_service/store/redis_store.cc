@@ -15,8 +15,9 @@
 namespace tether::registry {
 namespace {
 
-// Shared by every script. ARGV[1..11] is the common header (see RedisStore::Run; ARGV[11] is
-// the calling replica's id); a script's own arguments are A(1), A(2), ... Every script returns
+// Shared by every script. ARGV[1..12] is the common header (see RedisStore::Run; ARGV[11] is
+// the calling replica's id, ARGV[12] the node retention); a script's own arguments are A(1),
+// A(2), ... Every script returns
 // {result, effects}: result[1] is 'OK' or an absl status code number with result[2] its message;
 // effects is a list of
 //   {'P', revision, node, kind, reason, conn, edge, generation, time}       presence event
@@ -38,8 +39,9 @@ local MAXPAIR = tonumber(ARGV[9])
 local PAIR_TTL = tonumber(ARGV[10])
 local MAXPAY = 1048576
 local ME = ARGV[11]
-local function A(i) return ARGV[11 + i] end
-local NA = #ARGV - 11
+local RETAIN = tonumber(ARGV[12])
+local function A(i) return ARGV[12 + i] end
+local NA = #ARGV - 12
 local out = {}
 
 local function I(x) return string.format('%d', x) end
@@ -92,6 +94,7 @@ local function lease_conns_key(e) return P .. 'lease_conns:' .. e end
 -- Routing between replicas (README, "Replicas"): edge -> id of the replica holding its stream;
 -- each edge's outbox of messages in decision order, and how far its holder delivered it; each
 -- replica's inbox of settlements for callers waiting on it.
+local G_IDLE = P .. 'idle_nodes'  -- disconnected nodes by when (records pruned after RETAIN)
 local G_HOLDERS = P .. 'edge_holder'
 local function outbox_key(e) return P .. 'outbox:{' .. e .. '}' end
 local function outpos_key(e) return P .. 'outbox_pos:{' .. e .. '}' end
@@ -164,6 +167,7 @@ local function install_owner(n, c, e, gen, meta)
              'commands', meta[2], 'public_key', meta[3], 'remote_addr', meta[4],
              'connected_at', NOWS, 'last_seen', NOWS)
   redis.call('ZADD', G_NODES, '0', n)
+  redis.call('ZREM', G_IDLE, n)
   publish(n, kind, '', c, e, gen)
 end
 
@@ -250,6 +254,7 @@ local function remove_conn(c, reason)
   if redis.call('HGET', nk, 'owner') == c then
     was_owner = true
     redis.call('HSET', nk, 'owner', '', 'last_seen', NOWS)
+    redis.call('ZADD', G_IDLE, NOWS, n)
     publish(n, '2', reason, c, h[1], h[2])
   end
   redis.call('SREM', lease_conns_key(h[1]), c)
@@ -669,6 +674,15 @@ for _, rid in ipairs(old) do
   redis.call('ZREM', G_PAIR_AGE, rid)
   if n and redis.call('HGET', preq_key(n), 'request_id') == rid then
     redis.call('DEL', preq_key(n))
+  end
+end
+local idle = redis.call('ZRANGEBYSCORE', G_IDLE, '-inf', I(NOW - RETAIN), 'LIMIT', 0, BATCH)
+for _, n in ipairs(idle) do
+  redis.call('ZREM', G_IDLE, n)
+  local owner = redis.call('HGET', node_key(n), 'owner')
+  if not owner or owner == '' then  -- the node's record goes; its pairing stays
+    redis.call('DEL', node_key(n))
+    redis.call('ZREM', G_NODES, n)
   end
 end
 local gone = redis.call('ZRANGEBYSCORE', G_OUTCOMES, '-inf', NOWS, 'LIMIT', 0, BATCH)
@@ -1137,6 +1151,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, i
       absl::StrCat(options_.max_pairing_requests),
       absl::StrCat(options_.pairing_request_ttl_ms),
       replica_id_,
+      absl::StrCat(options_.node_retention_ms),
   };
   argv.insert(argv.end(), args.begin(), args.end());
   auto reply = timeout > absl::ZeroDuration() ? client.Eval(handle, argv, timeout)

@@ -17,6 +17,9 @@ struct StoreOptions {
   bool auto_approve_loopback = false;          // pair devices connecting from loopback
   size_t max_pairing_requests = 10'000;        // pending requests kept; more are refused
   int64_t pairing_request_ttl_ms = 3'600'000;  // unanswered requests are dropped after this
+  // Records of nodes disconnected this long are dropped (ListNodes/GetNode forget them; their
+  // pairing and token stay): the table does not grow with every node that ever connected.
+  int64_t node_retention_ms = 30LL * 24 * 3'600'000;
 };
 
 // Why a caller's idempotency key was refused: it named another request of the same caller.

@@ -237,6 +237,36 @@ TEST_P(StoreContract, APendingInvokeKeepsNoParams) {
   EXPECT_EQ(fx.settled[0].dispatch.command, "system.which");
 }
 
+// Issue 11 #6: the table does not keep every node that ever connected. A node disconnected for
+// longer than node_retention_ms is forgotten (GetNode NOT_FOUND, not listed); its pairing is
+// kept, so it registers again with its token; one that reconnects in time is never pruned.
+TEST_P(StoreContract, NodesDisconnectedLongerThanTheRetentionAreForgottenButStayPaired) {
+  Attach("A");
+  Grant("c1", "n1");
+  Grant("c2", "n2");
+  const int64_t retention = StoreOptions{}.node_retention_ms;
+  Effects fx;
+  EXPECT_TRUE(store_->Close("A", "c1", now_, &fx).was_owner);
+  EXPECT_TRUE(store_->Close("A", "c2", now_, &fx).was_owner);
+  now_ += retention / 2;
+  Grant("c3", "n2");  // n2 comes back in time
+  EXPECT_TRUE(store_->RenewLease("A", "e1", now_).ok());
+  now_ += retention / 2 + 1;
+  EXPECT_TRUE(store_->RenewLease("A", "e1", now_).ok());
+  store_->Expire(now_, &fx);
+  EXPECT_EQ(store_->GetNode("n1").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE(store_->GetNode("n2")->connected);
+  auto page = store_->ListNodes(NodeFilter{}, "", 100);
+  ASSERT_TRUE(page.ok());
+  ASSERT_EQ(page->nodes.size(), 1u);
+  EXPECT_EQ(page->nodes[0].node_id, "n2");
+  bool paired = false;
+  for (const Device& d : store_->ListDevices()) paired |= d.node_id == "n1";
+  EXPECT_TRUE(paired);
+  Grant("c4", "n1");  // and it connects again
+  EXPECT_TRUE(store_->GetNode("n1")->connected);
+}
+
 TEST_P(StoreContract, SettleOnlyFromTheDispatchingConnectionAndEdge) {
   Attach("A");
   Attach("B");
