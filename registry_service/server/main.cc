@@ -1,4 +1,5 @@
 // registry_service: the authority over node ownership, presence and invokes.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <thread>
@@ -48,6 +49,9 @@ ABSL_FLAG(int64_t, presence_history, 100'000, "presence events kept for resuming
 ABSL_FLAG(int64_t, node_retention_ms, 30LL * 24 * 3'600'000,
           "records of nodes disconnected this long are dropped (ListNodes/GetNode forget them; "
           "their pairing and device token stay); default 30 days");
+ABSL_FLAG(int64_t, idempotency_max_bytes, 256LL << 20,
+          "remembered invoke outcomes (for replays by idempotency key) hold at most this many "
+          "payload bytes; the oldest are forgotten first");
 ABSL_FLAG(int64_t, idempotency_window_ms, 60'000,
           "finished invokes are replayed for a repeated idempotency key this long");
 ABSL_FLAG(bool, auto_approve, false, "pair every new device automatically (development only)");
@@ -138,6 +142,8 @@ int main(int argc, char** argv) {
   o.store.superseded_grace_ms = absl::GetFlag(FLAGS_superseded_grace_ms);
   o.store.presence_history = static_cast<size_t>(absl::GetFlag(FLAGS_presence_history));
   o.store.idempotency_window_ms = absl::GetFlag(FLAGS_idempotency_window_ms);
+  o.store.idempotency_max_bytes =
+      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_idempotency_max_bytes)));
   o.store.node_retention_ms = absl::GetFlag(FLAGS_node_retention_ms);
   o.store.auto_approve_all = absl::GetFlag(FLAGS_auto_approve);
   o.store.auto_approve_loopback = absl::GetFlag(FLAGS_auto_approve_loopback);

@@ -141,8 +141,21 @@ bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, in
   const bool answered = outcome.code == InvokeCode::kOk || outcome.code == InvokeCode::kNodeError;
   if (dispatch.remember_outcome && answered &&
       outcome.payload_json.size() <= kMaxRememberedPayloadBytes) {
+    auto old = finished_keys_.find(key);
+    if (old != finished_keys_.end()) finished_bytes_ -= old->second.outcome.payload_json.size();
     finished_keys_[key] = Finished{outcome, invoke_id, now_ms + options_.idempotency_window_ms};
     finished_order_.push_back({now_ms + options_.idempotency_window_ms, key});
+    finished_bytes_ += outcome.payload_json.size();
+    // Bounded by bytes too, not only by time: the oldest outcomes are forgotten first (a retry
+    // of one of those runs again instead of replaying).
+    while (finished_bytes_ > options_.idempotency_max_bytes && !finished_order_.empty()) {
+      auto it = finished_keys_.find(finished_order_.front().second);
+      if (it != finished_keys_.end()) {
+        finished_bytes_ -= it->second.outcome.payload_json.size();
+        finished_keys_.erase(it);
+      }
+      finished_order_.pop_front();
+    }
   }
   auto conn = conns_.find(dispatch.conn_id);
   if (conn != conns_.end()) {
@@ -583,7 +596,10 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
   }
   while (!finished_order_.empty() && finished_order_.front().first <= now_ms) {
     auto it = finished_keys_.find(finished_order_.front().second);
-    if (it != finished_keys_.end() && it->second.expires_ms <= now_ms) finished_keys_.erase(it);
+    if (it != finished_keys_.end() && it->second.expires_ms <= now_ms) {
+      finished_bytes_ -= it->second.outcome.payload_json.size();
+      finished_keys_.erase(it);
+    }
     finished_order_.pop_front();
   }
 }

@@ -167,6 +167,9 @@ class MemoryStore final : public Store {
   absl::flat_hash_map<std::string, Claim> claims_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<int64_t, std::string>> claims_order_ ABSL_GUARDED_BY(mu_);
   std::deque<std::pair<int64_t, std::string>> finished_order_ ABSL_GUARDED_BY(mu_);
+  // Bytes of the remembered outcomes' payloads (bounded by idempotency_max_bytes: the oldest go
+  // first).
+  size_t finished_bytes_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace tether::registry

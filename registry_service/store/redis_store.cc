@@ -15,9 +15,9 @@
 namespace tether::registry {
 namespace {
 
-// Shared by every script. ARGV[1..12] is the common header (see RedisStore::Run; ARGV[11] is
-// the calling replica's id, ARGV[12] the node retention); a script's own arguments are A(1),
-// A(2), ... Every script returns
+// Shared by every script. ARGV[1..13] is the common header (see RedisStore::Run; ARGV[11] is
+// the calling replica's id, ARGV[12] the node retention, ARGV[13] the byte bound of remembered
+// outcomes); a script's own arguments are A(1), A(2), ... Every script returns
 // {result, effects}: result[1] is 'OK' or an absl status code number with result[2] its message;
 // effects is a list of
 //   {'P', revision, node, kind, reason, conn, edge, generation, time}       presence event
@@ -40,8 +40,9 @@ local PAIR_TTL = tonumber(ARGV[10])
 local MAXPAY = 1048576
 local ME = ARGV[11]
 local RETAIN = tonumber(ARGV[12])
-local function A(i) return ARGV[12 + i] end
-local NA = #ARGV - 12
+local MAXOUT = tonumber(ARGV[13])
+local function A(i) return ARGV[13 + i] end
+local NA = #ARGV - 13
 local out = {}
 
 local function I(x) return string.format('%d', x) end
@@ -95,6 +96,16 @@ local function lease_conns_key(e) return P .. 'lease_conns:' .. e end
 -- each edge's outbox of messages in decision order, and how far its holder delivered it; each
 -- replica's inbox of settlements for callers waiting on it.
 local G_IDLE = P .. 'idle_nodes'  -- disconnected nodes by when (records pruned after RETAIN)
+local G_OUT_BYTES = P .. 'outcome_bytes'  -- payload bytes of the remembered outcomes
+-- Forgets a remembered outcome (its hash and its bytes); m = node .. '\0' .. key.
+local function forget_outcome(m)
+  redis.call('ZREM', P .. 'outcome_expiry', m)
+  local z = string.find(m, '\0', 1, true)
+  local dk = P .. '{' .. string.sub(m, 1, z - 1) .. '}:outcome:' .. string.sub(m, z + 1)
+  local b = redis.call('HGET', dk, 'bytes')
+  if b then redis.call('DECRBY', G_OUT_BYTES, b) end
+  redis.call('DEL', dk)
+end
 local G_HOLDERS = P .. 'edge_holder'
 local function outbox_key(e) return P .. 'outbox:{' .. e .. '}' end
 local function outpos_key(e) return P .. 'outbox_pos:{' .. e .. '}' end
@@ -201,10 +212,20 @@ local function finish(inv, o)
   local answered = o[1] == '0' or o[1] == '1'
   if d[9] == '1' and answered and #o[2] <= MAXPAY then
     local exp = I(NOW + IDEM)
+    local m = n .. '\0' .. d[8]
+    if redis.call('EXISTS', done_key(n, d[8])) == 1 then forget_outcome(m) end
     redis.call('HSET', done_key(n, d[8]), 'invoke', inv, 'code', o[1], 'payload', o[2],
                'node_error_code', o[3], 'message', o[4], 'conn', d[3], 'generation', d[5],
-               'expires', exp)
-    redis.call('ZADD', G_OUTCOMES, exp, n .. '\0' .. d[8])
+               'expires', exp, 'bytes', I(#o[2]))
+    redis.call('ZADD', G_OUTCOMES, exp, m)
+    -- Bounded by bytes too, not only by time: the oldest outcomes are forgotten first.
+    local total = redis.call('INCRBY', G_OUT_BYTES, #o[2])
+    while total > MAXOUT do
+      local oldest = redis.call('ZRANGE', G_OUTCOMES, 0, 0)
+      if #oldest == 0 then break end
+      forget_outcome(oldest[1])
+      total = tonumber(redis.call('GET', G_OUT_BYTES) or '0')
+    end
   end
   if redis.call('EXISTS', conn_key(n, d[3])) == 1 then
     redis.call('SREM', cpend_key(n, d[3]), inv)
@@ -687,11 +708,14 @@ for _, n in ipairs(idle) do
 end
 local gone = redis.call('ZRANGEBYSCORE', G_OUTCOMES, '-inf', NOWS, 'LIMIT', 0, BATCH)
 for _, m in ipairs(gone) do
-  redis.call('ZREM', G_OUTCOMES, m)
   local z = string.find(m, '\0', 1, true)
   local dk = done_key(string.sub(m, 1, z - 1), string.sub(m, z + 1))
   local exp = redis.call('HGET', dk, 'expires')
-  if exp and tonumber(exp) <= NOW then redis.call('DEL', dk) end
+  if exp and tonumber(exp) <= NOW then
+    forget_outcome(m)
+  else
+    redis.call('ZREM', G_OUTCOMES, m)
+  end
 end
 return ok()
 )lua";
@@ -1152,6 +1176,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, i
       absl::StrCat(options_.pairing_request_ttl_ms),
       replica_id_,
       absl::StrCat(options_.node_retention_ms),
+      absl::StrCat(options_.idempotency_max_bytes),
   };
   argv.insert(argv.end(), args.begin(), args.end());
   auto reply = timeout > absl::ZeroDuration() ? client.Eval(handle, argv, timeout)

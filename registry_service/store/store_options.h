@@ -13,6 +13,7 @@ struct StoreOptions {
   int64_t superseded_grace_ms = 10'000;        // a replaced connection is closed after this at most
   size_t presence_history = 100'000;           // presence events kept for resuming watchers
   int64_t idempotency_window_ms = 60'000;      // finished invokes replayable by key for this long
+  size_t idempotency_max_bytes = 256u << 20;   // and at most this many payload bytes (oldest go)
   bool auto_approve_all = false;               // pair every new device key (local development)
   bool auto_approve_loopback = false;          // pair devices connecting from loopback
   size_t max_pairing_requests = 10'000;        // pending requests kept; more are refused

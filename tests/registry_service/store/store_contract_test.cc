@@ -267,6 +267,31 @@ TEST_P(StoreContract, NodesDisconnectedLongerThanTheRetentionAreForgottenButStay
   EXPECT_TRUE(store_->GetNode("n1")->connected);
 }
 
+// Issue 11 #6: remembered outcomes are bounded by bytes as well as by time: past
+// idempotency_max_bytes the oldest are forgotten (a retry of one runs again), the newer replay.
+TEST_P(StoreContract, RememberedOutcomesAreBoundedByBytes) {
+  StoreOptions o = DefaultOptions();
+  o.idempotency_max_bytes = 2500;
+  Reset(o);
+  Attach("A");
+  Grant("c1", "n1");
+  const std::string payload = "\"" + std::string(998, 'x') + "\"";  // 1,000 bytes
+  for (const char* key : {"k1", "k2", "k3"}) {
+    InvokeStartResult s = Start(std::string("i-") + key, "n1", 1000, key, /*remember=*/true);
+    ASSERT_EQ(s.kind, InvokeStartResult::Kind::kDispatched);
+    Effects fx;
+    ASSERT_TRUE(
+        store_->SettleInvoke(s.dispatch.invoke_id, "n1", "c1", "A", Ok(payload), now_, &fx));
+  }
+  EXPECT_EQ(Start("again-k1", "n1", 1000, "k1", true).kind,
+            InvokeStartResult::Kind::kDispatched);  // forgotten: runs again
+  for (const char* key : {"k2", "k3"}) {
+    InvokeStartResult r = Start(std::string("again-") + key, "n1", 1000, key, true);
+    EXPECT_EQ(r.kind, InvokeStartResult::Kind::kReplayed) << key;
+    EXPECT_EQ(r.outcome.payload_json, payload);
+  }
+}
+
 TEST_P(StoreContract, SettleOnlyFromTheDispatchingConnectionAndEdge) {
   Attach("A");
   Attach("B");
