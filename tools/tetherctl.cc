@@ -15,7 +15,9 @@
 #include <vector>
 
 #include "absl/flags/flag.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -52,6 +54,7 @@ commands:
   devices                                paired devices
   revoke NODE_ID                         unpair a device and close its connections
 
+NODE_ID may be a prefix (as `nodes` prints them) that names one node.
 the API token comes from env TETHER_TOKEN or --token_file.
 
 exit codes: 0 ok, 1 error, 2 usage, 3 NOT_CONNECTED, 4 TIMEOUT, 5 DISCONNECTED,
@@ -127,6 +130,33 @@ int Nodes(Registry::Stub& api) {
     if (resp.next_page_token().empty()) return 0;
     req.set_page_token(resp.next_page_token());
   }
+}
+
+// The node ids `nodes` prints are cut to 16 characters; a command given such a prefix (any
+// prefix shorter than a whole 64-character id) gets the one node it names, in place. Several
+// matches: `ambiguous` says which (exit 2); none: the prefix stays (the registry answers it).
+grpc::Status ResolveNodeId(Registry::Stub& api, std::string* id, std::string* ambiguous) {
+  if (id->size() >= 64) return grpc::Status::OK;
+  tether::v1::ListNodesRequest req;
+  req.set_page_size(1000);
+  std::vector<std::string> matches;
+  for (;;) {
+    tether::v1::ListNodesResponse resp;
+    grpc::Status s = api.ListNodes(Ctx().get(), req, &resp);
+    if (!s.ok()) return s;
+    for (const auto& n : resp.nodes()) {
+      if (absl::StartsWith(n.node_id(), *id)) matches.push_back(n.node_id());
+    }
+    if (resp.next_page_token().empty()) break;
+    req.set_page_token(resp.next_page_token());
+  }
+  if (matches.size() > 1) {
+    *ambiguous = "node id prefix '" + *id + "' matches " + std::to_string(matches.size()) +
+                 " nodes: " + absl::StrJoin(matches, ", ");
+  } else if (matches.size() == 1) {
+    *id = matches[0];
+  }
+  return grpc::Status::OK;
 }
 
 int Get(Registry::Stub& api, const std::string& node_id) {
@@ -327,6 +357,18 @@ int main(int argc, char** argv) {
   auto channel = grpc::CreateCustomChannel(absl::GetFlag(FLAGS_registry), creds, channel_args);
   auto api = Registry::NewStub(channel);
   const std::string cmd = args[1];
+  std::string node_id;  // the whole id args[2] names, for get, revoke and invoke
+  if ((cmd == "get" || cmd == "revoke" || cmd == "invoke") && args.size() >= 3) {
+    node_id = args[2];
+    std::string ambiguous;
+    grpc::Status s = ResolveNodeId(*api, &node_id, &ambiguous);
+    if (!s.ok()) return Fail(s);
+    if (!ambiguous.empty()) {
+      std::fprintf(stderr, "tetherctl: %s\n", ambiguous.c_str());
+      return 2;
+    }
+    args[2] = node_id.data();
+  }
   int rc = 2;
   if (cmd == "nodes") {
     rc = Nodes(*api);

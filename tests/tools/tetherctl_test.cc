@@ -59,5 +59,24 @@ TEST_F(TetherctlTest, InvokeOutcomesMapToTheirExitCodes) {
   EXPECT_NE(log.find("not valid JSON"), std::string::npos) << log;
 }
 
+// `nodes` prints ids cut to 16 characters; `invoke` (and `get`, `revoke`) take such a prefix
+// and find the node it names, as the README's walk-through does.
+TEST_F(TetherctlTest, ANodeIdPrefixAsPrintedByNodesIsEnough) {
+  DeviceCredentials creds;
+  auto node = c_.ReadyNode(creds, "edgeA");
+  std::string log;
+  EXPECT_EQ(Run(testing::kAdminToken, {"nodes"}, &log), 0) << log;
+  const std::string prefix = creds.node_id().substr(0, 16);
+  EXPECT_NE(log.find(prefix), std::string::npos) << log;
+  EXPECT_EQ(Run(testing::kAdminToken, {"invoke", prefix, "system.which", "{}"}, &log), 0) << log;
+  EXPECT_EQ(Run(testing::kAdminToken, {"get", prefix}, &log), 0) << log;
+  EXPECT_NE(log.find(creds.node_id()), std::string::npos) << log;
+  // A prefix two nodes share is refused with both names.
+  DeviceCredentials other;
+  auto second = c_.ReadyNode(other, "edgeA");
+  EXPECT_EQ(Run(testing::kAdminToken, {"invoke", "", "system.which", "{}"}, &log), 2) << log;
+  EXPECT_NE(log.find("matches 2 nodes"), std::string::npos) << log;
+}
+
 }  // namespace
 }  // namespace tether
