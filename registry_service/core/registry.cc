@@ -558,15 +558,7 @@ void Registry::Publish(const std::vector<PresenceEvent>& events) {
       next = events[j].revision == events[j - 1].revision + 1;
     }
     if (next || i == events.size()) {
-      for (; i < events.size(); ++i) {
-        const PresenceEvent& e = events[i];
-        for (auto& [id, w] : watchers_) {
-          if (e.revision <= w.after) continue;
-          w.after = e.revision;
-          w.fn(e);
-        }
-        published_ = e.revision;
-      }
+      for (; i < events.size(); ++i) DeliverLocked(events[i]);
       return;
     }
   }
@@ -595,15 +587,17 @@ void Registry::PumpPresence() {
       return;
     }
     if (events->empty()) return;
-    for (const PresenceEvent& e : *events) {
-      for (auto& [id, w] : watchers_) {
-        if (e.revision <= w.after) continue;
-        w.after = e.revision;
-        w.fn(e);
-      }
-      published_ = e.revision;
-    }
+    for (const PresenceEvent& e : *events) DeliverLocked(e);
   }
+}
+
+void Registry::DeliverLocked(const PresenceEvent& e) {
+  for (auto& [id, w] : watchers_) {
+    if (e.revision <= w.after) continue;
+    w.after = e.revision;
+    w.fn(e);
+  }
+  published_ = e.revision;
 }
 
 // --- Plumbing --------------------------------------------------------------------------------
@@ -946,25 +940,9 @@ void Registry::Count(const Effects& effects) {
 
 void Registry::Apply(Effects& effects) {
   Count(effects);
-  std::vector<std::pair<InvokeDone, InvokeResult>> calls;
-  {
-    absl::MutexLock lock(&mu_);
-    for (SettledInvoke& s : effects.settled) {
-      sent_via_.erase(s.dispatch.invoke_id);
-      auto it = waiters_.find(s.dispatch.invoke_id);
-      if (it == waiters_.end()) continue;
-      for (Waiter& w : it->second) {
-        InvokeResult r = std::move(w.base);
-        r.invoke_id = s.dispatch.invoke_id;
-        r.outcome = s.outcome;
-        calls.emplace_back(std::move(w.done), std::move(r));
-      }
-      waiters_.erase(it);
-    }
-  }
   // Edge messages were queued and sent by the decision (see Decision), in decision order.
-  for (auto& [done, result] : calls) done(result);
   // (With a store that routes, callers on other replicas get theirs through their inbox.)
+  CompleteWaiters(effects.settled);
   if (!effects.presence.empty()) Publish(effects.presence);
 }
 

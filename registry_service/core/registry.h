@@ -316,6 +316,8 @@ class Registry {
   // Publishes a decision's presence events (in revision order): directly when they follow
   // what was published, else by pumping the store's history (which fills the gap).
   void Publish(const std::vector<PresenceEvent>& events) ABSL_LOCKS_EXCLUDED(publish_mu_);
+  // Sends `e` to every watcher that has not seen it and marks it published.
+  void DeliverLocked(const PresenceEvent& e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(publish_mu_);
   // Pumps what the store's history holds beyond what this registry published (decisions of
   // other replicas sharing the store).
   void CatchUpPresence() ABSL_LOCKS_EXCLUDED(publish_mu_);
@@ -325,7 +327,8 @@ class Registry {
   void MaybeEndRecovery() ABSL_LOCKS_EXCLUDED(mu_);
   // Records in the store how far the held edges' outboxes were delivered (routed stores).
   void MarkDelivered() ABSL_LOCKS_EXCLUDED(mu_);
-  // Completes this replica's waiters for `settled` (outcomes decided by another replica).
+  // Completes this replica's waiters for `settled` (a decision's, or another replica's from the
+  // inbox) and forgets which stream those invokes went out through.
   void CompleteWaiters(std::vector<SettledInvoke>& settled) ABSL_LOCKS_EXCLUDED(mu_);
 
   Store& store_;                // not owned

@@ -257,12 +257,7 @@ absl::StatusOr<RedisValue> RedisClient::Command(const std::vector<std::string>& 
                                                 absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
-  redisSetTimeout(context_, absl::ToTimeval(timeout));
-  timeout_ = timeout;
-  auto r = CommandLocked(argv);
-  timeout_ = options_.command_timeout;
-  if (context_ != nullptr) redisSetTimeout(context_, absl::ToTimeval(options_.command_timeout));
-  return r;
+  return WithTimeoutLocked(timeout, [&] { return CommandLocked(argv); });
 }
 
 absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::string>& args) {
@@ -275,9 +270,14 @@ absl::StatusOr<RedisValue> RedisClient::Eval(int handle, const std::vector<std::
                                              absl::Duration timeout) {
   absl::MutexLock lock(&mu_);
   if (absl::Status s = EnsureConnectedLocked(); !s.ok()) return s;
+  return WithTimeoutLocked(timeout, [&] { return EvalLocked(handle, args); });
+}
+
+absl::StatusOr<RedisValue> RedisClient::WithTimeoutLocked(
+    absl::Duration timeout, const std::function<absl::StatusOr<RedisValue>()>& call) {
   redisSetTimeout(context_, absl::ToTimeval(timeout));
   timeout_ = timeout;
-  auto r = EvalLocked(handle, args);
+  auto r = call();
   timeout_ = options_.command_timeout;
   if (context_ != nullptr) redisSetTimeout(context_, absl::ToTimeval(options_.command_timeout));
   return r;

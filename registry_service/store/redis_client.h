@@ -98,9 +98,9 @@ class RedisClient {
   // Runs script `handle` with no KEYS and `args` as ARGV.
   absl::StatusOr<RedisValue> Eval(int handle, const std::vector<std::string>& args)
       ABSL_LOCKS_EXCLUDED(mu_);
-  // The same with its own command timeout, for the few scripts whose work grows with the fleet
-  // (an edge's resync of all its connections) where the fail-fast timeout would fail them
-  // every time (and the edge would resync again and again).
+  // The same with its own command timeout, for a script whose work grows with the fleet. The
+  // store no longer needs it (its resync and expiry run as bounded steps instead); it stays
+  // for one-off maintenance scripts, beside Command(argv, timeout) which the routed reads use.
   absl::StatusOr<RedisValue> Eval(int handle, const std::vector<std::string>& args,
                                   absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
 
@@ -117,6 +117,10 @@ class RedisClient {
   absl::StatusOr<RedisValue> EvalLocked(int handle, const std::vector<std::string>& args)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropConnectionLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `call` (a command on the connection) with `timeout` in place of the command timeout.
+  absl::StatusOr<RedisValue> WithTimeoutLocked(
+      absl::Duration timeout, const std::function<absl::StatusOr<RedisValue>()>& call)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RedisClientOptions options_;
   absl::Mutex mu_;

@@ -1000,6 +1000,36 @@ std::vector<std::string> Strings(const RedisValue& v) {
   return out;
 }
 
+// {dispatch (12 fields, see DispatchFrom), code, payload, node_error_code, message} starting
+// at `f[i]`: a settled invoke, in a script's effects and in a replica's inbox.
+SettledInvoke SettledFrom(const std::vector<std::string>& f, size_t i) {
+  SettledInvoke s;
+  s.dispatch = DispatchFrom(f, i);
+  s.outcome.code = CodeOf(f[i + 12]);
+  s.outcome.payload_json = f[i + 13];
+  s.outcome.node_error_code = f[i + 14];
+  s.outcome.message = f[i + 15];
+  s.outcome.conn_id = s.dispatch.conn_id;
+  s.outcome.generation = s.dispatch.generation;
+  return s;
+}
+
+// {kind, edge, conn, node, reason, invoke, grace_ms} starting at `f[i]` (the `tell()` record):
+// an edge command, in a script's effects and in an edge's outbox.
+EdgeCommand CommandFrom(const std::vector<std::string>& f, size_t i) {
+  EdgeCommand c;
+  c.kind = f[i] == "0"   ? EdgeCommand::Kind::kSuperseded
+           : f[i] == "2" ? EdgeCommand::Kind::kCancel
+                         : EdgeCommand::Kind::kClose;
+  c.edge_id = f[i + 1];
+  c.conn_id = f[i + 2];
+  c.node_id = f[i + 3];
+  c.reason = f[i + 4];
+  c.invoke_id = f[i + 5];
+  c.grace_ms = ToInt(f[i + 6]);
+  return c;
+}
+
 void DecodeEffects(const RedisValue& list, Effects* effects) {
   for (const RedisValue& item : list.elements) {
     std::vector<std::string> f = Strings(item);
@@ -1007,26 +1037,9 @@ void DecodeEffects(const RedisValue& list, Effects* effects) {
     if (f[0] == "P" && f.size() >= 9) {
       effects->presence.push_back(EventFrom(f, 1));
     } else if (f[0] == "S" && f.size() >= 17) {
-      SettledInvoke s;
-      s.dispatch = DispatchFrom(f, 1);
-      s.outcome.code = CodeOf(f[13]);
-      s.outcome.payload_json = f[14];
-      s.outcome.node_error_code = f[15];
-      s.outcome.message = f[16];
-      s.outcome.conn_id = s.dispatch.conn_id;
-      s.outcome.generation = s.dispatch.generation;
-      effects->settled.push_back(std::move(s));
+      effects->settled.push_back(SettledFrom(f, 1));
     } else if (f[0] == "E" && f.size() >= 8) {
-      EdgeCommand& c = effects->to_edges.emplace_back();
-      c.kind = f[1] == "0"   ? EdgeCommand::Kind::kSuperseded
-               : f[1] == "2" ? EdgeCommand::Kind::kCancel
-                             : EdgeCommand::Kind::kClose;
-      c.edge_id = f[2];
-      c.conn_id = f[3];
-      c.node_id = f[4];
-      c.reason = f[5];
-      c.invoke_id = f[6];
-      c.grace_ms = ToInt(f[7]);
+      effects->to_edges.push_back(CommandFrom(f, 1));
     }
   }
 }
@@ -1161,8 +1174,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::Run(int handle, int64_t now_
 absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, int handle,
                                                           int64_t now_ms,
                                                           const std::vector<std::string>& args,
-                                                          Effects* effects,
-                                                          absl::Duration timeout) {
+                                                          Effects* effects) {
   std::vector<std::string> argv = {
       prefix_,
       absl::StrCat(now_ms),
@@ -1179,8 +1191,7 @@ absl::StatusOr<std::vector<RedisValue>> RedisStore::RunOn(RedisClient& client, i
       absl::StrCat(options_.idempotency_max_bytes),
   };
   argv.insert(argv.end(), args.begin(), args.end());
-  auto reply = timeout > absl::ZeroDuration() ? client.Eval(handle, argv, timeout)
-                                              : client.Eval(handle, argv);
+  auto reply = client.Eval(handle, argv);
   if (!reply.ok()) return reply.status();
   if (reply->type != RedisValue::Type::kArray || reply->elements.size() != 2 ||
       reply->elements[0].type != RedisValue::Type::kArray || reply->elements[0].elements.empty()) {
@@ -1581,15 +1592,7 @@ absl::StatusOr<RoutedBatch> RedisStore::ReadRouted(const std::vector<OutboxPosit
       std::vector<std::string> f = DecodeList(data);
       if (is_inbox) {
         batch.inbox_position = id;
-        if (f.size() < 16) continue;
-        SettledInvoke& s = batch.settled.emplace_back();
-        s.dispatch = DispatchFrom(f, 0);
-        s.outcome.code = CodeOf(f[12]);
-        s.outcome.payload_json = f[13];
-        s.outcome.node_error_code = f[14];
-        s.outcome.message = f[15];
-        s.outcome.conn_id = s.dispatch.conn_id;
-        s.outcome.generation = s.dispatch.generation;
+        if (f.size() >= 16) batch.settled.push_back(SettledFrom(f, 0));
         continue;
       }
       RoutedMessage& m = batch.to_edges.emplace_back();
@@ -1599,16 +1602,7 @@ absl::StatusOr<RoutedBatch> RedisStore::ReadRouted(const std::vector<OutboxPosit
         m.invoke = true;
         m.dispatch = DispatchFrom(f, 0);
       } else if (type == "E" && f.size() >= 7) {
-        EdgeCommand& c = m.command;
-        c.kind = f[0] == "0"   ? EdgeCommand::Kind::kSuperseded
-                 : f[0] == "2" ? EdgeCommand::Kind::kCancel
-                               : EdgeCommand::Kind::kClose;
-        c.edge_id = f[1];
-        c.conn_id = f[2];
-        c.node_id = f[3];
-        c.reason = f[4];
-        c.invoke_id = f[5];
-        c.grace_ms = ToInt(f[6]);
+        m.command = CommandFrom(f, 0);
       } else {
         batch.to_edges.pop_back();  // malformed: skip it (its position is passed by the next)
       }

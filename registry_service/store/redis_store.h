@@ -122,11 +122,10 @@ class RedisStore final : public Store {
   absl::StatusOr<std::vector<RedisValue>> Run(int handle, int64_t now_ms,
                                               const std::vector<std::string>& args,
                                               Effects* effects);
-  // The same on `client`; a non-zero `timeout` replaces the client's command timeout.
+  // The same on `client` (the lease or routing connection; Run picks one of the pool).
   absl::StatusOr<std::vector<RedisValue>> RunOn(RedisClient& client, int handle, int64_t now_ms,
                                                 const std::vector<std::string>& args,
-                                                Effects* effects,
-                                                absl::Duration timeout = absl::ZeroDuration());
+                                                Effects* effects);
   // Logs a failure of a method that cannot return it.
   void LogFailure(const char* method, const absl::Status& status);
   // Remembers the highest generation and revision seen, for the counters' repair at connect.

@@ -188,19 +188,7 @@ TEST(ReplicasE2ETest, NodeMovesToAnEdgeOnTheOtherReplicaTheOldSocketIsRetiredAnd
 testing::InvokeOutcome InvokeOn(int port, const std::string& node_id, const std::string& key,
                                 int64_t timeout_ms = 10000) {
   auto stub = Api(port);
-  auto ctx = testing::AuthedContext(testing::kWriteToken, absl::Milliseconds(timeout_ms + 5000));
-  v1::InvokeNodeRequest req;
-  req.set_node_id(node_id);
-  req.set_command("system.which");
-  req.set_params_json(R"({"bins":["sh"]})");
-  req.set_timeout_ms(timeout_ms);
-  req.set_idempotency_key(key);
-  testing::InvokeOutcome out;
-  out.status = stub->InvokeNode(ctx.get(), req, &out.response);
-  auto md = ctx->GetServerTrailingMetadata();
-  auto it = md.find("tether-error-code");
-  if (it != md.end()) out.error_code = std::string(it->second.data(), it->second.size());
-  return out;
+  return testing::InvokeVia(*stub, node_id, timeout_ms, "system.which", R"({"bins":["sh"]})", key);
 }
 
 // The node's edge is attached to replica 1; callers on replica 2 reach it through edgeA's

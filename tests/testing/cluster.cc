@@ -251,11 +251,10 @@ bool Cluster::Connected(const std::string& node_id) {
   return n.has_value() && n->connected();
 }
 
-InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
-                              const std::string& command, const std::string& params_json,
-                              const std::string& idempotency_key) {
-  auto ctx_owner = AuthedContext(kWriteToken, absl::Milliseconds(timeout_ms + 5000));
-  grpc::ClientContext& ctx = *ctx_owner;
+InvokeOutcome InvokeVia(v1::Registry::Stub& api, const std::string& node_id, int64_t timeout_ms,
+                        const std::string& command, const std::string& params_json,
+                        const std::string& idempotency_key) {
+  auto ctx = AuthedContext(kWriteToken, absl::Milliseconds(timeout_ms + 5000));
   v1::InvokeNodeRequest req;
   req.set_node_id(node_id);
   req.set_command(command);
@@ -263,11 +262,17 @@ InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
   req.set_timeout_ms(timeout_ms);
   req.set_idempotency_key(idempotency_key);
   InvokeOutcome out;
-  out.status = api_->InvokeNode(&ctx, req, &out.response);
-  auto md = ctx.GetServerTrailingMetadata();
+  out.status = api.InvokeNode(ctx.get(), req, &out.response);
+  auto md = ctx->GetServerTrailingMetadata();
   auto it = md.find("tether-error-code");
   if (it != md.end()) out.error_code = std::string(it->second.data(), it->second.size());
   return out;
+}
+
+InvokeOutcome Cluster::Invoke(const std::string& node_id, int64_t timeout_ms,
+                              const std::string& command, const std::string& params_json,
+                              const std::string& idempotency_key) {
+  return InvokeVia(*api_, node_id, timeout_ms, command, params_json, idempotency_key);
 }
 
 std::string HttpGet(int port, const std::string& path) {

@@ -69,6 +69,13 @@ struct InvokeOutcome {
   std::string error_code;  // tether-error-code trailer
 };
 
+// One InvokeNode call through `api` with the write token; the caller's deadline is the
+// invoke's timeout plus 5 s.
+InvokeOutcome InvokeVia(v1::Registry::Stub& api, const std::string& node_id, int64_t timeout_ms,
+                        const std::string& command = "system.which",
+                        const std::string& params_json = R"({"bins":["sh"]})",
+                        const std::string& idempotency_key = "");
+
 // Owns the processes it starts (killed on destruction) and a node client loop. Not
 // thread-safe; tests drive it from their main thread.
 class Cluster {

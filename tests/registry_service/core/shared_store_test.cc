@@ -168,6 +168,14 @@ class RoutedReplicas : public ::testing::Test {
     }
   }
 
+  // The common start: edgeA's stream on replica 1, node n1 connected through it as c1.
+  std::shared_ptr<RecordingEdgeSink> EdgeAWithNode1OnReplica1() {
+    auto sink = std::make_shared<RecordingEdgeSink>();
+    if (!r1().AttachEdge("edgeA", "e1", sink).ok()) return nullptr;
+    if (!r1().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok()) return nullptr;
+    return sink;
+  }
+
   Registry& r1() { return *replicas_[0]; }
   Registry& r2() { return *replicas_[1]; }
 
@@ -202,9 +210,8 @@ InvokeOutcome Ok(const std::string& payload) {
 }
 
 TEST_F(RoutedReplicas, AnInvokeDecidedOnOneReplicaReachesTheEdgeOnTheOtherAndItsResultTheCaller) {
-  auto sink = std::make_shared<RecordingEdgeSink>();
-  ASSERT_TRUE(r1().AttachEdge("edgeA", "e1", sink).ok());
-  ASSERT_TRUE(r1().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  auto sink = EdgeAWithNode1OnReplica1();
+  ASSERT_NE(sink, nullptr);
 
   Invoke(r2(), "call");
   EXPECT_TRUE(sink->invokes().empty());  // replica 2 holds no stream for edgeA
@@ -250,9 +257,8 @@ TEST_F(RoutedReplicas, EdgeMessagesArriveInDecisionOrderWhicheverReplicaDecided)
 }
 
 TEST_F(RoutedReplicas, CallersOnBothReplicasWithOneKeyShareOneInvoke) {
-  auto sink = std::make_shared<RecordingEdgeSink>();
-  ASSERT_TRUE(r1().AttachEdge("edgeA", "e1", sink).ok());
-  ASSERT_TRUE(r1().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  auto sink = EdgeAWithNode1OnReplica1();
+  ASSERT_NE(sink, nullptr);
   Invoke(r1(), "on1", "k");
   Invoke(r2(), "on2", "k");
   ASSERT_TRUE(r1().PumpRouted(0).ok());
@@ -266,9 +272,8 @@ TEST_F(RoutedReplicas, CallersOnBothReplicasWithOneKeyShareOneInvoke) {
 }
 
 TEST_F(RoutedReplicas, ATimeoutExpiredByOneReplicaEndsTheCallerOnTheOtherWithTheStoresOutcome) {
-  auto sink = std::make_shared<RecordingEdgeSink>();
-  ASSERT_TRUE(r1().AttachEdge("edgeA", "e1", sink).ok());
-  ASSERT_TRUE(r1().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  auto sink = EdgeAWithNode1OnReplica1();
+  ASSERT_NE(sink, nullptr);
   Invoke(r2(), "call", "", 1000);
   ASSERT_TRUE(r1().PumpRouted(0).ok());
   clock_.Advance(1001);
@@ -297,9 +302,8 @@ TEST_F(RoutedReplicas, AnEdgeIdLiveOnOneReplicaIsRefusedOnTheOtherUntilItsStream
 }
 
 TEST_F(RoutedReplicas, AnInvokeForAnEdgeNoReplicaHoldsFailsAtOnce) {
-  auto sink = std::make_shared<RecordingEdgeSink>();
-  ASSERT_TRUE(r1().AttachEdge("edgeA", "e1", sink).ok());
-  ASSERT_TRUE(r1().Register(RegistryHarness::Spec("c1", "n1", "edgeA", "e1")).ok());
+  auto sink = EdgeAWithNode1OnReplica1();
+  ASSERT_NE(sink, nullptr);
   r1().DetachEdge("edgeA", sink.get());
   Invoke(r2(), "call");
   ASSERT_TRUE(results_.count("call"));
