@@ -1,5 +1,7 @@
 #include "ws_edge/transport/ws_server.h"
 
+#include <fcntl.h>
+
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -10,9 +12,65 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "common/log.h"
+#include "ws_edge/transport/lingering_close.h"
 
 namespace tether::edge {
 namespace {
+
+// websocketpp's plain-TCP socket policy with a careful close. Its own shuts down both
+// directions, and Linux answers input arriving after that with a reset, which can overtake the
+// close frame just sent (a node behind nginx then sees 1006, not 1009). This one shuts down the
+// sending side only, cancels the library's pending read, and hands a duplicate of the
+// descriptor to LingeringClose, which drains the input until the peer's FIN (or a deadline)
+// before the socket really closes; the library closes its own descriptor as usual.
+class CarefulSocket : public websocketpp::transport::asio::basic_socket::connection {
+ public:
+  using type = CarefulSocket;
+  using ptr = std::shared_ptr<type>;
+
+  ptr get_shared() { return std::static_pointer_cast<type>(shared_from_this()); }
+  void set_lingering_close(LingeringClose* lingering) { lingering_ = lingering; }
+
+  void async_shutdown(websocketpp::transport::asio::socket::shutdown_handler handler) {
+    std::error_code ec;
+    get_socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
+    if (!ec) {
+      std::error_code ignored;
+      get_socket().cancel(ignored);  // the library's read ends (operation aborted)
+      const int fd =
+          lingering_ == nullptr ? -1 : ::fcntl(get_socket().native_handle(), F_DUPFD_CLOEXEC, 0);
+      if (fd >= 0) lingering_->Adopt(fd);
+    }
+    handler(ec);
+  }
+
+ private:
+  LingeringClose* lingering_ = nullptr;  // not owned; outlives every connection
+};
+
+class CarefulSocketEndpoint : public websocketpp::transport::asio::basic_socket::endpoint {
+ public:
+  using socket_con_type = CarefulSocket;
+  using socket_con_ptr = CarefulSocket::ptr;
+
+  void set_lingering_close(LingeringClose* lingering) { lingering_ = lingering; }
+
+ protected:
+  std::error_code init(socket_con_ptr scon) {
+    scon->set_lingering_close(lingering_);
+    return websocketpp::transport::asio::basic_socket::endpoint::init(scon);
+  }
+
+ private:
+  LingeringClose* lingering_ = nullptr;
+};
+
+struct CarefulAsioConfig : websocketpp::config::asio {
+  struct transport_config : websocketpp::config::asio::transport_config {
+    using socket_type = CarefulSocketEndpoint;
+  };
+  using transport_type = websocketpp::transport::asio::endpoint<transport_config>;
+};
 
 // websocketpp settings: a small per-connection read buffer (the default 16 KiB would dominate
 // idle memory), the pre-handshake frame limit as the default message size (raised per socket
@@ -30,7 +88,7 @@ struct EdgeConfig : Base {
   static const websocketpp::log::level alog_level = websocketpp::log::alevel::none;
 };
 
-using PlainConfig = EdgeConfig<websocketpp::config::asio>;
+using PlainConfig = EdgeConfig<CarefulAsioConfig>;
 using TlsConfig = EdgeConfig<websocketpp::config::asio_tls>;
 
 bool IsLoopback(const asio::ip::address& a) {
@@ -46,9 +104,12 @@ class WsServerImpl final : public WsServer {
   using Server = websocketpp::server<Config>;
   using ConnPtr = typename Server::connection_ptr;
 
-  explicit WsServerImpl(const WsServerOptions& options) : options_(options) {
+  explicit WsServerImpl(const WsServerOptions& options)
+      : options_(options),
+        lingering_(options.max_lingering_closes, std::chrono::milliseconds(options.linger_ms)) {
     std::error_code ec;
     server_.init_asio(ec);
+    if constexpr (!std::is_same_v<Config, TlsConfig>) server_.set_lingering_close(&lingering_);
     server_.set_reuse_addr(true);
     server_.set_listen_backlog(options_.listen_backlog);
     server_.set_open_handler([this](websocketpp::connection_hdl hdl) { OnOpen(hdl); });
@@ -305,6 +366,7 @@ class WsServerImpl final : public WsServer {
   }
 
   const WsServerOptions options_;
+  LingeringClose lingering_;  // before server_: its sockets hand descriptors over until the end
   Server server_;
   EdgeCore* core_ = nullptr;  // not owned
   uint64_t next_socket_ = 1;

@@ -23,6 +23,10 @@ struct WsServerOptions {
   int64_t pong_timeout_ms = 25'000;           // a peer silent this long after a ping is dead
   int64_t timer_ms = 250;                     // how often EdgeCore::OnTimer runs
   int listen_backlog = 4096;
+  // ws:// only (see LingeringClose): a closed socket's input is drained this long at most
+  // before it is really closed, for at most this many sockets at once.
+  int64_t linger_ms = 2'000;
+  size_t max_lingering_closes = 4096;
   bool trust_x_forwarded_for = false;  // node address from the proxy's X-Forwarded-For
   // wss:// when set: PEM certificate chain and key files, re-read by ReloadTls().
   std::string tls_cert_file;
