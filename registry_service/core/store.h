@@ -48,6 +48,15 @@ struct Effects {
   std::vector<EdgeCommand> to_edges;
 };
 
+// What the store's bounds dropped or refused since it started (for the Redis store: since the
+// data set was created, across every replica). Each is a counter.
+struct StoreDrops {
+  int64_t outcomes_forgotten = 0;     // idempotency outcomes forgotten early: byte bound reached
+  int64_t nodes_pruned = 0;           // node records past the retention
+  int64_t revocations_forgotten = 0;  // revocations past StoreOptions::max_revocations
+  int64_t pairing_refused = 0;        // pairing requests refused: too many pending
+};
+
 struct RegisterResult {
   bool granted = false;
   uint64_t generation = 0;
@@ -250,6 +259,9 @@ class Store {
   // the memory store, or a Redis that is new or lost its data. Connections that are live on
   // edges are then unknown until the edges resync, so the Registry starts in recovery.
   virtual bool StartedEmpty() const = 0;
+
+  // What the bounds dropped so far (metrics). May read the store: not for hot paths.
+  virtual StoreDrops Dropped() = 0;
 };
 
 }  // namespace tether::registry

@@ -46,6 +46,9 @@ ABSL_FLAG(int64_t, max_params_bytes, 12 << 20,
           "largest invoke params_json accepted (larger: INVALID_ARGUMENT); at most 16 MiB so the "
           "escaped frame stays under a node's 25 MiB maxPayload");
 ABSL_FLAG(int64_t, presence_history, 100'000, "presence events kept for resuming watchers");
+ABSL_FLAG(int64_t, max_revocations, 100'000,
+          "revoked device keys remembered by id (a resync must not pair them again); past this "
+          "the oldest are forgotten, and no connection granted before them is re-paired");
 ABSL_FLAG(int64_t, node_retention_ms, 30LL * 24 * 3'600'000,
           "records of nodes disconnected this long are dropped (ListNodes/GetNode forget them; "
           "their pairing and device token stay); default 30 days");
@@ -145,6 +148,8 @@ int main(int argc, char** argv) {
   o.store.idempotency_max_bytes =
       static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_idempotency_max_bytes)));
   o.store.node_retention_ms = absl::GetFlag(FLAGS_node_retention_ms);
+  o.store.max_revocations =
+      static_cast<size_t>(std::max<int64_t>(1, absl::GetFlag(FLAGS_max_revocations)));
   o.store.auto_approve_all = absl::GetFlag(FLAGS_auto_approve);
   o.store.auto_approve_loopback = absl::GetFlag(FLAGS_auto_approve_loopback);
   o.registry.default_invoke_timeout_ms = absl::GetFlag(FLAGS_default_invoke_timeout_ms);

@@ -193,6 +193,26 @@ void RegistryServer::ExposeMetrics() {
                     [&s] { return static_cast<double>(s.edges_attached.load()); });
   metrics_.AddGauge("tether_registry_presence_watchers", "Open WatchPresence streams",
                     [&s] { return static_cast<double>(s.watchers.load()); });
+  // The store's bounds (for Redis: counted in Redis, so every replica shows the cluster's
+  // total; sum one replica's, not all of them).
+  Store* store = store_.get();
+  const std::pair<const char*, int64_t StoreDrops::*> drops[] = {
+      {"outcome_forgotten", &StoreDrops::outcomes_forgotten},
+      {"node_pruned", &StoreDrops::nodes_pruned},
+      {"revocation_forgotten", &StoreDrops::revocations_forgotten},
+      {"pairing_refused", &StoreDrops::pairing_refused},
+  };
+  for (const auto& [what, field] : drops) {
+    metrics_.AddGauge(
+        std::string("tether_registry_store_dropped_total{what=\"") + what + "\"}",
+        what == drops[0].first
+            ? "What the store's bounds dropped or refused: idempotency outcomes forgotten early "
+              "(--idempotency_max_bytes), node records pruned (--node_retention_ms), "
+              "revocations forgotten (--max_revocations), pairing requests refused (too many "
+              "pending)"
+            : "",
+        [store, field = field] { return static_cast<double>(store->Dropped().*field); });
+  }
 }
 
 void RegistryServer::Shutdown() {

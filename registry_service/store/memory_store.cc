@@ -150,9 +150,11 @@ bool MemoryStore::Finish(const std::string& invoke_id, InvokeOutcome outcome, in
     // of one of those runs again instead of replaying).
     while (finished_bytes_ > options_.idempotency_max_bytes && !finished_order_.empty()) {
       auto it = finished_keys_.find(finished_order_.front().second);
-      if (it != finished_keys_.end()) {
+      // A key finished again has a newer entry further back: this one is stale.
+      if (it != finished_keys_.end() && it->second.expires_ms == finished_order_.front().first) {
         finished_bytes_ -= it->second.outcome.payload_json.size();
         finished_keys_.erase(it);
+        ++drops_.outcomes_forgotten;
       }
       finished_order_.pop_front();
     }
@@ -305,7 +307,8 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
     // The generation proves an earlier grant; after a restart of an in-memory registry that
     // grant (and its pairing) is only known from the edge's report.
     if (!Paired(l.spec.node_id)) {
-      if (l.generation == 0 || revoked_.contains(l.spec.node_id)) {
+      if (l.generation == 0 || l.generation <= revoked_floor_ ||
+          revoked_.contains(l.spec.node_id)) {
         close_it(kReasonRevoked);
         continue;
       }
@@ -372,6 +375,7 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
         request_id = known->second;
       } else if (pairing_.size() >= options_.max_pairing_requests) {
         // Anyone with the shared token can mint keys: bound what they can make us keep.
+        ++drops_.pairing_refused;
         result.error_code = "UNAVAILABLE";
         result.error_message = "too many pending pairing requests; try again later";
         return result;
@@ -542,6 +546,7 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
     auto node = nodes_.find(node_id);
     if (node != nodes_.end() && node->second.owner.empty() && node->second.idle_since_ms == since) {
       nodes_.erase(node);
+      ++drops_.nodes_pruned;
     }
   }
   while (!claims_order_.empty() && claims_order_.front().first <= now_ms) {
@@ -712,7 +717,25 @@ absl::StatusOr<int> MemoryStore::RevokeDevice(const std::string& node_id, int64_
                                               Effects* effects) {
   absl::MutexLock lock(&mu_);
   if (devices_.erase(node_id) == 0) return absl::NotFoundError("device is not paired");
-  revoked_.insert(node_id);
+  revoked_[node_id] = last_generation_;
+  revoked_order_.push_back({last_generation_, node_id});
+  while (revoked_.size() > options_.max_revocations && !revoked_order_.empty()) {
+    auto [generation, oldest] = revoked_order_.front();
+    revoked_order_.pop_front();
+    auto it = revoked_.find(oldest);
+    if (it == revoked_.end() || it->second != generation) continue;  // approved since
+    revoked_.erase(it);
+    revoked_floor_ = std::max(revoked_floor_, generation);
+    ++drops_.revocations_forgotten;
+  }
+  if (revoked_order_.size() > 2 * revoked_.size() + 1024) {  // approvals left stale entries
+    std::deque<std::pair<uint64_t, std::string>> live;
+    for (auto& entry : revoked_order_) {
+      auto it = revoked_.find(entry.second);
+      if (it != revoked_.end() && it->second == entry.first) live.push_back(std::move(entry));
+    }
+    revoked_order_.swap(live);
+  }
   std::vector<std::pair<std::string, std::string>> doomed;  // (conn id, edge id)
   for (const auto& [conn_id, conn] : conns_) {
     if (conn.spec.node_id == node_id) doomed.push_back({conn_id, conn.spec.edge_id});
@@ -722,6 +745,11 @@ absl::StatusOr<int> MemoryStore::RevokeDevice(const std::string& node_id, int64_
     Tell(effects, EdgeCommand::Kind::kClose, edge_id, conn_id, node_id, kReasonRevoked);
   }
   return static_cast<int>(doomed.size());
+}
+
+StoreDrops MemoryStore::Dropped() {
+  absl::MutexLock lock(&mu_);
+  return drops_;
 }
 
 size_t MemoryStore::ConnectionCountForTest() {

@@ -72,6 +72,7 @@ class MemoryStore final : public Store {
 
   // Always true: a new process starts with an empty table.
   bool StartedEmpty() const override { return true; }
+  StoreDrops Dropped() override;
 
   // For tests and benchmarks: counts of live records.
   size_t ConnectionCountForTest() ABSL_LOCKS_EXCLUDED(mu_);
@@ -149,7 +150,14 @@ class MemoryStore final : public Store {
   absl::node_hash_map<std::string, Conn> conns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, Lease> leases_ ABSL_GUARDED_BY(mu_);
   absl::node_hash_map<std::string, DeviceRecord> devices_ ABSL_GUARDED_BY(mu_);
-  absl::flat_hash_set<std::string> revoked_ ABSL_GUARDED_BY(mu_);       // revoked in this life
+  // Revoked in this life: node id -> the newest generation granted when it was revoked, in
+  // revocation order (revoked_order_, stale entries skipped) for the bound; past it the oldest
+  // are forgotten and their generation raises revoked_floor_: a resync never re-pairs a
+  // connection granted at or below it (such a connection predates a forgotten revocation).
+  absl::flat_hash_map<std::string, uint64_t> revoked_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<uint64_t, std::string>> revoked_order_ ABSL_GUARDED_BY(mu_);
+  uint64_t revoked_floor_ ABSL_GUARDED_BY(mu_) = 0;
+  StoreDrops drops_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id
   absl::flat_hash_map<std::string, std::string> pairing_by_node_ ABSL_GUARDED_BY(mu_);
   int64_t next_pairing_prune_ms_ ABSL_GUARDED_BY(mu_) = 0;

@@ -97,6 +97,17 @@ local function lease_conns_key(e) return P .. 'lease_conns:' .. e end
 -- replica's inbox of settlements for callers waiting on it.
 local G_IDLE = P .. 'idle_nodes'  -- disconnected nodes by when (records pruned after RETAIN)
 local G_OUT_BYTES = P .. 'outcome_bytes'  -- payload bytes of the remembered outcomes
+-- What the bounds dropped (Store::Dropped): field -> count, across replicas.
+local G_DROPS = P .. 'dropped'
+local function dropped(what) redis.call('HINCRBY', G_DROPS, what, 1) end
+-- Revocations remembered (node -> order), bounded; the newest generation granted before a
+-- forgotten one: a resync never re-pairs a connection granted at or below it.
+local G_REVOKED = P .. 'revocations'
+local G_REVOKED_FLOOR = P .. 'revoked_floor'
+local function unrevoke(n)
+  redis.call('DEL', revoked_key(n))
+  redis.call('ZREM', G_REVOKED, n)
+end
 -- Forgets a remembered outcome (its hash and its bytes); m = node .. '\0' .. key.
 local function forget_outcome(m)
   redis.call('ZREM', P .. 'outcome_expiry', m)
@@ -224,6 +235,7 @@ local function finish(inv, o)
       local oldest = redis.call('ZRANGE', G_OUTCOMES, 0, 0)
       if #oldest == 0 then break end
       forget_outcome(oldest[1])
+      dropped('outcomes_forgotten')
       total = tonumber(redis.call('GET', G_OUT_BYTES) or '0')
     end
   end
@@ -429,7 +441,8 @@ for _, l in ipairs(live) do
       close_it('superseded')
       go = false
     elseif redis.call('EXISTS', dev_key(n)) == 0 then
-      if gen == 0 or redis.call('EXISTS', revoked_key(n)) == 1 then
+      if gen == 0 or redis.call('EXISTS', revoked_key(n)) == 1 or
+         gen <= tonumber(redis.call('GET', G_REVOKED_FLOOR) or '0') then
         close_it('revoked')
         go = false
       else
@@ -505,13 +518,14 @@ if not paired then
     redis.call('HSET', dk, 'node', n, 'public_key', A(5), 'approved_at', NOWS,
                'approved_by', 'auto')
     redis.call('ZADD', G_DEVICES, '0', n)
-    redis.call('DEL', revoked_key(n))
+    unrevoke(n)
   else
     local pk = preq_key(n)
     local rid = redis.call('HGET', pk, 'request_id')
     if not rid then
       -- Anyone with the shared token can mint keys: bound what they can make us keep.
       if redis.call('HLEN', G_PAIRING) >= MAXPAIR then
+        dropped('pairing_refused')
         return ok('0', '0', '', 'UNAVAILABLE',
                   'too many pending pairing requests; try again later', '', '')
       end
@@ -704,6 +718,7 @@ for _, n in ipairs(idle) do
   if not owner or owner == '' then  -- the node's record goes; its pairing stays
     redis.call('DEL', node_key(n))
     redis.call('ZREM', G_NODES, n)
+    dropped('nodes_pruned')
   end
 end
 local gone = redis.call('ZRANGEBYSCORE', G_OUTCOMES, '-inf', NOWS, 'LIMIT', 0, BATCH)
@@ -825,7 +840,7 @@ local pk = redis.call('HGET', preq_key(n), 'public_key') or ''
 redis.call('HSET', dev_key(n), 'node', n, 'public_key', pk, 'approved_at', NOWS,
            'approved_by', A(2))
 redis.call('ZADD', G_DEVICES, '0', n)
-redis.call('DEL', revoked_key(n))
+unrevoke(n)
 redis.call('HDEL', G_PAIRING, rid)
 redis.call('ZREM', G_PAIR_AGE, rid)
 redis.call('DEL', preq_key(n))
@@ -847,7 +862,18 @@ local n = A(1)
 if redis.call('EXISTS', dev_key(n)) == 0 then return err('5', 'device is not paired') end
 redis.call('DEL', dev_key(n))
 redis.call('ZREM', G_DEVICES, n)
-redis.call('SET', revoked_key(n), '1')
+redis.call('SET', revoked_key(n), redis.call('GET', G_GEN) or '0')
+redis.call('ZADD', G_REVOKED, redis.call('INCR', P .. 'revocation_seq'), n)
+local max = tonumber(A(2))
+while redis.call('ZCARD', G_REVOKED) > max do
+  local oldest = redis.call('ZPOPMIN', G_REVOKED)
+  local g = tonumber(redis.call('GET', revoked_key(oldest[1])) or '0')
+  redis.call('DEL', revoked_key(oldest[1]))
+  if g > tonumber(redis.call('GET', G_REVOKED_FLOOR) or '0') then
+    redis.call('SET', G_REVOKED_FLOOR, I(g))
+  end
+  dropped('revocations_forgotten')
+end
 local doomed = redis.call('SMEMBERS', nconns_key(n))
 table.sort(doomed)
 for _, c in ipairs(doomed) do
@@ -1470,6 +1496,25 @@ uint64_t RedisStore::HeadRevision() {
   return head;
 }
 
+StoreDrops RedisStore::Dropped() {
+  StoreDrops drops;
+  auto r = Decider().Command({"HGETALL", prefix_ + "dropped"});
+  if (!r.ok()) {
+    LogFailure("Dropped", r.status());
+    return drops;
+  }
+  const std::vector<RedisValue>& fields = r->elements;
+  for (size_t i = 0; i + 1 < fields.size(); i += 2) {
+    const std::string& what = fields[i].str;
+    const int64_t count = fields[i + 1].AsInt();
+    if (what == "outcomes_forgotten") drops.outcomes_forgotten = count;
+    if (what == "nodes_pruned") drops.nodes_pruned = count;
+    if (what == "revocations_forgotten") drops.revocations_forgotten = count;
+    if (what == "pairing_refused") drops.pairing_refused = count;
+  }
+  return drops;
+}
+
 // --- Pairing ---------------------------------------------------------------------------------
 
 std::vector<PairingRequest> RedisStore::ListPairingRequests() {
@@ -1525,7 +1570,7 @@ absl::Status RedisStore::RejectPairing(const std::string& request_id) {
 
 absl::StatusOr<int> RedisStore::RevokeDevice(const std::string& node_id, int64_t now_ms,
                                              Effects* effects) {
-  auto r = Run(revoke_, now_ms, {node_id}, effects);
+  auto r = Run(revoke_, now_ms, {node_id, absl::StrCat(options_.max_revocations)}, effects);
   if (!r.ok()) return r.status();
   if (r->empty()) return absl::InternalError("redis store: malformed revoke reply");
   return static_cast<int>((*r)[0].AsInt());

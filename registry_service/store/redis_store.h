@@ -61,6 +61,7 @@ class RedisStore final : public Store {
   // Whether Connect found no table marker. Redis cannot tell a new database from one that lost
   // its data; both start the Registry in recovery.
   bool StartedEmpty() const override { return started_empty_; }
+  StoreDrops Dropped() override;
 
   absl::Status AttachEdge(const std::string& edge_id, const std::string& epoch, int64_t now_ms,
                           Effects* effects) override;

@@ -21,6 +21,10 @@ struct StoreOptions {
   // Records of nodes disconnected this long are dropped (ListNodes/GetNode forget them; their
   // pairing and token stay): the table does not grow with every node that ever connected.
   int64_t node_retention_ms = 30LL * 24 * 3'600'000;
+  // Revocations remembered by node id (so an edge's resync cannot pair a revoked key again);
+  // past this many the oldest are forgotten, and a resync may then no longer re-pair any
+  // connection granted before the newest forgotten revocation (see Store::Dropped).
+  size_t max_revocations = 100'000;
 };
 
 // Why a caller's idempotency key was refused: it named another request of the same caller.

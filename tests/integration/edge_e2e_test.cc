@@ -310,6 +310,12 @@ TEST_F(EdgeE2ETest, DeviceTokenReconnectAndRevocation) {
   EXPECT_FALSE(third->Connect(absl::Seconds(10)).ok());
   ASSERT_TRUE(third->connect_error().has_value());
   EXPECT_EQ(third->connect_error()->details["code"], "AUTH_DEVICE_TOKEN_MISMATCH");
+  // The revocation is remembered, well inside its bound (--max_revocations): nothing dropped.
+  const std::string reg = testing::HttpGet(testing::MetricsPort(c_.registry()), "/metrics");
+  EXPECT_EQ(testing::MetricValue(
+                reg, "tether_registry_store_dropped_total{what=\"revocation_forgotten\"}"),
+            0)
+      << reg;
 }
 
 TEST_F(EdgeE2ETest, RegistryRestartWithMemoryStoreIsHealedByResync) {

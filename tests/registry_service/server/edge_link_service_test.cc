@@ -97,6 +97,7 @@ class StallingStore final : public Store {
     return inner_.RevokeDevice(n, now, fx);
   }
   bool StartedEmpty() const override { return false; }
+  StoreDrops Dropped() override { return {}; }
 
  private:
   void Wait(bool* gate) {
