@@ -42,6 +42,9 @@ struct RegistryStats {
   common::Counter superseded_retired;    // replaced connections told to close
   common::Counter results_ignored;       // unmatched, late or duplicate results
   common::Counter resyncs;
+  // Streams whose reader was too slow, cut off (counted by the gRPC shell).
+  common::Counter edge_links_cut;
+  common::Counter watchers_cut;
   common::Counter disconnects[4];  // by reason: disconnect, edge_lost, edge_drain, revoked
   common::Counter invokes[8];      // by InvokeCode
   common::Histogram invoke_latency_ms{common::LatencyBucketsMs()};
@@ -194,6 +197,7 @@ class Registry {
   void Unwatch(uint64_t watch_id) ABSL_LOCKS_EXCLUDED(publish_mu_);
 
   const RegistryStats& stats() const { return stats_; }
+  RegistryStats& stats() { return stats_; }
 
   // --- Recovery ----------------------------------------------------------------------------
   // True until recovery ends (always false without a recovery phase). Lock-free.

@@ -131,6 +131,7 @@ class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
                            [](const v1::RegistryMessage& m) { return m.ByteSizeLong(); }),
         link_(std::make_shared<Link>(registry, pool, this, lease_ttl_ms, grace_ms,
                                      max_registration_wait_ms)) {
+    CountCutsIn(&registry.stats().edge_links_cut);
     link_->Start();
   }
 

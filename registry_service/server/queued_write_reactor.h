@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "absl/synchronization/mutex.h"
+#include "common/metrics.h"
 
 namespace tether::registry {
 
@@ -84,6 +85,7 @@ class QueuedWriteReactor : public Base {
             status_ = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                                    "stream reader too slow; reconnect");
             state_ = State::kDraining;
+            if (cuts_ != nullptr) cuts_->Add();
             return false;
           }
           queued_bytes_ += size;
@@ -97,6 +99,9 @@ class QueuedWriteReactor : public Base {
     if (start != nullptr) this->StartWrite(start);
     return true;
   }
+
+  // Counts each cut-off of a too slow reader in `cuts` (not owned; outlives the stream).
+  void CountCutsIn(common::Counter* cuts) { cuts_ = cuts; }
 
   // True once the stream is finishing (no more reads or writes should start).
   bool finishing() ABSL_LOCKS_EXCLUDED(mu_) {
@@ -176,6 +181,7 @@ class QueuedWriteReactor : public Base {
   std::deque<Msg> queue_ ABSL_GUARDED_BY(mu_);
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // by sizer_, the write in flight included
   grpc::Status status_ ABSL_GUARDED_BY(mu_);      // what Finish will say (kDraining)
+  common::Counter* cuts_ = nullptr;               // set before the first Enqueue
 };
 
 }  // namespace tether::registry

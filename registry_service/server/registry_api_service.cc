@@ -119,6 +119,7 @@ class WatchReactor final : public QueuedWriteReactor<WatchBase, v1::PresenceEven
  public:
   WatchReactor(Registry& registry, uint64_t from_revision, const grpc::Status& allowed)
       : QueuedWriteReactor(kMaxQueuedToWatcher), registry_(registry) {
+    CountCutsIn(&registry_.stats().watchers_cut);
     if (!allowed.ok()) {
       FinishAfterWrites(allowed);
       return;

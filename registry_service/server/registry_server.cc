@@ -174,6 +174,10 @@ void RegistryServer::ExposeMetrics() {
                   "Invoke results that matched no pending invoke (late, duplicate, wrong conn)",
                   &s.results_ignored);
   metrics_.Expose("tether_registry_resyncs_total", "Edge resyncs", &s.resyncs);
+  metrics_.Expose("tether_registry_streams_cut_total{stream=\"edge_link\"}",
+                  "Streams cut off because their reader was too slow (queue over its bound)",
+                  &s.edge_links_cut);
+  metrics_.Expose("tether_registry_streams_cut_total{stream=\"watch\"}", "", &s.watchers_cut);
   for (int i = 0; i < 4; ++i) {
     metrics_.Expose(
         std::string("tether_registry_disconnects_total{reason=\"") + kDisconnectReasons[i] + "\"}",

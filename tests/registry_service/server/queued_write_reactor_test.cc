@@ -101,9 +101,15 @@ TEST(QueuedWriteReactor, WritingEnqueueQueuesBehindTheWriteInFlight) {
 
 TEST(QueuedWriteReactor, WritingEnqueueWhenFullCutsTheSlowReaderOff) {
   Reactor r(2);
+  common::Counter cuts;
+  r.CountCutsIn(&cuts);
   ASSERT_TRUE(r.Enqueue(1));
   ASSERT_TRUE(r.Enqueue(2));
-  EXPECT_FALSE(r.Enqueue(3));  // too slow: finishing with RESOURCE_EXHAUSTED
+  EXPECT_EQ(cuts.value(), 0u);
+  EXPECT_FALSE(r.Enqueue(3));   // too slow: finishing with RESOURCE_EXHAUSTED
+  EXPECT_EQ(cuts.value(), 1u);  // counted once
+  EXPECT_FALSE(r.Enqueue(4));
+  EXPECT_EQ(cuts.value(), 1u);
   EXPECT_TRUE(r.finishing());
   EXPECT_TRUE(r.finishes.empty());  // the write in flight must complete first
   r.WriteDone(true);
@@ -116,9 +122,12 @@ TEST(QueuedWriteReactor, WritingEnqueueWhenFullCutsTheSlowReaderOff) {
 // message "weighs" its value).
 TEST(QueuedWriteReactor, WritingEnqueueOverTheByteBoundCutsTheSlowReaderOff) {
   Reactor r(1000, 100, [](const int& m) { return static_cast<size_t>(m); });
+  common::Counter cuts;
+  r.CountCutsIn(&cuts);
   ASSERT_TRUE(r.Enqueue(40));   // in flight
   ASSERT_TRUE(r.Enqueue(50));   // 90 queued
   EXPECT_FALSE(r.Enqueue(20));  // 110 > 100
+  EXPECT_EQ(cuts.value(), 1u);
   EXPECT_TRUE(r.finishing());
   r.WriteDone(true);
   EXPECT_EQ(r.writes, std::vector<int>{40});
