@@ -1,8 +1,8 @@
-// chaos: the chaos soak. Starts real processes on 127.0.0.1 (redis-server, a registry on the
-// Redis store, three edges behind nginx, the edges reaching the registry through a TCP relay in
-// this process), runs a node fleet, an invoke driver and a presence watcher in this process,
-// injects faults on a schedule drawn from --seed, then checks the logs of all three against the
-// invariants of docs/architecture.md and prints a table. Exit status: 0 no violation, 1
+// chaos: the chaos soak. Starts real processes on 127.0.0.1 (redis-server, two registry
+// replicas on it (--replicas), three edges behind nginx, the edges reaching each replica through
+// a TCP relay in this process), runs a node fleet, an invoke driver and a presence watcher in this
+// process, injects faults on a schedule drawn from --seed, then checks the logs of all three
+// against the invariants of docs/architecture.md and prints a table. Exit status: 0 no violation, 1
 // violations (each printed with the seed and its timeline), 2 the soak could not run.
 //
 // Phases: setup; ramp (every node connects); warm-up (RSS baselines); chaos (--seconds of
@@ -63,6 +63,9 @@ ABSL_FLAG(std::string, faults,
           "edge_kill,edge_stop,registry_kill,registry_stop,link_cut,link_stall",
           "fault classes to inject");
 ABSL_FLAG(int64_t, lease_ttl_ms, 5000, "the registry's edge lease");
+ABSL_FLAG(int, replicas, 2,
+          "registry replicas on the one Redis (1..3); the edges list all of them, each starting "
+          "from its own, and callers balance over them (gRPC round_robin)");
 ABSL_FLAG(int64_t, superseded_grace_ms, 2000, "the registry's grace for superseded sockets");
 ABSL_FLAG(std::string, bin_dir, "bazel-bin", "where registry_service and ws_edge are built");
 ABSL_FLAG(std::string, work_dir, "",
@@ -896,14 +899,15 @@ class Watcher {
 struct Fault {
   std::string kind;  // edge_kill, edge_stop, registry_kill, registry_stop, link_cut, link_stall
   int edge = -1;
+  int replica = 0;           // registry_* and link_*: which replica (and the relay in front of it)
   int64_t duration_ms = 0;   // down / stopped / cut / stalled
   bool long_outage = false;  // long enough that leases may lapse
   int64_t start_ms = -1;     // when it was applied
   int64_t end_ms = -1;       // when the process was back (restarted, continued) / link restored
 };
 
-std::vector<Fault> Schedule(uint64_t seed, const std::vector<std::string>& kinds,
-                            int64_t lease_ms) {
+std::vector<Fault> Schedule(uint64_t seed, const std::vector<std::string>& kinds, int64_t lease_ms,
+                            int replicas) {
   std::mt19937_64 rng(seed * 7919 + 17);
   std::uniform_real_distribution<double> u(0, 1);
   std::vector<Fault> out;
@@ -911,6 +915,8 @@ std::vector<Fault> Schedule(uint64_t seed, const std::vector<std::string>& kinds
     Fault f;
     f.kind = kinds[static_cast<size_t>(u(rng) * kinds.size()) % kinds.size()];
     f.edge = static_cast<int>(u(rng) * kEdges) % kEdges;
+    // No draw of its own, so a seed's schedule is the same whatever the replica count.
+    f.replica = f.edge % replicas;
     const bool can_be_long = f.kind != "edge_kill";
     f.long_outage = can_be_long && u(rng) < 0.2;
     // Short outages stay well below the lease (0.3 s .. 0.3 x lease: nothing may lapse, even
@@ -989,7 +995,9 @@ class Soak {
   std::vector<Proc*> AllProcs() {
     std::vector<Proc*> out;
     for (auto& e : edges_) out.push_back(&e);
-    for (Proc* p : {&nginx_, &registry_, &redis_}) out.push_back(p);
+    out.push_back(&nginx_);
+    for (auto& r : registries_) out.push_back(&r);
+    out.push_back(&redis_);
     return out;
   }
 
@@ -1000,18 +1008,23 @@ class Soak {
   std::string bin_;
   Journal journal_;
   LagProbe lag_;
-  Proc redis_, registry_, nginx_;
+  const int replicas_ = std::clamp(absl::GetFlag(FLAGS_replicas), 1, 3);
+  Proc redis_, nginx_;
+  std::vector<Proc> registries_ = std::vector<Proc>(replicas_);
   std::vector<Proc> edges_ = std::vector<Proc>(kEdges);
-  int registry_port_ = 0;
   int balancer_port_ = 0;
-  std::unique_ptr<Relay> relay_;
+  // One relay in front of each replica: the edges reach replica r through relays_[r].
+  std::vector<std::unique_ptr<Relay>> relays_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Registry::Stub> api_;
   std::unique_ptr<Fleet> fleet_;
   std::unique_ptr<InvokeDriver> driver_;
   std::unique_ptr<Watcher> watcher_;
   std::vector<Fault> done_faults_;
-  std::vector<std::pair<int64_t, int64_t>> registry_down_;  // [from, to) incl. 1 s of recovery
+  // When a replica was down: [from, to) incl. 1 s of recovery. With several replicas any one
+  // counts: a caller's call balanced onto it fails or is late, and so may an invoke routed
+  // through an edge it held (until the edge fails over).
+  std::vector<std::pair<int64_t, int64_t>> registry_down_;
   std::vector<Violation> violations_;
   std::map<std::string, int64_t> outcomes_;
   int64_t excused_ = 0;  // untyped/late invokes while the registry was down
@@ -1074,27 +1087,32 @@ absl::Status Soak::Setup() {
   if (!CanConnect(redis_port))
     return absl::UnavailableError("redis-server did not start: " + redis_.child->LogTail());
 
-  registry_port_ = FreePort();
-  registry_.name = "registry";
-  registry_.port_file = work_ + "/registry.port";
-  registry_.options.binary = bin_ + "/registry_service/server/registry_service";
-  registry_.options.args = {
-      absl::StrCat("--listen=127.0.0.1:", registry_port_),
-      absl::StrCat("--store=redis://127.0.0.1:", redis_port),
-      absl::StrCat("--lease_ttl_ms=", lease_ms_),
-      absl::StrCat("--superseded_grace_ms=", absl::GetFlag(FLAGS_superseded_grace_ms)),
-      "--auto_approve",
-      // A fresh Redis has no table: without this the registry would first sit in its
-      // recovery phase (not what this soak is about); restarts reuse the same Redis and its
-      // table, so they never recover.
-      "--recovery_grace_ms=0", "--tick_ms=50", "--presence_history=2000000",
-      "--api_tokens_file=" + work_ + "/api-tokens", "--edge_secret_file=" + work_ + "/edge-secret",
-      "--port_file=" + registry_.port_file};
-  if (absl::Status s = registry_.Start(work_); !s.ok()) return s;
-
-  auto relay = Relay::Start(registry_port_);
-  if (!relay.ok()) return relay.status();
-  relay_ = *std::move(relay);
+  std::vector<std::string> api_addresses, relay_addresses;
+  for (int r = 0; r < replicas_; ++r) {
+    Proc& reg = registries_[r];
+    const int port = FreePort();
+    reg.name = replicas_ == 1 ? "registry" : absl::StrCat("registry", r);
+    reg.port_file = absl::StrCat(work_, "/", reg.name, ".port");
+    reg.options.binary = bin_ + "/registry_service/server/registry_service";
+    reg.options.args = {
+        absl::StrCat("--listen=127.0.0.1:", port),
+        absl::StrCat("--store=redis://127.0.0.1:", redis_port),
+        absl::StrCat("--lease_ttl_ms=", lease_ms_),
+        absl::StrCat("--superseded_grace_ms=", absl::GetFlag(FLAGS_superseded_grace_ms)),
+        "--auto_approve",
+        // A fresh Redis has no table: without this the registry would first sit in its
+        // recovery phase (not what this soak is about); restarts reuse the same Redis and its
+        // table, so they never recover.
+        "--recovery_grace_ms=0", "--tick_ms=50", "--presence_history=2000000",
+        "--api_tokens_file=" + work_ + "/api-tokens",
+        "--edge_secret_file=" + work_ + "/edge-secret", "--port_file=" + reg.port_file};
+    if (absl::Status s = reg.Start(work_); !s.ok()) return s;
+    auto relay = Relay::Start(port);
+    if (!relay.ok()) return relay.status();
+    relays_.push_back(*std::move(relay));
+    api_addresses.push_back(absl::StrCat("127.0.0.1:", port));
+    relay_addresses.push_back(absl::StrCat("127.0.0.1:", relays_.back()->port()));
+  }
 
   std::vector<std::string> edge_ports;
   for (int i = 0; i < kEdges; ++i) {
@@ -1105,8 +1123,11 @@ absl::Status Soak::Setup() {
     e.port_file = absl::StrCat(work_, "/edge", i, ".port");
     e.options.binary = bin_ + "/ws_edge/ws_edge";
     e.options.env = {absl::StrCat("TETHER_SHARED_TOKEN=", kSharedToken)};
+    // Edge i lists the replicas starting from replica i: edges spread over them and fail over.
+    std::vector<std::string> mine;
+    for (int r = 0; r < replicas_; ++r) mine.push_back(relay_addresses[(i + r) % replicas_]);
     e.options.args = {absl::StrCat("--listen=127.0.0.1:", port),
-                      absl::StrCat("--registry=127.0.0.1:", relay_->port()),
+                      "--registry=" + absl::StrJoin(mine, ","),
                       absl::StrCat("--edge_id=edge", i),
                       "--edge_secret_file=" + work_ + "/edge-secret",
                       "--handshake_rate_per_ip=0",
@@ -1138,7 +1159,9 @@ absl::Status Soak::Setup() {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 500);
-  channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", registry_port_),
+  // Callers balance over every replica; a dead one is skipped once its connection fails.
+  args.SetLoadBalancingPolicyName("round_robin");
+  channel_ = grpc::CreateCustomChannel("ipv4:" + absl::StrJoin(api_addresses, ","),
                                        grpc::InsecureChannelCredentials(), args);
   api_ = v1::Registry::NewStub(channel_);
   return absl::OkStatus();
@@ -1153,9 +1176,11 @@ bool Soak::RegistryDownDuring(int64_t from, int64_t to) const {
 
 void Soak::Inject(Fault& f) {
   f.start_ms = Ms();
+  const bool on_edge = f.kind.rfind("edge", 0) == 0;
   const std::string what =
-      absl::StrCat(f.kind, f.kind.rfind("edge", 0) == 0 ? absl::StrCat(" edge", f.edge) : "",
-                   " for ", f.duration_ms, " ms", f.long_outage ? " (long: leases may lapse)" : "");
+      absl::StrCat(f.kind, on_edge ? absl::StrCat(" edge", f.edge) : "",
+                   !on_edge && replicas_ > 1 ? absl::StrCat(" replica ", f.replica) : "", " for ",
+                   f.duration_ms, " ms", f.long_outage ? " (long: leases may lapse)" : "");
   journal_.Fault("begin " + what);
   if (f.kind == "edge_kill") {
     Proc& e = edges_[f.edge];
@@ -1169,21 +1194,22 @@ void Soak::Inject(Fault& f) {
     SleepMs(f.duration_ms);
     edges_[f.edge].child->Signal(SIGCONT);
   } else if (f.kind == "registry_kill") {
-    registry_.Kill();
+    Proc& registry = registries_[f.replica];
+    registry.Kill();
     SleepMs(f.duration_ms);
-    ++registry_.restarts;
-    if (absl::Status s = registry_.Start(work_); !s.ok())
+    ++registry.restarts;
+    if (absl::Status s = registry.Start(work_); !s.ok())
       Add("setup", absl::StrCat("registry restart failed: ", s.message()));
     watcher_->Interrupt();  // its stream died with the process; resume at once
   } else if (f.kind == "registry_stop") {
-    registry_.child->Signal(SIGSTOP);
+    registries_[f.replica].child->Signal(SIGSTOP);
     SleepMs(f.duration_ms);
-    registry_.child->Signal(SIGCONT);
+    registries_[f.replica].child->Signal(SIGCONT);
   } else if (f.kind == "link_cut") {
-    relay_->Cut(f.duration_ms);
+    relays_[f.replica]->Cut(f.duration_ms);
     SleepMs(f.duration_ms);
   } else if (f.kind == "link_stall") {
-    relay_->Stall(f.duration_ms);
+    relays_[f.replica]->Stall(f.duration_ms);
     SleepMs(f.duration_ms);
   }
   f.end_ms = Ms();
@@ -1252,7 +1278,7 @@ int Soak::Run() {
 
   std::vector<std::string> kinds =
       absl::StrSplit(absl::GetFlag(FLAGS_faults), ',', absl::SkipEmpty());
-  std::vector<Fault> schedule = Schedule(seed_, kinds, lease_ms_);
+  std::vector<Fault> schedule = Schedule(seed_, kinds, lease_ms_, replicas_);
   std::mt19937_64 rng(seed_ + 2);
   std::exponential_distribution<double> gap(1.0 / absl::GetFlag(FLAGS_fault_gap_s));
   chaos_start_ms_ = Ms();
@@ -1301,7 +1327,7 @@ int Soak::Run() {
   watcher_->Stop();
   fleet_->Stop();
   KillAll();
-  relay_.reset();
+  relays_.clear();
   return violations_.empty() ? 0 : 1;
 }
 
@@ -1610,9 +1636,11 @@ void Soak::Report() {
 
   std::string out;
   absl::StrAppendFormat(
-      &out, "\n### Chaos soak: seed %d, %d s of chaos, %d nodes, %.0f invokes/s, lease %d ms\n\n",
+      &out,
+      "\n### Chaos soak: seed %d, %d s of chaos, %d nodes, %.0f invokes/s, lease %d ms, %d "
+      "registry replica(s)\n\n",
       seed_, absl::GetFlag(FLAGS_seconds), fleet_->size(), absl::GetFlag(FLAGS_invoke_rate),
-      lease_ms_);
+      lease_ms_, replicas_);
   absl::StrAppend(&out, "| faults injected | count |\n|---|---|\n");
   for (const auto& [k, c] : faults) absl::StrAppend(&out, "| ", k, " | ", c, " |\n");
   absl::StrAppend(&out, "| watcher streams (resumes + 1) | ", watcher_->streams(), " |\n");
