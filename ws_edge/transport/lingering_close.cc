@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <thread>
 
 namespace tether::edge {
 
@@ -30,9 +31,9 @@ LingeringClose::~LingeringClose() {
 void LingeringClose::Stop() {
   {
     absl::MutexLock lock(&mu_);
-    if (stopped_ && !thread_.joinable()) return;
     stopped_ = true;
   }
+  if (joined_.exchange(true)) return;  // another Stop joins (or joined) the thread
   Wake();
   if (thread_.joinable()) thread_.join();
 }
@@ -103,7 +104,10 @@ void LingeringClose::Loop() {
     }
     const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
     int ready = ::poll(fds.data(), fds.size(), static_cast<int>(std::max<int64_t>(wait, 0)));
-    if (ready <= 0) continue;  // deadlines are checked at the top; EINTR too
+    if (ready < 0 && errno != EINTR) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));  // out of memory: no spin
+    }
+    if (ready <= 0) continue;  // deadlines are checked at the top
     if (fds[0].revents != 0) {
       while (::read(wake_fds_[0], scratch, sizeof(scratch)) > 0) {
       }
@@ -112,7 +116,12 @@ void LingeringClose::Loop() {
     closed = 0;
     for (size_t i = 0; i < draining.size(); ++i) {
       if (fds[i + 1].revents == 0) continue;
-      bool ended = (fds[i + 1].revents & (POLLERR | POLLNVAL)) != 0;
+      if ((fds[i + 1].revents & POLLNVAL) != 0) {  // not ours (never happens): do not close
+        draining[i].fd = -1;
+        ++closed;
+        continue;
+      }
+      bool ended = (fds[i + 1].revents & POLLERR) != 0;
       // One bounded read per wake-up: a peer that keeps sending cannot hold the loop, and its
       // deadline ends it.
       ssize_t n = ::recv(draining[i].fd, scratch, sizeof(scratch), MSG_DONTWAIT);

@@ -43,7 +43,7 @@ class LingeringClose {
 
   // Takes ownership of `fd`, a connected TCP socket whose sending side is already shut down.
   void Adopt(int fd);
-  // Closes every descriptor and ends the thread. Idempotent.
+  // Closes every descriptor and ends the thread. Idempotent; any thread.
   void Stop();
 
   size_t lingering();
@@ -67,6 +67,7 @@ class LingeringClose {
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> closed_at_once_{0};
   std::atomic<uint64_t> timed_out_{0};
+  std::atomic<bool> joined_{false};
   std::thread thread_;
 };
 

@@ -1,7 +1,5 @@
 #include "ws_edge/transport/ws_server.h"
 
-#include <fcntl.h>
-
 #include <chrono>
 #include <cstdio>
 #include <mutex>
@@ -20,9 +18,10 @@ namespace {
 // websocketpp's plain-TCP socket policy with a careful close. Its own shuts down both
 // directions, and Linux answers input arriving after that with a reset, which can overtake the
 // close frame just sent (a node behind nginx then sees 1006, not 1009). This one shuts down the
-// sending side only, cancels the library's pending read, and hands a duplicate of the
-// descriptor to LingeringClose, which drains the input until the peer's FIN (or a deadline)
-// before the socket really closes; the library closes its own descriptor as usual.
+// sending side only and hands the descriptor itself to LingeringClose, which drains the input
+// until the peer's FIN (or a deadline) before it really closes the socket. release() takes the
+// descriptor out of asio's hands (out of epoll, pending operations aborted), so the library's
+// next read fails at once and frees the connection: nothing of it waits on the peer.
 class CarefulSocket : public websocketpp::transport::asio::basic_socket::connection {
  public:
   using type = CarefulSocket;
@@ -34,12 +33,10 @@ class CarefulSocket : public websocketpp::transport::asio::basic_socket::connect
   void async_shutdown(websocketpp::transport::asio::socket::shutdown_handler handler) {
     std::error_code ec;
     get_socket().shutdown(asio::ip::tcp::socket::shutdown_send, ec);
-    if (!ec) {
-      std::error_code ignored;
-      get_socket().cancel(ignored);  // the library's read ends (operation aborted)
-      const int fd =
-          lingering_ == nullptr ? -1 : ::fcntl(get_socket().native_handle(), F_DUPFD_CLOEXEC, 0);
-      if (fd >= 0) lingering_->Adopt(fd);
+    if (!ec && lingering_ != nullptr) {
+      std::error_code release_ec;
+      const int fd = get_socket().release(release_ec);
+      if (!release_ec && fd >= 0) lingering_->Adopt(fd);
     }
     handler(ec);
   }

@@ -24,9 +24,12 @@ struct WsServerOptions {
   int64_t timer_ms = 250;                     // how often EdgeCore::OnTimer runs
   int listen_backlog = 4096;
   // ws:// only (see LingeringClose): a closed socket's input is drained this long at most
-  // before it is really closed, for at most this many sockets at once.
+  // before it is really closed, for at most this many sockets at once. Lingering descriptors
+  // are outside --max_connections, whose default leaves 256 of the process's limit free: keep
+  // this well under that. A peer that completes the close answers with its FIN within a round
+  // trip, so only peers still sending (or gone silent) linger long.
   int64_t linger_ms = 2'000;
-  size_t max_lingering_closes = 4096;
+  size_t max_lingering_closes = 128;
   bool trust_x_forwarded_for = false;  // node address from the proxy's X-Forwarded-For
   // wss:// when set: PEM certificate chain and key files, re-read by ReloadTls().
   std::string tls_cert_file;
