@@ -50,6 +50,9 @@ class Child {
   int64_t RssBytes() const;
   // CPU time (user + system) from /proc, in seconds.
   double CpuSeconds() const;
+  // Context switches (voluntary + involuntary) of the threads alive now, summed over
+  // /proc/PID/task/*/status: a thread that already exited is not counted.
+  int64_t ContextSwitches() const;
   bool Running();
   void Signal(int sig);
   // Waits for exit; the wait status, or nullopt on timeout.

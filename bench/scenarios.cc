@@ -564,6 +564,8 @@ absl::StatusOr<ScenarioReport> RunInvoke(const BenchConfig& config, const Invoke
     o.rate = 0;
     o.concurrency = c;
     const std::vector<double> cpu = stack.CpuTimes();
+    const int64_t registry_switches = stack.registry().ContextSwitches();
+    const int64_t edge_switches = stack.edges()[0]->ContextSwitches();
     auto r = RunInvokeLoad(stack.api(), o);
     if (!r.ok()) return r.status();
     record(*r, absl::StrCat("flat out x", c));
@@ -572,6 +574,18 @@ absl::StatusOr<ScenarioReport> RunInvoke(const BenchConfig& config, const Invoke
         {absl::StrFormat("flat out, %d callers", c),
          absl::StrFormat("%.0f/s (p50 %.2f ms, p99 %.2f ms, max %.2f ms)", r->achieved_rate,
                          r->latency.p50, r->latency.p99, r->latency.max),
+         "", ""});
+    // Thread wake-ups per invoke (issue 12): what the gRPC callback API and the edge's hops
+    // cost, counted by the kernel over the threads alive at the end of the step.
+    const double invokes = std::max<double>(1, static_cast<double>(r->started));
+    report.rows.push_back(
+        {absl::StrFormat("context switches per invoke, flat out x%d: registry", c),
+         absl::StrFormat("%.1f",
+                         (stack.registry().ContextSwitches() - registry_switches) / invokes),
+         "", ""});
+    report.rows.push_back(
+        {absl::StrFormat("context switches per invoke, flat out x%d: edge", c),
+         absl::StrFormat("%.1f", (stack.edges()[0]->ContextSwitches() - edge_switches) / invokes),
          "", ""});
     report.notes.push_back(
         absl::StrFormat("flat out x%d: %s", c, stack.CpuSplit(r->elapsed_s, cpu)));
