@@ -1,6 +1,5 @@
 #include "registry_service/server/edge_link_service.h"
 
-#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <optional>
@@ -9,7 +8,6 @@
 
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
-#include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "common/log.h"
 #include "registry_service/server/convert.h"
@@ -25,8 +23,6 @@ using Base = grpc::ServerBidiReactor<v1::EdgeMessage, v1::RegistryMessage>;
 // (RESOURCE_EXHAUSTED) and the edge's resync on its next stream repairs what was lost with it.
 constexpr size_t kMaxQueuedToEdge = 1 << 20;
 constexpr size_t kMaxQueuedBytesToEdge = 256 << 20;
-// Messages in one EdgeBatch or RegistryBatch at most (edge_link.proto).
-constexpr size_t kMaxBatchMessages = 256;
 
 class LinkReactor;
 
@@ -98,8 +94,6 @@ class Link final : public EdgeSink, public std::enable_shared_from_this<Link> {
   // Runs `m` on `strand`; a barrier ends reading's pause, a lane task counts down.
   void Post(const std::shared_ptr<Strand>& strand, v1::EdgeMessage m, bool barrier)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Posts a connection message to its connection's lane.
-  void PostLaneLocked(v1::EdgeMessage m) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // `read_at`: when the message was read (a registration that waited too long is shed).
   void Run(const v1::EdgeMessage& m, bool barrier, std::chrono::steady_clock::time_point read_at)
       ABSL_LOCKS_EXCLUDED(mu_);
@@ -131,20 +125,6 @@ class Link final : public EdgeSink, public std::enable_shared_from_this<Link> {
 
 class LinkReactor final : public QueuedWriteReactor<Base, v1::RegistryMessage> {
  public:
-  // For an edge whose Attach says it takes batches apart (before the AttachAck is queued).
-  void BatchToEdge() {
-    BatchWith(
-        Batching{[](const v1::RegistryMessage& m) { return !m.has_attach_ack() && !m.has_batch(); },
-                 [](Iterator first, Iterator last) {
-                   v1::RegistryMessage batch;
-                   auto* messages = batch.mutable_batch()->mutable_messages();
-                   messages->Reserve(static_cast<int>(last - first));
-                   for (; first != last; ++first) *messages->Add() = std::move(*first);
-                   return batch;
-                 },
-                 kMaxBatchMessages});
-  }
-
   LinkReactor(Registry& registry, WorkerPool& pool, int64_t lease_ttl_ms, int64_t grace_ms,
               int64_t max_registration_wait_ms)
       : QueuedWriteReactor(kMaxQueuedToEdge, kMaxQueuedBytesToEdge,
@@ -185,73 +165,41 @@ void Link::ReadLocked() {
   reactor_->ReadNext();
 }
 
-namespace {
-
-// Messages about one connection: they run on that connection's lane, and only they may travel
-// in a batch.
-bool IsLaneMessage(const v1::EdgeMessage& m) {
-  switch (m.msg_case()) {
-    case v1::EdgeMessage::kOpened:
-    case v1::EdgeMessage::kClosed:
-    case v1::EdgeMessage::kResult:
-    case v1::EdgeMessage::kEvent:
-    case v1::EdgeMessage::kUndeliverable:
-      return true;
-    default:
-      return false;
-  }
-}
-
-}  // namespace
-
-void Link::PostLaneLocked(v1::EdgeMessage m) {
-  const std::string& conn = m.has_opened()   ? m.opened().conn_id()
-                            : m.has_closed() ? m.closed().conn_id()
-                            : m.has_result() ? m.result().conn_id()
-                            : m.has_event()  ? m.event().conn_id()
-                                             : m.undeliverable().conn_id();
-  ++in_flight_;
-  if (m.has_closed()) closing_.insert(conn);
-  const size_t lane = absl::HashOf(conn) % kLanes;
-  Post(lanes_[lane], std::move(m), false);
-}
-
 void Link::Received(v1::EdgeMessage m) {
   std::string edge_id;
   {
     absl::MutexLock lock(&mu_);
     read_pending_ = false;
     edge_id = edge_id_;
-    if (m.has_batch() && !edge_id.empty()) {
-      const bool valid =
-          m.batch().messages_size() <= static_cast<int>(kMaxBatchMessages) &&
-          std::all_of(m.batch().messages().begin(), m.batch().messages().end(), IsLaneMessage);
-      if (!valid) {
-        if (reactor_ != nullptr) {
-          reactor_->FinishAfterWrites(grpc::Status(
-              grpc::StatusCode::INVALID_ARGUMENT,
-              absl::StrCat("a batch holds only connection messages, at most ", kMaxBatchMessages)));
+    switch (m.msg_case()) {
+      case v1::EdgeMessage::kOpened:
+      case v1::EdgeMessage::kClosed:
+      case v1::EdgeMessage::kResult:
+      case v1::EdgeMessage::kEvent:
+      case v1::EdgeMessage::kUndeliverable:
+        if (!edge_id.empty()) {
+          const std::string& conn = m.has_opened()   ? m.opened().conn_id()
+                                    : m.has_closed() ? m.closed().conn_id()
+                                    : m.has_result() ? m.result().conn_id()
+                                    : m.has_event()  ? m.event().conn_id()
+                                                     : m.undeliverable().conn_id();
+          ++in_flight_;
+          if (m.has_closed()) closing_.insert(conn);
+          Post(lanes_[absl::HashOf(conn) % kLanes], std::move(m), false);
+          ReadLocked();
+          break;
         }
-        return;
-      }
-      for (v1::EdgeMessage& one : *m.mutable_batch()->mutable_messages()) {
-        PostLaneLocked(std::move(one));
-      }
-      ReadLocked();
-    } else if (IsLaneMessage(m) && !edge_id.empty()) {
-      PostLaneLocked(std::move(m));
-      ReadLocked();
-    } else {
-      // Not attached: the control lane refuses it.
-      if (m.msg_case() == v1::EdgeMessage::kHeartbeat && !edge_id.empty()) {
-        Post(heartbeats_, std::move(m), false);
-        ReadLocked();
-      } else if (in_flight_ == 0 && !barrier_running_) {
-        barrier_running_ = true;
-        Post(control_, std::move(m), true);
-      } else {
-        waiting_barrier_ = std::move(m);
-      }
+        [[fallthrough]];  // not attached: the control lane refuses it
+      default:
+        if (m.msg_case() == v1::EdgeMessage::kHeartbeat && !edge_id.empty()) {
+          Post(heartbeats_, std::move(m), false);
+          ReadLocked();
+        } else if (in_flight_ == 0 && !barrier_running_) {
+          barrier_running_ = true;
+          Post(control_, std::move(m), true);
+        } else {
+          waiting_barrier_ = std::move(m);
+        }
     }
   }
   // A stream that is being read is alive (cheap: no store call).
@@ -341,10 +289,6 @@ grpc::Status Link::Handle(const v1::EdgeMessage& m, v1::RegistryMessage* out, bo
       if (!edge_id.empty()) {
         return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "attached twice");
       }
-      if (m.attach().accepts_batches()) {  // before anything can be sent to this edge
-        absl::MutexLock lock(&mu_);
-        if (reactor_ != nullptr) reactor_->BatchToEdge();
-      }
       absl::Status s =
           registry_.AttachEdge(m.attach().edge_id(), m.attach().epoch(), shared_from_this());
       if (!s.ok()) return ToGrpc(s);
@@ -354,7 +298,6 @@ grpc::Status Link::Handle(const v1::EdgeMessage& m, v1::RegistryMessage* out, bo
         epoch_ = m.attach().epoch();
       }
       auto* ack = out->mutable_attach_ack();
-      ack->set_accepts_batches(true);
       ack->set_lease_ttl_ms(lease_ttl_ms_);
       ack->set_heartbeat_interval_ms(std::max<int64_t>(lease_ttl_ms_ / 4, 100));
       ack->set_superseded_grace_ms(grace_ms_);

@@ -33,8 +33,6 @@ namespace tether::registry {
 //             or bytes)
 //                                                     status RESOURCE_EXHAUSTED; returns false
 //   kWriting  OnWriteDone(true), queued     kWriting  StartWrite(next)
-//   kWriting  OnWriteDone(true), 2+ queued  kWriting  StartWrite(the leading batchable run,
-//             and BatchWith set                       combined into one message)
 //   kWriting  OnWriteDone(true), none       kIdle
 //   kWriting  OnWriteDone(false)            kDone     drop the queue; Finish(UNAVAILABLE)
 //   kWriting  FinishAfterWrites(s)          kDraining status s; queued writes still go out
@@ -102,23 +100,6 @@ class QueuedWriteReactor : public Base {
     return true;
   }
 
-  // Batching: what queues while a write is in flight goes out as one write (fewer writes, and
-  // fewer thread wake-ups at both ends). When a write completes and two or more messages wait,
-  // the leading run of `batchable` ones (at most max_messages, and max_bytes by the sizer; a
-  // message over max_bytes alone is never batched) is replaced by `combine(first, last)`, which
-  // may move from them. Order is kept. May be called at any time.
-  using Iterator = typename std::deque<Msg>::iterator;
-  struct Batching {
-    std::function<bool(const Msg&)> batchable;
-    std::function<Msg(Iterator first, Iterator last)> combine;
-    size_t max_messages = 256;
-    size_t max_bytes = 4u << 20;
-  };
-  void BatchWith(Batching batching) ABSL_LOCKS_EXCLUDED(mu_) {
-    absl::MutexLock lock(&mu_);
-    batching_ = std::move(batching);
-  }
-
   // Counts each cut-off of a too slow reader in `cuts` (not owned; outlives the stream).
   void CountCutsIn(common::Counter* cuts) { cuts_ = cuts; }
 
@@ -169,7 +150,6 @@ class QueuedWriteReactor : public Base {
         }
       }
       if (!queue_.empty()) {
-        CombineLocked();
         next = &queue_.front();
       } else if (state_ == State::kWriting) {
         state_ = ok ? State::kIdle : State::kDone;
@@ -192,23 +172,6 @@ class QueuedWriteReactor : public Base {
 
   size_t SizeOf(const Msg& msg) const { return sizer_ != nullptr ? sizer_(msg) : 0; }
 
-  // Replaces the leading batchable run of the queue (nothing in flight) by one message.
-  void CombineLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (batching_.combine == nullptr || queue_.size() < 2) return;
-    size_t n = 0, bytes = 0;
-    while (n < queue_.size() && n < batching_.max_messages && batching_.batchable(queue_[n])) {
-      const size_t size = SizeOf(queue_[n]);
-      if (bytes + size > batching_.max_bytes) break;
-      bytes += size;
-      ++n;
-    }
-    if (n < 2) return;
-    Msg combined = batching_.combine(queue_.begin(), queue_.begin() + n);
-    queue_.erase(queue_.begin(), queue_.begin() + n);
-    queued_bytes_ = queued_bytes_ - bytes + SizeOf(combined);
-    queue_.push_front(std::move(combined));
-  }
-
   const size_t max_queue_;
   const size_t max_bytes_;
   const Sizer sizer_;
@@ -219,7 +182,6 @@ class QueuedWriteReactor : public Base {
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // by sizer_, the write in flight included
   grpc::Status status_ ABSL_GUARDED_BY(mu_);      // what Finish will say (kDraining)
   common::Counter* cuts_ = nullptr;               // set before the first Enqueue
-  Batching batching_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace tether::registry

@@ -32,11 +32,7 @@ class FakeEdge {
       v1::RegistryMessage m;
       while (stream_->Read(&m)) {
         absl::MutexLock lock(&mu_);
-        if (m.has_batch()) {  // as if sent one by one
-          for (const v1::RegistryMessage& one : m.batch().messages()) inbox_.push_back(one);
-        } else {
-          inbox_.push_back(m);
-        }
+        inbox_.push_back(m);
       }
       absl::MutexLock lock(&mu_);
       closed_ = true;
@@ -58,7 +54,6 @@ class FakeEdge {
     v1::EdgeMessage m;
     m.mutable_attach()->set_edge_id(edge_id_);
     m.mutable_attach()->set_epoch(epoch_);
-    m.mutable_attach()->set_accepts_batches(true);  // the reader takes them apart
     Send(m);
     auto ack = Next([](const v1::RegistryMessage& r) { return r.has_attach_ack(); });
     if (!ack) return std::nullopt;

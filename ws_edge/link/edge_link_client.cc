@@ -17,12 +17,6 @@ namespace tether::edge {
 // node UNAVAILABLE when refused) is refused above kMaxBulkBytes queued; lifecycle messages are
 // never refused: above kMaxQueuedBytes (a registry that reads nothing) the stream is cancelled,
 // and the resync on the next stream repairs whatever it carried.
-//
-// Batching (once the registry's AttachAck says it accepts batches): what queued while a write
-// was in flight goes out as one EdgeBatch (the leading run of connection messages, at most
-// kMaxBatch of them and kMaxBatchBytes), so a busy edge makes fewer writes and the registry
-// fewer reads; the registry handles a batch as its messages in order. Registry batches are
-// taken apart here, in order, in one task on the loop.
 class EdgeLinkClient::Stream final
     : public grpc::ClientBidiReactor<v1::EdgeMessage, v1::RegistryMessage> {
  public:
@@ -90,10 +84,6 @@ class EdgeLinkClient::Stream final
       absl::MutexLock lock(&mu_);
       if (writing_heartbeat_) {
         writing_heartbeat_ = false;
-      } else if (writing_batch_) {
-        writing_batch_ = false;
-        queued_bytes_ -= batch_bytes_;
-        batch_.Clear();
       } else {
         queued_bytes_ -= queue_.front().ByteSizeLong();
         queue_.pop_front();
@@ -107,18 +97,8 @@ class EdgeLinkClient::Stream final
   void OnReadDone(bool ok) override {
     if (!ok) return;  // OnDone follows
     if (in_.has_attach_ack()) {
-      {
-        absl::MutexLock lock(&mu_);
-        batches_accepted_ = in_.attach_ack().accepts_batches();
-      }
       owner_->heartbeat_from_ack_ = in_.attach_ack().heartbeat_interval_ms();
       owner_->OnAttached(this);
-    } else if (in_.has_batch()) {
-      v1::RegistryBatch batch = std::move(*in_.mutable_batch());
-      owner_->callbacks_.post([owner = owner_, seq = seq_, batch = std::move(batch)] {
-        if (owner->StaleOnLoop(seq)) return;
-        for (const v1::RegistryMessage& m : batch.messages()) owner->callbacks_.on_message(m);
-      });
     } else {
       v1::RegistryMessage copy = in_;
       owner_->callbacks_.post([owner = owner_, seq = seq_, copy = std::move(copy)] {
@@ -155,27 +135,7 @@ class EdgeLinkClient::Stream final
     }
     if (queue_.empty()) return nullptr;
     writing_ = true;
-    if (batches_accepted_ && queue_.size() >= 2 && Batchable(queue_[0]) && Batchable(queue_[1]) &&
-        queue_[0].ByteSizeLong() <= kMaxBatchBytes) {
-      batch_bytes_ = 0;
-      auto* messages = batch_.mutable_batch()->mutable_messages();
-      while (!queue_.empty() && messages->size() < kMaxBatch && Batchable(queue_.front())) {
-        const size_t size = queue_.front().ByteSizeLong();
-        if (batch_bytes_ + size > kMaxBatchBytes) break;
-        batch_bytes_ += size;
-        *messages->Add() = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      writing_batch_ = true;
-      return &batch_;
-    }
     return &queue_.front();
-  }
-
-  // Connection messages may travel in a batch; attach, resync, drain and heartbeats never do.
-  static bool Batchable(const v1::EdgeMessage& m) {
-    return m.has_opened() || m.has_closed() || m.has_result() || m.has_event() ||
-           m.has_undeliverable();
   }
 
   EdgeLinkClient* owner_;
@@ -190,12 +150,6 @@ class EdgeLinkClient::Stream final
   size_t queued_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_heartbeat_ ABSL_GUARDED_BY(mu_) = false;  // the write in flight is heartbeat_
-  static constexpr int kMaxBatch = 256;
-  static constexpr size_t kMaxBatchBytes = 4 << 20;
-  bool batches_accepted_ ABSL_GUARDED_BY(mu_) = false;  // the registry's AttachAck said so
-  bool writing_batch_ ABSL_GUARDED_BY(mu_) = false;     // the write in flight is batch_
-  v1::EdgeMessage batch_ ABSL_GUARDED_BY(mu_);          // taken off the queue, counted in bytes
-  size_t batch_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   bool heartbeat_waiting_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;  // overflowed: ending
   bool done_ ABSL_GUARDED_BY(mu_) = false;
@@ -325,7 +279,6 @@ void EdgeLinkClient::Supervise() {
   attach.mutable_attach()->set_edge_id(options_.edge_id);
   attach.mutable_attach()->set_epoch(options_.epoch);
   attach.mutable_attach()->set_version(options_.version);
-  attach.mutable_attach()->set_accepts_batches(true);
   v1::EdgeMessage heartbeat;
   heartbeat.mutable_heartbeat();
   for (;;) {

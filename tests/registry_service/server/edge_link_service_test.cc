@@ -5,7 +5,6 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include <map>
 #include <memory>
 #include <string>
 
@@ -234,69 +233,6 @@ TEST_F(EdgeLinkServiceTest, ARegistrationWhoseCloseWasReadFirstIsNotDecided) {
                    ->Next([](const v1::RegistryMessage& r) { return r.has_superseded(); },
                           absl::Milliseconds(200))
                    .has_value());
-}
-
-// A batch is handled as its messages one by one, in order: a registration, its socket's close
-// (so that registration is not decided: the socket is gone) and the node's next registration on
-// the same lane, all in one write.
-TEST_F(EdgeLinkServiceTest, ABatchIsHandledAsItsMessagesInOrder) {
-  const std::string first = "conn-1", second = ConnIn(true, first);
-  v1::EdgeMessage batch;
-  auto open = [&](uint64_t request, const std::string& conn) {
-    auto* o = batch.mutable_batch()->add_messages()->mutable_opened();
-    o->set_request_id(request);
-    o->set_conn_id(conn);
-    o->set_node_id("n1");
-    o->set_shared_token_ok(true);
-  };
-  open(81, first);
-  auto* closed = batch.mutable_batch()->add_messages()->mutable_closed();
-  closed->set_conn_id(first);
-  closed->set_code(1000);
-  open(82, second);
-  ASSERT_TRUE(edge_->Send(batch));
-  std::map<uint64_t, bool> granted;
-  for (uint64_t request : {81, 82}) {
-    auto outcome = edge_->Next([request](const v1::RegistryMessage& r) {
-      return r.has_register_outcome() && r.register_outcome().request_id() == request;
-    });
-    ASSERT_TRUE(outcome.has_value()) << request;
-    granted[request] = outcome->register_outcome().granted();
-  }
-  EXPECT_FALSE(granted[81]);
-  EXPECT_TRUE(granted[82]);
-  auto node = store_->GetNode("n1");
-  ASSERT_TRUE(node.ok());
-  EXPECT_TRUE(node->connected);
-  EXPECT_EQ(node->conn_id, second);
-}
-
-// Only connection messages travel in a batch, at most 256: anything else ends the stream, and
-// nothing of that batch is handled.
-TEST_F(EdgeLinkServiceTest, ABatchHoldingMoreThanConnectionMessagesEndsTheStream) {
-  v1::EdgeMessage batch;
-  auto* o = batch.mutable_batch()->add_messages()->mutable_opened();
-  o->set_request_id(90);
-  o->set_conn_id("conn-good");
-  o->set_node_id("n9");
-  o->set_shared_token_ok(true);
-  batch.mutable_batch()->add_messages()->mutable_heartbeat();
-  ASSERT_TRUE(edge_->Send(batch));
-  ASSERT_TRUE(edge_->WaitClosed(absl::Seconds(5)));
-  EXPECT_EQ(edge_->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_FALSE(store_->GetNode("n9").ok());  // the good message was not handled either
-}
-
-TEST_F(EdgeLinkServiceTest, ABatchOfMoreThan256MessagesEndsTheStream) {
-  v1::EdgeMessage batch;
-  for (int i = 0; i < 257; ++i) {
-    auto* e = batch.mutable_batch()->add_messages()->mutable_event();
-    e->set_conn_id("conn-" + std::to_string(i));
-    e->set_event("ping");
-  }
-  ASSERT_TRUE(edge_->Send(batch));
-  ASSERT_TRUE(edge_->WaitClosed(absl::Seconds(5)));
-  EXPECT_EQ(edge_->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 }  // namespace

@@ -155,51 +155,6 @@ TEST(QueuedWriteReactor, WritingWriteDoneStartsTheNextQueuedWrite) {
   EXPECT_TRUE(r.finishes.empty());
 }
 
-// Batching (int messages: a combined write is 1000 x its count + its first value; 99 never
-// travels in a batch; a message weighs its value).
-Reactor::Batching TestBatching(std::vector<std::vector<int>>* combined, size_t max_messages = 256,
-                               size_t max_bytes = 1u << 20) {
-  return {[](const int& m) { return m != 99; },
-          [combined](Reactor::Iterator first, Reactor::Iterator last) {
-            combined->emplace_back(first, last);
-            return static_cast<int>(1000 * (last - first) + *first);
-          },
-          max_messages, max_bytes};
-}
-
-TEST(QueuedWriteReactor, WritingWriteDoneWithSeveralQueuedWritesTheBatchableRunAsOne) {
-  Reactor r(10, 1000, [](const int& m) { return static_cast<size_t>(m); });
-  std::vector<std::vector<int>> combined;
-  r.BatchWith(TestBatching(&combined));
-  ASSERT_TRUE(r.Enqueue(1));  // in flight
-  for (int m : {2, 3, 4, 99, 5}) ASSERT_TRUE(r.Enqueue(m));
-  r.WriteDone(true);  // 2, 3, 4 as one write; 99 ends the run
-  EXPECT_EQ(r.writes, (std::vector<int>{1, 3002}));
-  EXPECT_EQ(combined, (std::vector<std::vector<int>>{{2, 3, 4}}));
-  r.WriteDone(true);  // 99 alone
-  r.WriteDone(true);  // 5 alone: nothing to combine it with
-  EXPECT_EQ(r.writes, (std::vector<int>{1, 3002, 99, 5}));
-  r.WriteDone(true);
-  EXPECT_FALSE(r.finishing());
-  EXPECT_TRUE(r.finishes.empty());
-  // The combined write's bytes were freed: the queue takes the bound's worth again.
-  ASSERT_TRUE(r.Enqueue(400));
-  ASSERT_TRUE(r.Enqueue(500));
-}
-
-TEST(QueuedWriteReactor, BatchesStayWithinTheirCountAndBytes) {
-  Reactor r(100, 10'000, [](const int& m) { return static_cast<size_t>(m); });
-  std::vector<std::vector<int>> combined;
-  r.BatchWith(TestBatching(&combined, /*max_messages=*/3, /*max_bytes=*/100));
-  ASSERT_TRUE(r.Enqueue(1));
-  for (int m : {10, 10, 10, 10, 60, 50, 200, 7}) ASSERT_TRUE(r.Enqueue(m));
-  for (int i = 0; i < 6; ++i) r.WriteDone(true);
-  // 3 by count; then 10 + 60 (50 more would pass 100); 50 alone, then 200 (over the bytes
-  // alone, never batched), then 7.
-  EXPECT_EQ(combined, (std::vector<std::vector<int>>{{10, 10, 10}, {10, 60}}));
-  EXPECT_EQ(r.writes, (std::vector<int>{1, 3010, 2010, 50, 200, 7}));
-}
-
 TEST(QueuedWriteReactor, WritingWriteDoneWithNothingQueuedGoesIdle) {
   Reactor r(10);
   ASSERT_TRUE(r.Enqueue(1));
