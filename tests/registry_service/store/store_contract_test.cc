@@ -118,6 +118,16 @@ class StoreContract : public ::testing::TestWithParam<std::string> {
     return o;
   }
 
+  // Starts a remembered invoke under `key` on n1 (conn c1, edge A) and settles it OK.
+  void SettleRemembered(const std::string& invoke, const std::string& key,
+                        const std::string& payload) {
+    InvokeStartResult s = Start(invoke, "n1", 1000, key, /*remember=*/true);
+    ASSERT_EQ(s.kind, InvokeStartResult::Kind::kDispatched) << invoke;
+    Effects fx;
+    ASSERT_TRUE(
+        store_->SettleInvoke(s.dispatch.invoke_id, "n1", "c1", "A", Ok(payload), now_, &fx));
+  }
+
   NodeView Node(const std::string& node) {
     auto v = store_->GetNode(node);
     EXPECT_THAT(v, IsOk());
@@ -277,13 +287,8 @@ TEST_P(StoreContract, RememberedOutcomesAreBoundedByBytes) {
   Attach("A");
   Grant("c1", "n1");
   const std::string payload = "\"" + std::string(998, 'x') + "\"";  // 1,000 bytes
-  for (const char* key : {"k1", "k2", "k3"}) {
-    InvokeStartResult s = Start(std::string("i-") + key, "n1", 1000, key, /*remember=*/true);
-    ASSERT_EQ(s.kind, InvokeStartResult::Kind::kDispatched);
-    Effects fx;
-    ASSERT_TRUE(
-        store_->SettleInvoke(s.dispatch.invoke_id, "n1", "c1", "A", Ok(payload), now_, &fx));
-  }
+  for (const char* key : {"k1", "k2", "k3"})
+    SettleRemembered(std::string("i-") + key, key, payload);
   EXPECT_EQ(Start("again-k1", "n1", 1000, "k1", true).kind,
             InvokeStartResult::Kind::kDispatched);  // forgotten: runs again
   for (const char* key : {"k2", "k3"}) {
@@ -303,13 +308,6 @@ TEST_P(StoreContract, AnOutcomeRememberedAgainIsNotForgottenForItsEarlierCopy) {
   Attach("A");
   Grant("c1", "n1");
   const std::string payload = "\"" + std::string(998, 'x') + "\"";  // 1,000 bytes
-  auto settle = [&](const std::string& invoke, const std::string& key) {
-    InvokeStartResult s = Start(invoke, "n1", 1000, key, /*remember=*/true);
-    ASSERT_EQ(s.kind, InvokeStartResult::Kind::kDispatched) << invoke;
-    Effects fx;
-    ASSERT_TRUE(
-        store_->SettleInvoke(s.dispatch.invoke_id, "n1", "c1", "A", Ok(payload), now_, &fx));
-  };
   // One millisecond apart: within one, the order of forgetting is not defined (Redis orders
   // equal expiries by key).
   for (auto [invoke, key] : std::vector<std::pair<std::string, std::string>>{
@@ -318,7 +316,7 @@ TEST_P(StoreContract, AnOutcomeRememberedAgainIsNotForgottenForItsEarlierCopy) {
            {"i3", "k3"},     // k1 forgotten
            {"i4", "k1"},     // runs again, remembered anew; k2 forgotten
            {"i5", "k4"}}) {  // k3 forgotten: k1 (newer) stays
-    settle(invoke, key);
+    SettleRemembered(invoke, key, payload);
     now_ += 1;
   }
   EXPECT_EQ(Start("again-k1", "n1", 1000, "k1", true).kind, InvokeStartResult::Kind::kReplayed);
