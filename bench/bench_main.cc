@@ -24,8 +24,8 @@ ABSL_FLAG(int, edges, 0, "idle/storm: edges (0: as few as the file limit allows)
 ABSL_FLAG(bool, handshake, true,
           "idle: nodes authenticate (off: sockets stop after the challenge, to split memory)");
 ABSL_FLAG(std::string, windows, "", "handshake: comma-separated handshakes in flight per round");
-ABSL_FLAG(std::string, rates, "", "invoke: comma-separated fixed rates (invokes/s)");
-ABSL_FLAG(std::string, concurrency, "", "invoke: comma-separated flat-out caller counts");
+ABSL_FLAG(std::string, rates, "", "invoke: comma-separated fixed rates (invokes/s), or none");
+ABSL_FLAG(std::string, concurrency, "", "invoke: comma-separated flat-out caller counts, or none");
 ABSL_FLAG(int64_t, duration_s, 10, "invoke: seconds per step");
 ABSL_FLAG(int, payload_bytes, 256, "invoke: payload size of every answer");
 ABSL_FLAG(int64_t, spread_ms, 2000, "storm: old sockets close within this long after the new");
@@ -42,6 +42,7 @@ namespace {
 template <typename T>
 std::vector<T> Numbers(const std::string& text, std::vector<T> fallback) {
   if (text.empty()) return fallback;
+  if (text == "none") return {};  // e.g. --rates=none: only the flat-out steps
   std::vector<T> out;
   for (absl::string_view item : absl::StrSplit(text, ',', absl::SkipEmpty())) {
     double d = 0;
