@@ -352,26 +352,86 @@ std::string Registry::InvalidInvoke(const InvokeParams& params) const {
 }
 
 InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
+  return Start(Admit(params, std::move(done)), params);
+}
+
+InvokeTicket Registry::Admit(const InvokeParams& params, InvokeDone done) {
   const int64_t now = clock_.NowMs();
-  InvokeResult base;
-  base.idempotency_key =
+  Waiter w;
+  w.done = std::move(done);
+  w.base.idempotency_key =
       params.idempotency_key.empty() ? common::UniqueId() : params.idempotency_key;
   int64_t timeout = params.timeout_ms > 0 ? params.timeout_ms : options_.default_invoke_timeout_ms;
   timeout = std::min(timeout, options_.max_invoke_timeout_ms);
-  base.effective_timeout_ms = timeout;
+  w.base.effective_timeout_ms = timeout;
+  w.deadline_ms = now + timeout;
+  if (params.caller_remaining_ms >= 0) {
+    w.deadline_ms = std::min(w.deadline_ms, now + params.caller_remaining_ms);
+  }
+  // The waiter exists before the store can settle the invoke, so no completion is missed.
+  InvokeTicket ticket{common::UniqueId(), 0};
+  absl::MutexLock lock(&mu_);
+  w.id = ticket.waiter_id = next_waiter_id_++;
+  waiters_[ticket.invoke_id].push_back(std::move(w));
+  return ticket;
+}
+
+std::optional<Registry::Waiter> Registry::TakeWaiter(const InvokeTicket& ticket) {
+  absl::MutexLock lock(&mu_);
+  auto it = waiters_.find(ticket.invoke_id);
+  if (it == waiters_.end()) return std::nullopt;
+  auto& list = it->second;
+  auto w = std::find_if(list.begin(), list.end(),
+                        [&](const Waiter& x) { return x.id == ticket.waiter_id; });
+  if (w == list.end()) return std::nullopt;
+  std::optional<Waiter> taken(std::move(*w));
+  list.erase(w);
+  if (list.empty()) waiters_.erase(it);
+  return taken;
+}
+
+InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& params) {
+  InvokeResult base;
+  int64_t deadline = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = waiters_.find(admitted.invoke_id);
+    if (it == waiters_.end() || it->second.empty() || it->second.front().id != admitted.waiter_id) {
+      return InvokeTicket{};  // answered already (expired or cancelled before it started)
+    }
+    Waiter& w = it->second.front();
+    w.started = true;
+    base = w.base;
+    deadline = w.deadline_ms;
+  }
+  // Answers this call unless someone else already did (the waiter expiry of a tick that ran
+  // meanwhile): `done` runs exactly once.
+  const auto answer = [&](InvokeResult result, bool count) {
+    std::optional<Waiter> mine = TakeWaiter(admitted);
+    if (!mine.has_value()) return;
+    if (count) stats_.invokes[static_cast<int>(result.outcome.code)].Add();
+    mine->done(result);
+  };
+  const int64_t now = clock_.NowMs();
   if (std::string invalid = InvalidInvoke(params); !invalid.empty()) {
-    stats_.invokes[static_cast<int>(InvokeCode::kInvalid)].Add();
-    base.outcome = Failure(InvokeCode::kInvalid, std::move(invalid));
-    done(base);
+    InvokeResult result = base;
+    result.outcome = Failure(InvokeCode::kInvalid, std::move(invalid));
+    answer(std::move(result), true);
     return InvokeTicket{};
   }
-  int64_t deadline = now + timeout;
-  if (params.caller_remaining_ms >= 0) {
-    deadline = std::min(deadline, now + params.caller_remaining_ms);
+  // (A caller that asked for less than kMinStartMs in the first place still gets its try.)
+  if (deadline - now < std::min(kMinStartMs, base.effective_timeout_ms)) {
+    // Too late to reach the node and back: a typed answer while the caller still listens.
+    InvokeResult result = base;
+    result.outcome = Failure(InvokeCode::kTimeout,
+                             "the invoke's deadline passed before it could start "
+                             "(registry overloaded)");
+    answer(std::move(result), true);
+    return InvokeTicket{};
   }
 
   InvokeStart start;
-  start.invoke_id = common::UniqueId();
+  start.invoke_id = admitted.invoke_id;
   start.node_id = params.node_id;
   start.command = params.command;
   start.params_json = params.params_json;
@@ -385,22 +445,8 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
     start.fingerprint =
         absl::StrCat(params.command, ":", absl::Hex(StableHash(params.params_json)));
   }
-  start.timeout_ms = timeout;
+  start.timeout_ms = base.effective_timeout_ms;
   start.deadline_ms = deadline;
-
-  // The waiter exists before the store can settle the invoke, so no completion is missed.
-  InvokeTicket ticket{start.invoke_id, 0};
-  {
-    absl::MutexLock lock(&mu_);
-    ticket.waiter_id = next_waiter_id_++;
-    waiters_[start.invoke_id].push_back(Waiter{ticket.waiter_id, done, base, deadline});
-  }
-  // Takes this call's waiter back; false when someone else already answered it (the waiter
-  // expiry of a tick that ran between the decision and here): `done` must then not run again.
-  auto take_waiter = [&]() {
-    absl::MutexLock lock(&mu_);
-    return waiters_.erase(start.invoke_id) > 0;
-  };
 
   // A join can lose a race with the joined invoke's end; then the next try replays it or
   // starts afresh, so more than a couple of rounds means something is badly wrong.
@@ -425,19 +471,17 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
       case InvokeStartResult::Kind::kDispatched: {
         Apply(effects);
         if (routed_) (void)PumpRouted(0);
-        return ticket;
+        return admitted;
       }
       case InvokeStartResult::Kind::kFailed:
       case InvokeStartResult::Kind::kReplayed: {
-        const bool mine = take_waiter();
         InvokeResult result = base;
         result.outcome = r.outcome;
         result.replayed = r.kind == InvokeStartResult::Kind::kReplayed;
         result.invoke_id = result.replayed ? r.dispatch.invoke_id : "";
         Apply(effects);
-        if (!mine) return InvokeTicket{};  // answered already, exactly once
-        if (!result.replayed) stats_.invokes[static_cast<int>(result.outcome.code)].Add();
-        done(result);
+        const bool count = !result.replayed;
+        answer(std::move(result), count);
         return InvokeTicket{};
       }
       case InvokeStartResult::Kind::kJoined: {
@@ -456,14 +500,13 @@ InvokeTicket Registry::Invoke(const InvokeParams& params, InvokeDone done) {
         if (r.dispatch.deadline_ms > 0) w.deadline_ms = r.dispatch.deadline_ms;
         waiters_.erase(mine);
         joined->second.push_back(std::move(w));
-        return InvokeTicket{r.dispatch.invoke_id, ticket.waiter_id};
+        return InvokeTicket{r.dispatch.invoke_id, admitted.waiter_id};
       }
     }
   }
-  if (!take_waiter()) return InvokeTicket{};
   InvokeResult result = base;
   result.outcome = Failure(InvokeCode::kDisconnected, "invoke could not be joined; retry");
-  done(result);
+  answer(std::move(result), false);
   return InvokeTicket{};
 }
 
@@ -481,10 +524,11 @@ void Registry::CancelInvoke(const InvokeTicket& ticket) {
     if (w == list.end()) return;
     done = std::move(w->done);
     result = w->base;
+    const bool started = w->started;
     list.erase(w);
     if (list.empty()) {
       waiters_.erase(it);
-      last = true;
+      last = started;  // never started: no store holds it
     }
   }
   result.invoke_id = ticket.invoke_id;
@@ -645,14 +689,16 @@ void Registry::ExpireWaiters() {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       auto& list = it->second;
       for (auto w = list.begin(); w != list.end();) {
-        if (w->deadline_ms <= 0 || now < w->deadline_ms + kWaiterSlackMs) {
+        if (w->deadline_ms <= 0 || now < w->deadline_ms + (w->started ? kWaiterSlackMs : 0)) {
           ++w;
           continue;
         }
         InvokeResult r = std::move(w->base);
         r.invoke_id = it->first;
         r.outcome = Failure(InvokeCode::kTimeout,
-                            "no outcome reached this registry replica by the deadline");
+                            w->started ? "no outcome reached this registry replica by the deadline"
+                                       : "the registry could not start the invoke before its "
+                                         "deadline (overloaded)");
         calls.emplace_back(std::move(w->done), std::move(r));
         w = list.erase(w);
       }

@@ -7,6 +7,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,6 +60,10 @@ inline constexpr const char* kDisconnectReasons[4] = {kReasonDisconnect, kReason
 // How long after an invoke's deadline a caller still waiting on this replica is answered
 // TIMEOUT by the replica itself (the store normally settles it at the deadline).
 inline constexpr int64_t kWaiterSlackMs = 1000;
+
+// Less than this left of an admitted invoke's deadline when Start runs (it waited for a thread
+// behind an overloaded store): answered TIMEOUT at once instead of started.
+inline constexpr int64_t kMinStartMs = 20;
 
 struct RegistryOptions {
   int64_t default_invoke_timeout_ms = 30'000;
@@ -179,9 +184,20 @@ class Registry {
                                       const std::vector<LiveConnection>& live);
 
   // --- Public API side ---------------------------------------------------------------------
-  // Starts (or joins, or replays) an invoke. `done` runs exactly once, possibly before
-  // Invoke returns, on whichever thread ends the invoke.
+  // Starts (or joins, or replays) an invoke: Admit, then Start. `done` runs exactly once,
+  // possibly before Invoke returns, on whichever thread ends the invoke.
   InvokeTicket Invoke(const InvokeParams& params, InvokeDone done) ABSL_LOCKS_EXCLUDED(mu_);
+  // The two halves of Invoke, for a transport that must not wait for the store on the thread
+  // a call arrives on, nor leave the caller without an answer while the call waits for a
+  // thread that may. Admit is cheap (no store call): from its return `done` runs exactly once,
+  // by the invoke's deadline even when Start comes late or the store is slow to answer
+  // (ExpireWaiters answers TIMEOUT: at the deadline if the invoke never started, kWaiterSlackMs
+  // after it if it did). Start runs the decision unless the call was answered meanwhile
+  // (expired or cancelled), and refuses to start with less than kMinStartMs left. Both return
+  // the ticket to cancel with (Start's may name a joined invoke; empty: nothing to cancel).
+  InvokeTicket Admit(const InvokeParams& params, InvokeDone done) ABSL_LOCKS_EXCLUDED(mu_);
+  InvokeTicket Start(const InvokeTicket& admitted, const InvokeParams& params)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The caller gave up: its `done` runs with CANCELLED unless it already ran. The invoke
   // itself is cancelled (and the node told) when no other caller waits on it.
   void CancelInvoke(const InvokeTicket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
@@ -213,6 +229,12 @@ class Registry {
   absl::StatusOr<int> RevokeDevice(const std::string& node_id);
   Store& store() { return store_; }
 
+  // Answers TIMEOUT to every caller still waiting past its invoke's deadline (see Admit).
+  // Tick runs it after the store's expiry; the server also runs it on a thread of its own,
+  // because a tick can be held up for seconds by a store under overload and the callers'
+  // answers must not wait for it. No store call. Thread-safe.
+  void ExpireWaiters() ABSL_LOCKS_EXCLUDED(mu_);
+
   // Expires invokes, leases and grace periods as of the clock's now (not while recovering),
   // then pumps presence events other replicas sharing the store decided to this one's watchers.
   // With a store that routes, also records how far each held edge's outbox was delivered.
@@ -241,9 +263,12 @@ class Registry {
     // its outcome was decided where this replica cannot see it (another replica's expiry or
     // result) or not at all (the store unreachable); the caller must not hang.
     int64_t deadline_ms = 0;
+    // Start has begun the decision. Until then no store holds the invoke: it expires at its
+    // deadline, without slack, and a cancel needs no store call.
+    bool started = false;
   };
-  // Ends waiters whose invoke's deadline passed kWaiterSlackMs ago (see Waiter).
-  void ExpireWaiters() ABSL_LOCKS_EXCLUDED(mu_);
+  // Removes and returns the waiter `ticket` names; nullopt when it was answered already.
+  std::optional<Waiter> TakeWaiter(const InvokeTicket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
   // What the registry sends one edge, in the order it was decided. Decisions push under
   // decide_mu_ (so pushes follow decision order); whoever finds the outbox idle drains it, with
   // no lock held while it calls the sink, so a sink that calls back into the registry (a stream

@@ -18,68 +18,58 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
   return reactor;
 }
 
-// Less than this left of the caller's deadline when a worker picks the call up: answered
-// TIMEOUT at once instead of started.
-constexpr int64_t kMinRemainingMs = 20;
-
-// One InvokeNode call: finishes when the Registry ends the invoke, and turns the caller's
-// cancellation (or expired deadline) into CancelInvoke. Deletes itself in OnDone.
+// One InvokeNode call: admitted on arrival (from then on the Registry answers it by its
+// deadline, even while the call waits for a worker behind an overloaded store), started on a
+// worker, and finished when the Registry ends the invoke; turns the caller's cancellation (or
+// expired deadline) into CancelInvoke. Deletes itself in OnDone.
 //
 // Lifetime: Finish (in Complete) may be followed by OnDone, and so by `delete this`, on any
-// thread at once, and the Registry may run the invoke's `done` (which calls Complete) before
-// Invoke returns, on whichever thread ends the invoke. So nothing may touch the reactor after
-// Complete could have run: Start and OnCancel keep what they need after that point (the
-// registry, the shared State) in locals, and Complete runs once, guarded by State::finished.
-// (Found by the Redis invoke benchmark at 5,000/s: Start locked the mutex of a reactor that a
-// quick completion had already deleted; the registry crashed in gRPC's executor thread.)
+// thread at once, and the Registry may run the invoke's `done` (which calls Complete) at any
+// time after Admit: before the worker starts it (the deadline passed, the caller cancelled),
+// or before Start returns. So nothing may touch the reactor after Admit except through
+// CompleteOnce: the worker's task (Start) holds only the registry, the shared State and its own
+// copy of the request, and Complete runs once, guarded by State::finished. (Found by the Redis
+// invoke benchmark at 5,000/s: Start locked the mutex of a reactor that a quick completion had
+// already deleted; the registry crashed in gRPC's executor thread.)
 class InvokeReactor final : public grpc::ServerUnaryReactor {
  public:
-  InvokeReactor(Registry& registry, grpc::CallbackServerContext* ctx,
+  // Admits the call (cheap, no store call); `pool` then starts it.
+  InvokeReactor(Registry& registry, WorkerPool& pool, grpc::CallbackServerContext* ctx,
                 const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp, std::string caller)
       : registry_(registry), ctx_(ctx), resp_(resp), state_(std::make_shared<State>()) {
-    InvokeParams& p = params_;
+    InvokeParams p;
     p.caller = std::move(caller);
     p.node_id = req->node_id();
     p.command = req->command();
     p.params_json = req->params_json();
     p.timeout_ms = req->timeout_ms();
     p.idempotency_key = req->idempotency_key();
-  }
-
-  // Starts the invoke (on a worker thread: it waits for the store). Until it calls Invoke the
-  // call cannot end (only Complete finishes it); from then on, see "Lifetime".
-  void Start() {
-    const auto deadline = ctx_->deadline();
+    const auto deadline = ctx->deadline();
     if (deadline != std::chrono::system_clock::time_point::max()) {
-      // Measured now, not at arrival: the call may have waited for a worker. Both ends of the
-      // difference come from the same clock at the same moment.
-      params_.caller_remaining_ms =
+      // Both ends of the difference come from the same clock at the same moment.
+      p.caller_remaining_ms =
           std::max<int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
                                    deadline - std::chrono::system_clock::now())
                                    .count());
-      if (params_.caller_remaining_ms < kMinRemainingMs) {
-        // Too late to reach the node and back: a typed answer while the caller still listens.
-        InvokeResult late;
-        late.outcome = Failure(InvokeCode::kTimeout,
-                               "the caller's deadline passed before the invoke could start "
-                               "(registry overloaded)");
-        CompleteOnce(state_, this, late);
-        return;
-      }
     }
-    Registry& registry = registry_;
     std::shared_ptr<State> state = state_;
-    const InvokeParams params = std::move(params_);
-    InvokeTicket ticket = registry.Invoke(
-        params, [state, self = this](const InvokeResult& r) { CompleteOnce(state, self, r); });
-    // `this` may be gone from here on.
+    const InvokeTicket admitted = registry.Admit(
+        p, [state, self = this](const InvokeResult& r) { CompleteOnce(state, self, r); });
+    // `this` may be finishing from here on (a deadline already passed): only the locals.
     {
       absl::MutexLock lock(&state->mu);
-      if (state->finished) return;
-      state->ticket = ticket;
-      if (!state->cancelled) return;
+      state->ticket = admitted;
     }
-    registry.CancelInvoke(ticket);  // the caller gave up while the invoke was starting
+    pool.Post([&registry, state, admitted, p = std::move(p)] {
+      const InvokeTicket ticket = registry.Start(admitted, p);
+      {
+        absl::MutexLock lock(&state->mu);
+        if (state->finished || ticket.invoke_id.empty()) return;
+        state->ticket = ticket;  // a joined invoke's
+        if (!state->cancelled) return;
+      }
+      registry.CancelInvoke(ticket);  // the caller gave up while the invoke was starting
+    });
   }
 
   void OnCancel() override {
@@ -88,7 +78,7 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
     {
       absl::MutexLock lock(&state_->mu);
       state_->cancelled = true;
-      if (state_->finished || state_->ticket.invoke_id.empty()) return;  // Start cancels it
+      if (state_->finished || state_->ticket.invoke_id.empty()) return;
       ticket = state_->ticket;
     }
     registry.CancelInvoke(ticket);  // runs Complete if the invoke still waits: `this` may go
@@ -97,10 +87,10 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
   void OnDone() override { delete this; }
 
  private:
-  // Shared with the Registry's callback, so it outlives the reactor.
+  // Shared with the Registry's callback and the start task, so it outlives the reactor.
   struct State {
     absl::Mutex mu;
-    InvokeTicket ticket ABSL_GUARDED_BY(mu);
+    InvokeTicket ticket ABSL_GUARDED_BY(mu);  // what a cancel names
     bool cancelled ABSL_GUARDED_BY(mu) = false;
     bool finished ABSL_GUARDED_BY(mu) = false;  // Complete ran (or runs): the reactor may be gone
   };
@@ -137,7 +127,6 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
   Registry& registry_;
   grpc::CallbackServerContext* ctx_;
   v1::InvokeNodeResponse* resp_;
-  InvokeParams params_;  // moved out by Start
   const std::shared_ptr<State> state_;
 };
 
@@ -251,9 +240,7 @@ grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerCon
     return Done(ctx, a);
   }
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  auto* reactor = new InvokeReactor(registry_, ctx, req, resp, std::move(caller));
-  pool_->Post([reactor] { reactor->Start(); });
-  return reactor;
+  return new InvokeReactor(registry_, *pool_, ctx, req, resp, std::move(caller));
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,

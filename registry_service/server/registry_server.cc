@@ -140,6 +140,15 @@ absl::StatusOr<int> RegistryServer::Start() {
       }
     }
   });
+  // Callers waiting past their invoke's deadline are answered from here, not only from the
+  // ticker: a tick waits for the store's expiry, which an overloaded Redis can hold up for
+  // seconds, and the callers' answers must not wait for it (no store call here).
+  deadlines_ = std::thread([this] {
+    while (!stopping_.load()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));
+      registry_->ExpireWaiters();
+    }
+  });
   if (registry_->Routed()) {
     // Delivers what any replica decided for the edges attached here, and the outcomes other
     // replicas decided for callers waiting here. A blocking read wakes as soon as something
@@ -225,6 +234,7 @@ void RegistryServer::Shutdown() {
   if (edge_server_ != nullptr) edge_server_->Shutdown(deadline);
   if (server_ != nullptr) server_->Shutdown(deadline);
   if (ticker_.joinable()) ticker_.join();
+  if (deadlines_.joinable()) deadlines_.join();
   if (router_.joinable()) router_.join();
   http_.Stop();
 }

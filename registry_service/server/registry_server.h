@@ -95,7 +95,8 @@ class RegistryServer {
   int metrics_port_ = -1;
   std::atomic<bool> stopping_{false};
   std::thread ticker_;
-  std::thread router_;  // PumpRouted loop, with a store that routes between replicas
+  std::thread deadlines_;  // Registry::ExpireWaiters loop, independent of the store
+  std::thread router_;     // PumpRouted loop, with a store that routes between replicas
 };
 
 }  // namespace tether::registry

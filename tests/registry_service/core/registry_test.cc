@@ -131,6 +131,105 @@ TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
   for (int i = 0; i < calls; ++i) ASSERT_EQ(answered[i].load(), 1) << "call " << i;
 }
 
+// Admit and Start, the two halves of Invoke (transition table of one admitted call):
+//   admitted, deadline passes before Start     ExpireWaiters: TIMEOUT at the deadline; Start
+//                                              then starts nothing
+//   admitted, cancelled before Start           CANCELLED; Start starts nothing, no store call
+//   Start with < kMinStartMs left              TIMEOUT at once, nothing sent
+//   started, no outcome by deadline            ExpireWaiters: TIMEOUT kWaiterSlackMs after it
+// A call waiting for a worker behind an overloaded store (Redis in a reconnect storm) must still
+// be answered by its deadline: before, nothing could answer it until a worker reached it, and
+// callers saw gRPC's DEADLINE_EXCEEDED instead of a typed outcome (22,030 of 32,079 invokes in
+// the Redis storm benchmark on a slow machine).
+struct Answers {
+  std::vector<InvokeResult> got;
+  Registry::InvokeDone Done() {
+    return [this](const InvokeResult& r) { got.push_back(r); };
+  }
+};
+
+TEST(RegistryAdmit, AnInvokeNotStartedByItsDeadlineIsAnsweredThenAndNeverStarts) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  Answers a;
+  const InvokeParams p = Params("n1");  // 5 s
+  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
+  h.clock().Advance(4999);
+  h.registry().ExpireWaiters();
+  EXPECT_TRUE(a.got.empty());
+  h.clock().Advance(1);  // its deadline: no slack, no store holds it
+  h.registry().ExpireWaiters();
+  ASSERT_EQ(a.got.size(), 1u);
+  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_NE(a.got[0].outcome.message.find("could not start"), std::string::npos);
+  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
+  h.registry().Tick();
+  EXPECT_EQ(a.got.size(), 1u);
+  EXPECT_TRUE(sink.invokes().empty());
+}
+
+TEST(RegistryAdmit, AnInvokeCancelledBeforeItStartsNeverStarts) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  Answers a;
+  const InvokeParams p = Params("n1");
+  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
+  h.registry().CancelInvoke(admitted);
+  ASSERT_EQ(a.got.size(), 1u);
+  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kCancelled);
+  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
+  EXPECT_EQ(a.got.size(), 1u);
+  EXPECT_TRUE(sink.invokes().empty());
+}
+
+TEST(RegistryAdmit, StartWithTooLittleOfTheDeadlineLeftAnswersTimeoutAndSendsNothing) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  Answers a;
+  InvokeParams p = Params("n1");
+  p.caller_remaining_ms = 100;  // the caller's gRPC deadline, nearer than the timeout
+  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
+  h.clock().Advance(100 - kMinStartMs + 1);  // waited for a worker
+  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
+  ASSERT_EQ(a.got.size(), 1u);
+  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_TRUE(sink.invokes().empty());
+}
+
+TEST(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheStore) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  Answers a;
+  const InvokeParams p = Params("n1");
+  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
+  EXPECT_EQ(h.registry().Start(admitted, p).invoke_id, admitted.invoke_id);
+  ASSERT_EQ(sink.invokes().size(), 1u);
+  // No Tick (the store's expiry held up): ExpireWaiters alone answers, after the slack.
+  h.clock().Advance(5000 + kWaiterSlackMs - 1);
+  h.registry().ExpireWaiters();
+  EXPECT_TRUE(a.got.empty()) << "the store's own expiry gets the first word";
+  h.clock().Advance(1);
+  h.registry().ExpireWaiters();
+  ASSERT_EQ(a.got.size(), 1u);
+  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
+  h.registry().Tick();  // the store's expiry, late: no second answer
+  EXPECT_EQ(a.got.size(), 1u);
+}
+
+TEST(RegistryAdmit, ACallerAskingForLessThanTheStartMarginStillGetsItsTry) {
+  RegistryHarness h;
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  InvokeParams p = Params("n1");
+  p.timeout_ms = 1;
+  h.registry().Invoke(p, [](const InvokeResult&) {});
+  EXPECT_EQ(sink.invokes().size(), 1u);
+}
+
 }  // namespace
 }  // namespace tether::registry
 
