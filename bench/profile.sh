@@ -2,7 +2,8 @@
 # bench/profile.sh [--store redis|memory] [--delay S] [--seconds N] SCENARIO [-- BENCH_FLAGS...]
 #
 # Where the CPU goes: runs one bench scenario (as bench/run.sh does, -c opt, same processes) and,
-# DELAY seconds after it starts (default 8), samples the registry and the first edge with
+# DELAY seconds after it starts (default 8), samples the registry, the first edge and (with
+# --store redis) redis-server with
 # `perf record -e cpu-clock` (a software clock: it works where the machine has no hardware
 # counters) and DWARF call stacks for N seconds (default 8). Prints, for each process, the share
 # of its samples by library, by function (self time) and by calling entry point, and keeps the
@@ -56,8 +57,10 @@ sleep "$delay"
 # The bench starts every process as its own child; the first edge is the first ws_edge.
 registry=$(pgrep -P "$bench_pid" -f "$bin/registry_service/server/registry_service" | head -1)
 edge=$(pgrep -P "$bench_pid" -f "$bin/ws_edge/ws_edge" | head -1)
+redis=$redis_pid
 perf_pids=()
-for who in registry edge; do
+for who in registry edge redis; do
+  [[ $who == redis && -z $redis ]] && continue
   pid=${!who}
   [[ -z $pid ]] && { echo "no $who process under the bench after ${delay}s" >&2; continue; }
   perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$pid" -o "$work/$who.data" \
@@ -68,7 +71,7 @@ wait "${perf_pids[@]}"
 wait "$bench_pid"
 echo "bench exit status $? (figures of a profiled run are not recorded)" >&2
 
-for who in registry edge; do
+for who in registry edge redis; do
   [[ -f $work/$who.data ]] || continue
   samples=$(perf report -i "$work/$who.data" --stdio --no-children --sort dso 2>/dev/null |
     sed -n 's/^# Samples: \([0-9.]*[kKmM]*\).*/\1/p' | head -1)

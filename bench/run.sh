@@ -47,7 +47,7 @@ cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 machine="$(nproc) cores (${cpu_model:-unknown CPU}), ${mem_gib} GiB RAM, $(uname -sr), open-file limit $(ulimit -n) per process"
 rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || rev="$rev + uncommitted changes"
+git diff --quiet HEAD -- . ':(exclude)bench/RESULTS.md' 2>/dev/null || rev="$rev + uncommitted changes"  # (its own appends do not count)
 
 redis_pid=""
 store_flags=()
