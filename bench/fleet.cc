@@ -230,6 +230,12 @@ class Fleet {
                                          rng, 0, std::max<int64_t>(1, spread_ms))),
                          e.node});
         } else if (!n.ready) {
+          int64_t retry_after_ms = 0;
+          if (n.current != nullptr) {
+            if (auto error = n.current->connect_error(); error.has_value()) {
+              retry_after_ms = error->retry_after_ms.value_or(0);
+            }
+          }
           n.current.reset();
           // Why new sockets fail, for the report: close code (and the first reason seen).
           auto& why = new_socket_failures[e.close.code];
@@ -237,7 +243,12 @@ class Fleet {
             why.second = e.close.reason.empty() ? e.close.error : e.close.reason;
           if (++n.attempts <= absl::GetFlag(FLAGS_retries)) {
             ++retries;
-            retry_at.push({absl::Now() + absl::Milliseconds(200 * n.attempts), e.node});
+            // As an OpenClaw node reconnects (node-protocol.md section 8): backoff from 1 s,
+            // factor 2, cap 30 s, and a retryable error's retryAfterMs honoured.
+            const int64_t backoff_ms =
+                std::min<int64_t>(30'000, 1000LL << std::min(n.attempts - 1, 5));
+            retry_at.push(
+                {absl::Now() + absl::Milliseconds(std::max(backoff_ms, retry_after_ms)), e.node});
           } else {
             ++failed;
             if (n.previous_open) close_at.push({absl::Now(), e.node});

@@ -628,7 +628,9 @@ absl::StatusOr<ScenarioReport> RunStorm(const BenchConfig& config, const StormPa
   if (auto s = stack.StartRegistry(); !s.ok()) return s;
   if (auto s = stack.StartEdges(edges); !s.ok()) return s;
   PresenceLog presence(stack.api());
-  if (auto s = stack.StartFleets(fleets, p.nodes, 1, 64); !s.ok()) return s;
+  // A refused new socket is retried as a real node retries (backoff from 1 s, retryAfterMs
+  // honoured), up to 8 times (a real node never stops; the bound keeps the run finite).
+  if (auto s = stack.StartFleets(fleets, p.nodes, 1, 64, {"--retries=8"}); !s.ok()) return s;
   if (auto a = RampAll(stack, 1000, p.nodes, report); !a.ok()) return a.status();
   auto before = ConnectedNodes(stack.api());
   if (!before.ok()) return before.status();

@@ -55,6 +55,11 @@ ABSL_FLAG(int64_t, max_connections, 0,
 ABSL_FLAG(int64_t, max_pending_handshakes, 8'192,
           "sockets not yet past hello-ok held at once (each may cost up to 64 KiB of frame "
           "buffer); more are refused at open with 1013; 0: no limit");
+ABSL_FLAG(int64_t, max_registrations_in_flight, 1'024,
+          "handshakes being verified or waiting for the registry's decision; past this a new "
+          "connect is refused unverified (UNAVAILABLE, retryAfterMs 1-2 s, close 1013) so that "
+          "a reconnect storm cannot make the edge verify more than the registry can decide; "
+          "0: no limit");
 ABSL_FLAG(int64_t, drain_spread_ms, 2'000,
           "on SIGTERM, spread the 1012 closes over this long (at most half the drain timeout) "
           "so nodes do not reconnect as one herd");
@@ -147,6 +152,8 @@ int main(int argc, char** argv) {
   }
   eo.max_pending_handshakes =
       static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_pending_handshakes)));
+  eo.max_registrations_in_flight =
+      static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_registrations_in_flight)));
   eo.drain_timeout_ms = std::max<int64_t>(0, absl::GetFlag(FLAGS_drain_timeout_ms) - 1'000);
   eo.drain_spread_ms =
       std::clamp<int64_t>(absl::GetFlag(FLAGS_drain_spread_ms), 0, eo.drain_timeout_ms / 2);
@@ -288,6 +295,9 @@ int main(int argc, char** argv) {
     expose("tether_edge_handshakes_rate_limited_total",
            "Sockets refused at open because their source address was over its limit",
            s.handshakes_rate_limited);
+    expose("tether_edge_handshakes_busy_total",
+           "Connects refused before verification: --max_registrations_in_flight reached",
+           s.handshakes_busy);
     expose("tether_edge_connections_refused_total",
            "Sockets refused at open because --max_connections was reached", s.connections_refused);
     expose("tether_edge_send_queue_drops_total",

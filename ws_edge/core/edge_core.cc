@@ -95,8 +95,14 @@ void EdgeCore::CloseConn(Conn& conn, int code, const std::string& reason) {
   if (conn.state == State::kClosing) return;
   // Whether the registry has heard of it is remembered in register_request.
   if (conn.state == State::kLive) stats_.live.fetch_sub(1);
-  conn.state = State::kClosing;
+  SetState(conn, State::kClosing);
   downstream_.Close(conn.socket, code, reason);
+}
+
+void EdgeCore::SetState(Conn& conn, State state) {
+  if (conn.state == State::kRegistering) --registering_;
+  if (state == State::kRegistering) ++registering_;
+  conn.state = state;
 }
 
 // --- Sockets ---------------------------------------------------------------------------------
@@ -173,7 +179,7 @@ void EdgeCore::OnClose(uint64_t socket) {
     SendLink(m);
   }
   if (conn->state == State::kLive) stats_.live.fetch_sub(1);
-  conn->state = State::kClosing;  // nothing more goes to it
+  SetState(*conn, State::kClosing);  // nothing more goes to it
   conn->gone = true;
   if (conn->pending_handshake) {
     conn->pending_handshake = false;
@@ -201,16 +207,17 @@ void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection)
   CloseConn(conn, rejection.close_code, rejection.close_reason);
 }
 
-void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
-                                 const std::string& why) {
-  stats_.handshakes_unavailable.Add();
+void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why,
+                                 int64_t retry_after_ms, const char* close_reason) {
+  if (close_reason == nullptr) stats_.handshakes_unavailable.Add();
   ErrorShape e;
   e.code = std::string(protocol::kUnavailable);
   e.message = why;
   e.retryable = true;
-  e.retry_after_ms = 1000;
-  SendFrame(conn, protocol::EncodeResponseError(request_id, e));
-  CloseConn(conn, kCloseTryAgainLater, "registry unavailable");
+  e.retry_after_ms = retry_after_ms;
+  if (!request_id.empty()) SendFrame(conn, protocol::EncodeResponseError(request_id, e));
+  CloseConn(conn, kCloseTryAgainLater,
+            close_reason != nullptr ? close_reason : "registry unavailable");
 }
 
 void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
@@ -221,8 +228,20 @@ void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
     CloseConn(conn, kCloseTryAgainLater, "edge busy; try again later");
     return;
   }
+  if (options_.max_registrations_in_flight > 0 &&
+      static_cast<size_t>(verifying_ + registering_) >= options_.max_registrations_in_flight) {
+    // The registry is behind: refuse before spending a signature check on it. Jittered, so
+    // the refused nodes do not come back as one herd.
+    stats_.handshakes_busy.Add();
+    auto frame = protocol::ParseFrame(text);
+    std::uniform_int_distribution<int64_t> jitter(0, 1000);
+    RefuseUnavailable(conn, frame.ok() ? frame->id : "",
+                      "edge busy: the registry is behind on registrations; retry",
+                      1000 + jitter(rng_), "edge busy; try again later");
+    return;
+  }
   ++verifying_;
-  conn.state = State::kVerifying;
+  SetState(conn, State::kVerifying);
   // The check runs off the loop: copy what it reads.
   struct Job {
     std::string text;
@@ -267,7 +286,7 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
                       draining_ ? "edge is draining; reconnect" : "registry link is down");
     return;
   }
-  conn.state = State::kRegistering;
+  SetState(conn, State::kRegistering);
   conn.register_request = next_request_++;
   v1::EdgeMessage m;
   FillOpened(conn, m.mutable_opened());
@@ -537,7 +556,7 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
     return;
   }
   const int64_t now = clock_.NowMs();
-  conn->state = State::kLive;
+  SetState(*conn, State::kLive);
   conn->pending_handshake = false;
   --pending_handshakes_;
   stats_.live.fetch_add(1);

@@ -41,6 +41,13 @@ struct EdgeOptions {
   // frame limit for a frame header that declares it): a budget for the memory strangers can
   // make the edge hold. More are refused at open with 1013. 0: no limit.
   size_t max_pending_handshakes = 0;
+  // Handshakes being verified or verified and waiting for the registry's decision. Past this a
+  // new connect is refused before its signature is checked (UNAVAILABLE, retryable, with a
+  // jittered retryAfterMs; close 1013): under a reconnect storm the edge then spends no CPU on
+  // proofs the registry could not decide in time (it sheds registrations that waited too long;
+  // each would come back as a retry, and on a machine shared with Redis the retries' proofs
+  // starved the store until almost nothing got through). 0: no limit.
+  size_t max_registrations_in_flight = 0;
   int64_t drain_spread_ms = 2'000;
   int64_t drain_timeout_ms = 5'000;
   uint64_t random_seed = 0;  // 0: from the system
@@ -60,6 +67,7 @@ struct EdgeStats {
   common::Counter slow_consumers_closed;
   common::Counter handshakes_rate_limited;  // sockets refused at open: their address was over limit
   common::Counter connections_refused;      // sockets refused at open: --max_connections reached
+  common::Counter handshakes_busy;  // connects refused unverified: max_registrations_in_flight
   std::atomic<int64_t> sockets{0};
   std::atomic<int64_t> live{0};
 };
@@ -112,6 +120,15 @@ class EdgeCore {
   void CloseSlowConsumer(uint64_t socket);
 
  private:
+  // A socket's states (every change through SetState):
+  //   kAwaitConnect --connect, within the limits--------------------> kVerifying
+  //   kAwaitConnect --connect past max_registrations_in_flight------> kClosing (1013, unverified)
+  //   kVerifying    --proof good, link up-----------------------------> kRegistering (opened sent)
+  //   kVerifying    --proof bad / link down / draining----------------> kClosing
+  //   kRegistering  --granted-----------------------------------------> kLive (hello-ok)
+  //   kRegistering  --refused / link down / handshake timeout--------> kClosing
+  //   kLive         --superseded grace, slow reader, drain------------> kClosing
+  //   any           --the socket closes (OnClose)---------------------> kClosing, then erased
   enum class State { kAwaitConnect, kVerifying, kRegistering, kLive, kClosing };
 
   struct Conn {
@@ -160,8 +177,11 @@ class EdgeCore {
   Conn* FindByConnId(const std::string& conn_id);
   bool SendFrame(Conn& conn, const std::string& text);
   void CloseConn(Conn& conn, int code, const std::string& reason);
+  // Every change of a Conn's state goes through here: it keeps registering_ in step.
+  void SetState(Conn& conn, State state);
   void Reject(Conn& conn, const protocol::HandshakeRejection& rejection);
-  void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why);
+  void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why,
+                         int64_t retry_after_ms = 1000, const char* close_reason = nullptr);
   void HandleConnect(Conn& conn, const std::string& text);
   void FinishConnect(uint64_t socket, const std::string& conn_id, protocol::HandshakeResult result);
   void HandleLiveFrame(Conn& conn, const std::string& text);
@@ -195,7 +215,8 @@ class EdgeCore {
   std::deque<std::string> recent_order_;
   EdgeStats stats_;
   HandshakeLimiter limiter_;
-  int64_t verifying_ = 0;  // signature checks queued or running off the loop
+  int64_t verifying_ = 0;    // signature checks queued or running off the loop
+  int64_t registering_ = 0;  // sockets in kRegistering (see SetState)
   int64_t next_prune_ms_ = 0;
   size_t pending_handshakes_ = 0;  // sockets open but not yet past hello-ok
   int depth_ = 0;                  // nested public calls in progress (see Entry)

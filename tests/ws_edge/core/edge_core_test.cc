@@ -560,6 +560,42 @@ TEST_F(EdgeCoreTest, SocketsPastHelloDoNotCountAgainstTheHandshakeBudget) {
   EXPECT_EQ(down_.sockets[3].close_code, 1013);
 }
 
+// A reconnect storm faster than the registry decides: past max_registrations_in_flight
+// (verifying + waiting for the registry), a connect is refused before its proof is checked,
+// retryable with a jittered retryAfterMs, and the registry never hears of it; a decision or a
+// close frees a slot.
+TEST_F(EdgeCoreTest, ConnectsPastTheRegistrationsInFlightLimitAreRefusedUnverified) {
+  options_.max_registrations_in_flight = 2;
+  Rebuild();
+  const auto first = Connect(1, identity_);
+  Connect(2, identity_);
+  const size_t sent = link_.sent.size();
+  core_->OnOpen(3, "127.0.0.1:3", true);
+  // Not even a valid connect: it would be INVALID_REQUEST if it were checked.
+  NodeSends(3, {{"type", "req"}, {"id", "1:z"}, {"method", "connect"}, {"params", json::object()}});
+  json refused = LastFrame(3);
+  EXPECT_EQ(refused["id"], "1:z");
+  EXPECT_EQ(refused["error"]["code"], "UNAVAILABLE");
+  EXPECT_EQ(refused["error"]["retryable"], true);
+  EXPECT_GE(refused["error"]["retryAfterMs"].get<int64_t>(), 1000);
+  EXPECT_LE(refused["error"]["retryAfterMs"].get<int64_t>(), 2000);
+  EXPECT_EQ(down_.sockets[3].close_code, 1013);
+  EXPECT_EQ(link_.sent.size(), sent);  // neither an opened nor a closed for it
+  EXPECT_EQ(core_->stats().handshakes_busy.value(), 1u);
+  EXPECT_EQ(down_.sockets[3].close_reason, "edge busy; try again later");
+
+  Grant(first, 1);  // decided: a slot is free
+  Connect(4, identity_);
+  EXPECT_EQ(link_.sent.back().opened().conn_id().size(), 32u);
+  EXPECT_FALSE(down_.sockets[4].closed);
+  core_->OnClose(2);  // a registering socket goes away: its slot too
+  Connect(5, identity_);
+  EXPECT_FALSE(down_.sockets[5].closed);
+  core_->OnOpen(6, "127.0.0.1:6", true);
+  NodeSends(6, {{"type", "req"}, {"id", "1:y"}, {"method", "connect"}, {"params", json::object()}});
+  EXPECT_EQ(down_.sockets[6].close_code, 1013);  // 4 and 5 are registering
+}
+
 // The registry fails a lost link's in-flight invokes; the node is told to stop on them.
 TEST_F(EdgeCoreTest, LinkLossCancelsInFlightInvokesAtTheNode) {
   auto opened = Connect(1, identity_);
