@@ -12,6 +12,7 @@
 # Exit status: 0 when every run ran (whatever the figures), 2 when a build or a run failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source bench/redis.sh
 
 runs=3
 store=redis
@@ -65,19 +66,14 @@ done
 
 store_flags=()
 if [[ $store == redis ]]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  redis-server --bind 127.0.0.1 --port "$port" --dir "$work" --save "" --appendonly no \
-    >"$work/redis.log" 2>&1 &
-  redis_pid=$!
-  for _ in $(seq 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  store_flags=(--registry_flags="--dev_mode --store=redis://127.0.0.1:$port")
+  start_bench_redis "$work"
 fi
 
 # figures.tsv: side <TAB> metric <TAB> number (the first number of the value column).
 : >"$work/figures.tsv"
 for ((i = 1; i <= runs; i++)); do
   for side in a b; do
-    [[ -n $redis_pid ]] && redis-cli -p "$port" flushall >/dev/null
+    [[ -n $redis_pid ]] && redis-cli -p "$redis_port" flushall >/dev/null
     out="$work/$side-$i.md"
     echo "=== run $i, $side" >&2
     (cd "$work/$side" && "${bin[$side]}/bench/bench" --scenario="$scenario" \

@@ -13,6 +13,7 @@
 # Needs perf (Debian: linux-perf; scripts/install_deps.sh bench installs it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source bench/redis.sh
 
 store=redis delay=8 seconds=8
 while [[ $# -gt 0 && $1 == --* ]]; do
@@ -40,12 +41,7 @@ redis_pid=""
 store_flags=()
 trap '[[ -n $redis_pid ]] && kill $redis_pid 2>/dev/null' EXIT
 if [[ $store == redis ]]; then
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  redis-server --bind 127.0.0.1 --port "$port" --dir "$work" --save "" --appendonly no \
-    >"$work/redis.log" 2>&1 &
-  redis_pid=$!
-  for _ in $(seq 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  store_flags=(--registry_flags="--dev_mode --store=redis://127.0.0.1:$port")
+  start_bench_redis "$work"
 fi
 
 echo "=== profiling $scenario (store $store), logs and perf data in $work" >&2

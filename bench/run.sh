@@ -15,6 +15,7 @@
 # Exit status: 0 if every scenario ran without a correctness problem.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source bench/redis.sh
 
 scenarios=()
 extra=()
@@ -52,13 +53,8 @@ git diff --quiet HEAD -- . ':(exclude)bench/RESULTS.md' 2>/dev/null || rev="$rev
 redis_pid=""
 store_flags=()
 if [[ $store == redis ]]; then
-  redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work" --save "" --appendonly no \
-    >"$work/redis.log" 2>&1 &
-  redis_pid=$!
+  start_bench_redis "$work"
   trap '[[ -n $redis_pid ]] && kill $redis_pid 2>/dev/null' EXIT
-  for _ in $(seq 50); do redis-cli -p "$redis_port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  store_flags=(--registry_flags="--dev_mode --store=redis://127.0.0.1:$redis_port")
 elif [[ $store != memory ]]; then
   echo "--store is redis or memory" >&2
   exit 2

@@ -141,93 +141,81 @@ TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
 // be answered by its deadline: before, nothing could answer it until a worker reached it, and
 // callers saw gRPC's DEADLINE_EXCEEDED instead of a typed outcome (22,030 of 32,079 invokes in
 // the Redis storm benchmark on a slow machine).
-struct Answers {
-  std::vector<InvokeResult> got;
-  Registry::InvokeDone Done() {
-    return [this](const InvokeResult& r) { got.push_back(r); };
+class RegistryAdmit : public ::testing::Test {
+ protected:
+  RegistryAdmit() : sink_(h_.Attach("edgeA")) { EXPECT_GT(h_.Register("c1", "n1"), 0u); }
+
+  // Admits an invoke to n1 whose answers land in got_.
+  InvokeTicket Admit(const InvokeParams& p) {
+    return h_.registry().Admit(p, [this](const InvokeResult& r) { got_.push_back(r); });
   }
+
+  RegistryHarness h_;
+  ::tether::testing::RecordingEdgeSink& sink_;
+  std::vector<InvokeResult> got_;
 };
 
-TEST(RegistryAdmit, AnInvokeNotStartedByItsDeadlineIsAnsweredThenAndNeverStarts) {
-  RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
-  ASSERT_GT(h.Register("c1", "n1"), 0u);
-  Answers a;
+TEST_F(RegistryAdmit, AnInvokeNotStartedByItsDeadlineIsAnsweredThenAndNeverStarts) {
   const InvokeParams p = Params("n1");  // 5 s
-  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
-  h.clock().Advance(4999);
-  h.registry().ExpireWaiters();
-  EXPECT_TRUE(a.got.empty());
-  h.clock().Advance(1);  // its deadline: no slack, no store holds it
-  h.registry().ExpireWaiters();
-  ASSERT_EQ(a.got.size(), 1u);
-  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
-  EXPECT_NE(a.got[0].outcome.message.find("could not start"), std::string::npos);
-  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
-  h.registry().Tick();
-  EXPECT_EQ(a.got.size(), 1u);
-  EXPECT_TRUE(sink.invokes().empty());
+  const InvokeTicket admitted = Admit(p);
+  h_.clock().Advance(4999);
+  h_.registry().ExpireWaiters();
+  EXPECT_TRUE(got_.empty());
+  h_.clock().Advance(1);  // its deadline: no slack, no store holds it
+  h_.registry().ExpireWaiters();
+  ASSERT_EQ(got_.size(), 1u);
+  EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_NE(got_[0].outcome.message.find("could not start"), std::string::npos);
+  EXPECT_TRUE(h_.registry().Start(admitted, p).invoke_id.empty());
+  h_.registry().Tick();
+  EXPECT_EQ(got_.size(), 1u);
+  EXPECT_TRUE(sink_.invokes().empty());
 }
 
-TEST(RegistryAdmit, AnInvokeCancelledBeforeItStartsNeverStarts) {
-  RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
-  ASSERT_GT(h.Register("c1", "n1"), 0u);
-  Answers a;
+TEST_F(RegistryAdmit, AnInvokeCancelledBeforeItStartsNeverStarts) {
   const InvokeParams p = Params("n1");
-  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
-  h.registry().CancelInvoke(admitted);
-  ASSERT_EQ(a.got.size(), 1u);
-  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kCancelled);
-  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
-  EXPECT_EQ(a.got.size(), 1u);
-  EXPECT_TRUE(sink.invokes().empty());
+  const InvokeTicket admitted = Admit(p);
+  h_.registry().CancelInvoke(admitted);
+  ASSERT_EQ(got_.size(), 1u);
+  EXPECT_EQ(got_[0].outcome.code, InvokeCode::kCancelled);
+  EXPECT_TRUE(h_.registry().Start(admitted, p).invoke_id.empty());
+  EXPECT_EQ(got_.size(), 1u);
+  EXPECT_TRUE(sink_.invokes().empty());
 }
 
-TEST(RegistryAdmit, StartWithTooLittleOfTheDeadlineLeftAnswersTimeoutAndSendsNothing) {
-  RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
-  ASSERT_GT(h.Register("c1", "n1"), 0u);
-  Answers a;
+TEST_F(RegistryAdmit, StartWithTooLittleOfTheDeadlineLeftAnswersTimeoutAndSendsNothing) {
   InvokeParams p = Params("n1");
   p.caller_remaining_ms = 100;  // the caller's gRPC deadline, nearer than the timeout
-  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
-  h.clock().Advance(100 - kMinStartMs + 1);  // waited for a worker
-  EXPECT_TRUE(h.registry().Start(admitted, p).invoke_id.empty());
-  ASSERT_EQ(a.got.size(), 1u);
-  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
-  EXPECT_TRUE(sink.invokes().empty());
+  const InvokeTicket admitted = Admit(p);
+  h_.clock().Advance(100 - kMinStartMs + 1);  // waited for a worker
+  EXPECT_TRUE(h_.registry().Start(admitted, p).invoke_id.empty());
+  ASSERT_EQ(got_.size(), 1u);
+  EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_TRUE(sink_.invokes().empty());
 }
 
-TEST(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheStore) {
-  RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
-  ASSERT_GT(h.Register("c1", "n1"), 0u);
-  Answers a;
+TEST_F(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheStore) {
   const InvokeParams p = Params("n1");
-  const InvokeTicket admitted = h.registry().Admit(p, a.Done());
-  EXPECT_EQ(h.registry().Start(admitted, p).invoke_id, admitted.invoke_id);
-  ASSERT_EQ(sink.invokes().size(), 1u);
+  const InvokeTicket admitted = Admit(p);
+  EXPECT_EQ(h_.registry().Start(admitted, p).invoke_id, admitted.invoke_id);
+  ASSERT_EQ(sink_.invokes().size(), 1u);
   // No Tick (the store's expiry held up): ExpireWaiters alone answers, after the slack.
-  h.clock().Advance(5000 + kWaiterSlackMs - 1);
-  h.registry().ExpireWaiters();
-  EXPECT_TRUE(a.got.empty()) << "the store's own expiry gets the first word";
-  h.clock().Advance(1);
-  h.registry().ExpireWaiters();
-  ASSERT_EQ(a.got.size(), 1u);
-  EXPECT_EQ(a.got[0].outcome.code, InvokeCode::kTimeout);
-  h.registry().Tick();  // the store's expiry, late: no second answer
-  EXPECT_EQ(a.got.size(), 1u);
+  h_.clock().Advance(5000 + kWaiterSlackMs - 1);
+  h_.registry().ExpireWaiters();
+  EXPECT_TRUE(got_.empty()) << "the store's own expiry gets the first word";
+  h_.clock().Advance(1);
+  h_.registry().ExpireWaiters();
+  ASSERT_EQ(got_.size(), 1u);
+  EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
+  h_.registry().Tick();  // the store's expiry, late: no second answer
+  EXPECT_EQ(got_.size(), 1u);
 }
 
-TEST(RegistryAdmit, ACallerAskingForLessThanTheStartMarginStillGetsItsTry) {
-  RegistryHarness h;
-  auto& sink = h.Attach("edgeA");
-  ASSERT_GT(h.Register("c1", "n1"), 0u);
+TEST_F(RegistryAdmit, ACallerAskingForLessThanTheStartMarginStillGetsItsTry) {
   InvokeParams p = Params("n1");
   p.timeout_ms = 1;
-  h.registry().Invoke(p, [](const InvokeResult&) {});
-  EXPECT_EQ(sink.invokes().size(), 1u);
+  h_.registry().Invoke(p, [](const InvokeResult&) {});
+  EXPECT_EQ(sink_.invokes().size(), 1u);
 }
 
 }  // namespace

@@ -80,23 +80,42 @@ TEST(RegistryServerRedisTest, OwnershipAndGenerationsOutliveTheRegistryProcess) 
   server.Shutdown();
 }
 
+// A registry on a fresh redis-server with one edge attached and node n1 connected through it
+// (the edge never answers invokes), and a client of the public API.
+class RegistryOnRedisWithANode : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto redis = RedisServer::Start();
+    ASSERT_TRUE(redis.ok()) << redis.status();
+    redis_ = std::move(*redis);
+    server_ = std::make_unique<RegistryServer>(Options(redis_->url()));
+    auto port = server_->Start();
+    ASSERT_TRUE(port.ok()) << port.status();
+    target_ = "127.0.0.1:" + std::to_string(*port);
+    edge_ = std::make_unique<FakeEdge>(target_, "edgeA");
+    ASSERT_TRUE(edge_->Attach().has_value());
+    ASSERT_TRUE(edge_->Open("c1", "n1")->granted());
+    api_ = v1::Registry::NewStub(grpc::CreateChannel(target_, grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+  }
+
+  std::unique_ptr<RedisServer> redis_;
+  std::unique_ptr<RegistryServer> server_;
+  std::string target_;
+  std::unique_ptr<FakeEdge> edge_;
+  std::unique_ptr<v1::Registry::Stub> api_;
+};
+
 // The Registry may end an invoke before Invoke returns (NOT_CONNECTED at once), and a caller
 // may give up while its invoke is starting (on Redis, starting takes round trips); gRPC may then
 // delete the call's reactor on another thread at once. The reactor used to touch itself after
 // Invoke returned: a use-after-free that crashed the registry under the Redis invoke benchmark
 // (5,000/s, most calls past their deadline; 3 crashes in 3 runs). Many such calls at once from
 // several threads: every call ends and the server still serves.
-TEST(RegistryServerRedisTest, InvokesThatEndAtOnceOrAreCancelledWhileStartingAreSafe) {
-  auto redis = RedisServer::Start();
-  ASSERT_TRUE(redis.ok()) << redis.status();
-  RegistryServer server(Options((*redis)->url()));
-  auto port = server.Start();
-  ASSERT_TRUE(port.ok()) << port.status();
-  const std::string target = "127.0.0.1:" + std::to_string(*port);
-  FakeEdge edge(target, "edgeA");
-  ASSERT_TRUE(edge.Attach().has_value());
-  ASSERT_TRUE(edge.Open("c1", "n1")->granted());  // never answers: its invokes wait
-  auto api = v1::Registry::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+TEST_F(RegistryOnRedisWithANode, InvokesThatEndAtOnceOrAreCancelledWhileStartingAreSafe) {
+  auto& api = api_;
   std::atomic<int> ended{0};
   std::vector<std::thread> callers;
   for (int t = 0; t < 8; ++t) {
@@ -118,8 +137,7 @@ TEST(RegistryServerRedisTest, InvokesThatEndAtOnceOrAreCancelledWhileStartingAre
   }
   for (auto& c : callers) c.join();
   EXPECT_EQ(ended.load(), 8 * 150);
-  EXPECT_TRUE(GetNode(target, "n1").connected());  // still serving
-  server.Shutdown();
+  EXPECT_TRUE(GetNode(target_, "n1").connected());  // still serving
 }
 
 // A Redis that is slow, not down (busy scripts of 250 ms back to back, as an overloaded Redis
@@ -129,23 +147,14 @@ TEST(RegistryServerRedisTest, InvokesThatEndAtOnceOrAreCancelledWhileStartingAre
 // with the caller's own DEADLINE_EXCEEDED. Before invokes were admitted on arrival, the calls
 // queued behind the first waves ran past the callers' deadlines (seen: 22,030 of 32,079 storm
 // invokes on Redis).
-TEST(RegistryServerRedisTest, InvokesQueuedBehindAStalledRedisAreAnsweredByTheirDeadline) {
-  auto redis = RedisServer::Start();
-  ASSERT_TRUE(redis.ok()) << redis.status();
-  RegistryServer server(Options((*redis)->url()));
-  auto port = server.Start();
-  ASSERT_TRUE(port.ok()) << port.status();
-  const std::string target = "127.0.0.1:" + std::to_string(*port);
-  FakeEdge edge(target, "edgeA");
-  ASSERT_TRUE(edge.Attach().has_value());
-  ASSERT_TRUE(edge.Open("c1", "n1")->granted());
-  auto api = v1::Registry::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+TEST_F(RegistryOnRedisWithANode, InvokesQueuedBehindAStalledRedisAreAnsweredByTheirDeadline) {
+  auto& api = api_;
   std::atomic<bool> busy{true};
   std::thread hog([&] {
     const std::string spin =
         "local t = redis.call('TIME') local t0 = t[1] * 1000000 + t[2] "
         "repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - t0 > 250000 return 1";
-    while (busy.load()) (void)(*redis)->Command({"EVAL", spin, "0"});
+    while (busy.load()) (void)redis_->Command({"EVAL", spin, "0"});
   });
   constexpr int kCalls = 96;
   std::vector<grpc::StatusCode> codes(kCalls);
@@ -197,7 +206,6 @@ TEST(RegistryServerRedisTest, InvokesQueuedBehindAStalledRedisAreAnsweredByTheir
   }
   ASSERT_TRUE(read.ok()) << read.error_message();
   EXPECT_TRUE(node.connected());
-  server.Shutdown();
 }
 
 // Redis gone while serving: every ownership read and invoke fails fast with UNAVAILABLE
