@@ -376,6 +376,12 @@ InvokeTicket Registry::Admit(const InvokeParams& params, InvokeDone done) {
   return ticket;
 }
 
+bool Registry::AnyoneWaits(const std::string& invoke_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = waiters_.find(invoke_id);
+  return it != waiters_.end() && !it->second.empty();
+}
+
 std::optional<Registry::Waiter> Registry::TakeWaiter(const InvokeTicket& ticket) {
   absl::MutexLock lock(&mu_);
   auto it = waiters_.find(ticket.invoke_id);
@@ -462,7 +468,7 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
       to_node.idempotency_key = base.idempotency_key;
       // (A store that routes queued it in the edge's outbox itself, or failed it.)
       if (!routed_ && r.kind == InvokeStartResult::Kind::kDispatched &&
-          !decision.SendInvoke(to_node, std::max<int64_t>(deadline - now, 1))) {
+          !decision.SendInvoke(to_node, std::max<int64_t>(deadline - clock_.NowMs(), 1))) {
         store_.FailInvoke(r.dispatch.invoke_id, "", "",
                           Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
       }
@@ -471,7 +477,21 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
       case InvokeStartResult::Kind::kDispatched: {
         Apply(effects);
         if (routed_) (void)PumpRouted(0);
-        return admitted;
+        if (AnyoneWaits(admitted.invoke_id)) return admitted;
+        // The caller was answered while the store decided (it cancelled, or its deadline
+        // passed: the store call can take seconds on an overloaded Redis) and no one joined
+        // it since (as CancelInvoke's last waiter). Nobody waits for this invoke: the node must
+        // stop, not run it. (Already settled: a no-op.)
+        Effects cancel_effects;
+        {
+          Decision decision(*this, &cancel_effects);
+          store_.FailInvoke(admitted.invoke_id, "", "",
+                            Failure(InvokeCode::kCancelled,
+                                    "the caller was answered before the invoke was dispatched"),
+                            clock_.NowMs(), &cancel_effects);
+        }
+        Apply(cancel_effects);
+        return InvokeTicket{};
       }
       case InvokeStartResult::Kind::kFailed:
       case InvokeStartResult::Kind::kReplayed: {

@@ -269,6 +269,8 @@ class Registry {
   };
   // Removes and returns the waiter `ticket` names; nullopt when it was answered already.
   std::optional<Waiter> TakeWaiter(const InvokeTicket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
+  // Whether any caller on this replica still waits for `invoke_id`.
+  bool AnyoneWaits(const std::string& invoke_id) ABSL_LOCKS_EXCLUDED(mu_);
   // What the registry sends one edge, in the order it was decided. Decisions push under
   // decide_mu_ (so pushes follow decision order); whoever finds the outbox idle drains it, with
   // no lock held while it calls the sink, so a sink that calls back into the registry (a stream

@@ -13,6 +13,7 @@
 #include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "tests/testing/registry_harness.h"
+#include "tests/testing/stalling_store.h"
 
 namespace tether::registry {
 namespace {
@@ -209,6 +210,37 @@ TEST_F(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheS
   EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
   h_.registry().Tick();  // the store's expiry, late: no second answer
   EXPECT_EQ(got_.size(), 1u);
+}
+
+// Found in review: the caller can be answered (its deadline passed, or it cancelled) while
+// its invoke is still being decided in the store (seconds on Redis under overload). The
+// decision then dispatched it anyway and nobody told the node to stop: it ran a command no
+// one waited for (twice, if the caller retried without an idempotency key). It must be
+// cancelled at the node instead.
+TEST(RegistryAdmitRace, AnInvokeWhoseCallerWasAnsweredDuringTheDecisionIsCancelledAtTheNode) {
+  ::tether::testing::StallingStore* store = nullptr;
+  RegistryHarness h(RegistryHarness::DefaultOptions(),
+                    [&store](const StoreOptions& o, int64_t start_ms) {
+                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
+                      store = s.get();
+                      return s;
+                    });
+  auto& sink = h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  std::vector<InvokeResult> got;
+  // While the decision is in the store, the caller's deadline and the slack pass and the
+  // server's expiry thread answers it (no store call, so it does not wait for the decision).
+  store->before_start_invoke = [&] {
+    h.clock().Advance(5000 + kWaiterSlackMs);
+    h.registry().ExpireWaiters();
+  };
+  h.registry().Invoke(Params("n1"), [&](const InvokeResult& r) { got.push_back(r); });
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].outcome.code, InvokeCode::kTimeout);
+  const auto log = sink.log();
+  ASSERT_FALSE(log.empty());
+  EXPECT_EQ(log.front(), "invoke c1");
+  EXPECT_EQ(log.back(), "cancel c1") << "the node runs an invoke nobody waits for";
 }
 
 TEST_F(RegistryAdmit, ACallerAskingForLessThanTheStartMarginStillGetsItsTry) {

@@ -14,106 +14,13 @@
 #include "gtest/gtest.h"
 #include "registry_service/store/memory_store.h"
 #include "tests/testing/fake_edge.h"
+#include "tests/testing/stalling_store.h"
 
 namespace tether::registry {
 namespace {
 
 using ::tether::testing::FakeEdge;
-
-// A MemoryStore whose Register and Touch wait while their gate is closed. Thread-safe.
-class StallingStore final : public Store {
- public:
-  explicit StallingStore(const StoreOptions& o) : inner_(o, 1'700'000'000'000) {}
-  void Stall(bool registers, bool touches) {
-    absl::MutexLock lock(&mu_);
-    stall_registers_ = registers;
-    stall_touches_ = touches;
-  }
-  int stalled() {
-    absl::MutexLock lock(&mu_);
-    return stalled_;
-  }
-
-  absl::Status AttachEdge(const std::string& e, const std::string& ep, int64_t now,
-                          Effects* fx) override {
-    return inner_.AttachEdge(e, ep, now, fx);
-  }
-  absl::Status RenewLease(const std::string& e, const std::string& ep, int64_t now) override {
-    return inner_.RenewLease(e, ep, now);
-  }
-  absl::Status DrainEdge(const std::string& e, const std::string& ep, int64_t now,
-                         Effects* fx) override {
-    return inner_.DrainEdge(e, ep, now, fx);
-  }
-  absl::StatusOr<ResyncResult> Resync(const std::string& e, const std::string& ep,
-                                      const std::vector<LiveConnection>& live, int64_t now,
-                                      Effects* fx) override {
-    return inner_.Resync(e, ep, live, now, fx);
-  }
-  absl::StatusOr<RegisterResult> Register(const ConnectionSpec& spec, int64_t now,
-                                          Effects* fx) override {
-    Wait(&stall_registers_);
-    return inner_.Register(spec, now, fx);
-  }
-  CloseResult Close(const std::string& e, const std::string& c, int64_t now, Effects* fx) override {
-    return inner_.Close(e, c, now, fx);
-  }
-  void Touch(const std::string& c, int64_t now) override {
-    Wait(&stall_touches_);
-    inner_.Touch(c, now);
-  }
-  InvokeStartResult StartInvoke(const InvokeStart& s, int64_t now, Effects* fx) override {
-    return inner_.StartInvoke(s, now, fx);
-  }
-  bool SettleInvoke(const std::string& i, const std::string& n, const std::string& c,
-                    const std::string& e, const InvokeOutcome& o, int64_t now,
-                    Effects* fx) override {
-    return inner_.SettleInvoke(i, n, c, e, o, now, fx);
-  }
-  bool FailInvoke(const std::string& i, const std::string& c, const std::string& e,
-                  const InvokeOutcome& o, int64_t now, Effects* fx) override {
-    return inner_.FailInvoke(i, c, e, o, now, fx);
-  }
-  void Expire(int64_t now, Effects* fx) override { inner_.Expire(now, fx); }
-  absl::StatusOr<NodePage> ListNodes(const NodeFilter& f, const std::string& t, int size) override {
-    return inner_.ListNodes(f, t, size);
-  }
-  absl::StatusOr<NodeView> GetNode(const std::string& n) override { return inner_.GetNode(n); }
-  absl::StatusOr<PresenceSnapshot> GetPresence() override { return inner_.GetPresence(); }
-  absl::StatusOr<std::vector<PresenceEvent>> ReadPresence(uint64_t after, size_t max) override {
-    return inner_.ReadPresence(after, max);
-  }
-  uint64_t HeadRevision() override { return inner_.HeadRevision(); }
-  std::vector<PairingRequest> ListPairingRequests() override {
-    return inner_.ListPairingRequests();
-  }
-  std::vector<Device> ListDevices() override { return inner_.ListDevices(); }
-  absl::StatusOr<Device> ApprovePairing(const std::string& r, const std::string& by,
-                                        int64_t now) override {
-    return inner_.ApprovePairing(r, by, now);
-  }
-  absl::Status RejectPairing(const std::string& r) override { return inner_.RejectPairing(r); }
-  absl::StatusOr<int> RevokeDevice(const std::string& n, int64_t now, Effects* fx) override {
-    return inner_.RevokeDevice(n, now, fx);
-  }
-  bool StartedEmpty() const override { return false; }
-  StoreDrops Dropped() override { return {}; }
-
- private:
-  void Wait(bool* gate) {
-    absl::MutexLock lock(&mu_);
-    if (!*gate) return;
-    ++stalled_;
-    mu_.Await(absl::Condition(
-        +[](bool* g) { return !*g; }, gate));
-    --stalled_;
-  }
-  MemoryStore inner_;
-  absl::Mutex mu_;
-  bool stall_registers_ ABSL_GUARDED_BY(mu_) = false;
-  bool stall_touches_ ABSL_GUARDED_BY(mu_) = false;
-  int stalled_ ABSL_GUARDED_BY(mu_) = 0;
-};
+using ::tether::testing::StallingStore;
 
 class EdgeLinkServiceTest : public ::testing::Test {
  protected:
