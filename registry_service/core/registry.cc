@@ -517,7 +517,12 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
         if (mine == waiters_.end()) return InvokeTicket{};  // answered already (expired)
         Waiter w = std::move(mine->second.front());
         w.base.effective_timeout_ms = r.dispatch.timeout_ms;
-        if (r.dispatch.deadline_ms > 0) w.deadline_ms = r.dispatch.deadline_ms;
+        // Each caller ends by its own deadline; a later one is capped by the joined invoke's
+        // (whose end answers it anyway).
+        if (r.dispatch.deadline_ms > 0) {
+          w.deadline_ms = w.deadline_ms > 0 ? std::min(w.deadline_ms, r.dispatch.deadline_ms)
+                                            : r.dispatch.deadline_ms;
+        }
         waiters_.erase(mine);
         joined->second.push_back(std::move(w));
         return InvokeTicket{r.dispatch.invoke_id, admitted.waiter_id};

@@ -243,6 +243,31 @@ TEST(RegistryAdmitRace, AnInvokeWhoseCallerWasAnsweredDuringTheDecisionIsCancell
   EXPECT_EQ(log.back(), "cancel c1") << "the node runs an invoke nobody waits for";
 }
 
+// Found in review: a caller joining an invoke (same idempotency key) took the joined invoke's
+// deadline as its own, so a joiner with a shorter timeout waited for the longer one. Each caller
+// ends by its own deadline; the invoke goes on for the caller that started it.
+TEST_F(RegistryAdmit, AJoinerWithAShorterTimeoutEndsByItsOwnDeadline) {
+  InvokeParams first = Params("n1");
+  first.idempotency_key = "k";
+  first.timeout_ms = 10'000;
+  std::vector<InvokeResult> first_got;
+  h_.registry().Invoke(first, [&](const InvokeResult& r) { first_got.push_back(r); });
+  InvokeParams joiner = first;
+  joiner.timeout_ms = 2'000;
+  h_.registry().Start(Admit(joiner), joiner);
+  ASSERT_EQ(sink_.invokes().size(), 1u) << "the joiner must not start a second invoke";
+  h_.clock().Advance(2'000 + kWaiterSlackMs);
+  h_.registry().ExpireWaiters();
+  ASSERT_EQ(got_.size(), 1u) << "the joiner still waits past its own deadline";
+  EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_TRUE(first_got.empty()) << "the invoke goes on for its first caller";
+  h_.clock().Advance(8'000);
+  h_.registry().Tick();
+  ASSERT_EQ(first_got.size(), 1u);
+  EXPECT_EQ(first_got[0].outcome.code, InvokeCode::kTimeout);
+  EXPECT_EQ(got_.size(), 1u);
+}
+
 TEST_F(RegistryAdmit, ACallerAskingForLessThanTheStartMarginStillGetsItsTry) {
   InvokeParams p = Params("n1");
   p.timeout_ms = 1;
