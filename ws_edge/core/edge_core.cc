@@ -84,10 +84,9 @@ void EdgeCore::CloseSlowConsumer(uint64_t socket) {
   Conn* conn = Find(socket);
   if (conn == nullptr || conn->state == State::kClosing) return;
   stats_.slow_consumers_closed.Add();
-  common::Log(common::LogLevel::kWarn, "slow_consumer_closed",
-              {{"conn_id", conn->conn_id},
-               {"node_id", conn->accepted ? conn->accepted->node_id : ""},
-               {"remote", conn->remote_addr}});
+  common::Log(
+      common::LogLevel::kWarn, "slow_consumer_closed",
+      {{"conn_id", conn->conn_id}, {"node_id", conn->node_id}, {"remote", conn->remote_addr}});
   CloseConn(*conn, protocol::kClosePolicyViolation, "slow consumer");
 }
 
@@ -200,7 +199,7 @@ void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection)
                {"remote", conn.remote_addr},
                {"code", rejection.error.code},
                {"detail", detail},
-               {"node_id", conn.accepted ? conn.accepted->node_id : ""}});
+               {"node_id", conn.node_id}});
   if (rejection.send_response) {
     SendFrame(conn, protocol::EncodeResponseError(rejection.request_id, rejection.error));
   }
@@ -281,6 +280,7 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
   }
   conn.accepted = std::make_unique<protocol::HandshakeAccepted>(
       std::move(std::get<protocol::HandshakeAccepted>(result)));
+  conn.node_id = conn.accepted->node_id;
   if (!link_up_ || draining_) {
     RefuseUnavailable(conn, conn.accepted->request_id,
                       draining_ ? "edge is draining; reconnect" : "registry link is down");
@@ -294,6 +294,10 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
 }
 
 void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
+  if (conn.accepted == nullptr) {  // live: kept serialized since hello-ok
+    o->ParseFromString(conn.opened);
+    return;
+  }
   const protocol::HandshakeAccepted& a = *conn.accepted;
   o->set_request_id(conn.register_request);
   o->set_conn_id(conn.conn_id);
@@ -346,7 +350,7 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
     if (now >= conn.next_event_forward_ms) {
       v1::EdgeMessage m;
       m.mutable_event()->set_conn_id(conn.conn_id);
-      m.mutable_event()->set_node_id(conn.accepted->node_id);
+      m.mutable_event()->set_node_id(conn.node_id);
       m.mutable_event()->set_event(event->event);
       if (!SendLink(m)) {
         SendFrame(conn, protocol::EncodeResponseError(frame->id,
@@ -373,7 +377,7 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
                                                  std::string(result.status().message()))));
     return;
   }
-  if (result->node_id != conn.accepted->node_id) {
+  if (result->node_id != conn.node_id) {
     SendFrame(conn, protocol::EncodeResponseError(frame_id, InvalidRequest("nodeId mismatch")));
     return;
   }
@@ -433,9 +437,9 @@ void EdgeCore::OnLinkDown() {
       // The registry failed these (DISCONNECTED) when the stream broke, and no answer can
       // reach it: tell the node to stop working on them.
       for (const std::string& invoke_id : conn.invokes) {
-        SendFrame(conn, protocol::EncodeEvent(
-                            "node.invoke.cancel",
-                            json{{"invokeId", invoke_id}, {"nodeId", conn.accepted->node_id}}));
+        SendFrame(conn,
+                  protocol::EncodeEvent("node.invoke.cancel",
+                                        json{{"invokeId", invoke_id}, {"nodeId", conn.node_id}}));
       }
       conn.invokes.clear();
     }
@@ -484,9 +488,7 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
       const std::string& reason = m.close().reason();
       common::Log(reason == "superseded" ? common::LogLevel::kDebug : common::LogLevel::kInfo,
                   "connection_closed_by_registry",
-                  {{"conn_id", conn->conn_id},
-                   {"node_id", conn->accepted ? conn->accepted->node_id : ""},
-                   {"reason", reason}});
+                  {{"conn_id", conn->conn_id}, {"node_id", conn->node_id}, {"reason", reason}});
       if (reason == "superseded") {
         stats_.superseded_closed.Add();
         CloseConn(*conn, kCloseReplaced, "replaced");
@@ -578,6 +580,11 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
   }
   downstream_.SetMaxMessageSize(conn->socket, static_cast<size_t>(options_.max_payload));
   conn->next_tick_ms = now + options_.tick_interval_ms;
+  // Live from here on: keep only what a resync reports (`a` is not used after this).
+  v1::ConnectionOpened opened;
+  FillOpened(*conn, &opened);
+  conn->opened = opened.SerializeAsString();
+  conn->accepted.reset();
   auto queued = std::exchange(conn->queued, {});
   for (const v1::InvokeRequest& inv : queued) DeliverInvoke(*conn, inv);
 }

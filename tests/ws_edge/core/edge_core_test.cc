@@ -245,7 +245,13 @@ TEST_F(EdgeCoreTest, LinkUpResyncsEveryLiveConnectionWithItsGeneration) {
   const v1::Resync& r = link_.sent[0].resync();
   ASSERT_EQ(r.connections_size(), 2);
   std::map<std::string, uint64_t> gens;
-  for (const auto& l : r.connections()) gens[l.opened().conn_id()] = l.generation();
+  for (const auto& l : r.connections()) {
+    gens[l.opened().conn_id()] = l.generation();
+    // A live socket keeps its registration serialized, not the parsed handshake: the resync
+    // still reports all of it (node, key, tokens, client, caps, commands), as first sent.
+    const v1::ConnectionOpened& first = l.opened().conn_id() == a.conn_id() ? a : b;
+    EXPECT_EQ(l.opened().SerializeAsString(), first.SerializeAsString());
+  }
   EXPECT_EQ(gens[a.conn_id()], 7u);
   EXPECT_EQ(gens[b.conn_id()], 9u);
 }
