@@ -382,7 +382,7 @@ bool Registry::AnyoneWaits(const std::string& invoke_id) {
   return it != waiters_.end() && !it->second.empty();
 }
 
-std::optional<Registry::Waiter> Registry::TakeWaiter(const InvokeTicket& ticket) {
+std::optional<Registry::Waiter> Registry::TakeWaiter(const InvokeTicket& ticket, bool* last) {
   absl::MutexLock lock(&mu_);
   auto it = waiters_.find(ticket.invoke_id);
   if (it == waiters_.end()) return std::nullopt;
@@ -392,7 +392,9 @@ std::optional<Registry::Waiter> Registry::TakeWaiter(const InvokeTicket& ticket)
   if (w == list.end()) return std::nullopt;
   std::optional<Waiter> taken(std::move(*w));
   list.erase(w);
-  if (list.empty()) waiters_.erase(it);
+  const bool none_left = list.empty();
+  if (none_left) waiters_.erase(it);
+  if (last != nullptr) *last = none_left;
   return taken;
 }
 
@@ -482,15 +484,9 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
         // passed: the store call can take seconds on an overloaded Redis) and no one joined
         // it since (as CancelInvoke's last waiter). Nobody waits for this invoke: the node must
         // stop, not run it. (Already settled: a no-op.)
-        Effects cancel_effects;
-        {
-          Decision decision(*this, &cancel_effects);
-          store_.FailInvoke(admitted.invoke_id, "", "",
-                            Failure(InvokeCode::kCancelled,
-                                    "the caller was answered before the invoke was dispatched"),
-                            clock_.NowMs(), &cancel_effects);
-        }
-        Apply(cancel_effects);
+        FailInStore(admitted.invoke_id,
+                    Failure(InvokeCode::kCancelled,
+                            "the caller was answered before the invoke was dispatched"));
         return InvokeTicket{};
       }
       case InvokeStartResult::Kind::kFailed:
@@ -536,37 +532,24 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
 }
 
 void Registry::CancelInvoke(const InvokeTicket& ticket) {
-  InvokeDone done;
-  InvokeResult result;
   bool last = false;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = waiters_.find(ticket.invoke_id);
-    if (it == waiters_.end()) return;
-    auto& list = it->second;
-    auto w = std::find_if(list.begin(), list.end(),
-                          [&](const Waiter& x) { return x.id == ticket.waiter_id; });
-    if (w == list.end()) return;
-    done = std::move(w->done);
-    result = w->base;
-    const bool started = w->started;
-    list.erase(w);
-    if (list.empty()) {
-      waiters_.erase(it);
-      last = started;  // never started: no store holds it
-    }
-  }
+  std::optional<Waiter> mine = TakeWaiter(ticket, &last);
+  if (!mine.has_value()) return;
+  InvokeResult result = std::move(mine->base);
   result.invoke_id = ticket.invoke_id;
   result.outcome = Failure(InvokeCode::kCancelled, "cancelled by the caller");
-  if (last) {
-    Effects effects;
-    {
-      Decision decision(*this, &effects);
-      store_.FailInvoke(ticket.invoke_id, "", "", result.outcome, clock_.NowMs(), &effects);
-    }
-    Apply(effects);
+  // The last caller gone: the invoke itself ends (never started: no store holds it).
+  if (last && mine->started) FailInStore(ticket.invoke_id, result.outcome);
+  mine->done(result);
+}
+
+void Registry::FailInStore(const std::string& invoke_id, const InvokeOutcome& outcome) {
+  Effects effects;
+  {
+    Decision decision(*this, &effects);
+    store_.FailInvoke(invoke_id, "", "", outcome, clock_.NowMs(), &effects);
   }
-  done(result);
+  Apply(effects);
 }
 
 // --- Presence --------------------------------------------------------------------------------

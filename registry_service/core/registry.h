@@ -268,7 +268,13 @@ class Registry {
     bool started = false;
   };
   // Removes and returns the waiter `ticket` names; nullopt when it was answered already.
-  std::optional<Waiter> TakeWaiter(const InvokeTicket& ticket) ABSL_LOCKS_EXCLUDED(mu_);
+  // `last` (if given): no other caller waits for that invoke any more.
+  std::optional<Waiter> TakeWaiter(const InvokeTicket& ticket, bool* last = nullptr)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Ends `invoke_id` in the store with `outcome` (a cancel also reaches the node; an invoke
+  // already settled is left alone).
+  void FailInStore(const std::string& invoke_id, const InvokeOutcome& outcome)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Whether any caller on this replica still waits for `invoke_id`.
   bool AnyoneWaits(const std::string& invoke_id) ABSL_LOCKS_EXCLUDED(mu_);
   // What the registry sends one edge, in the order it was decided. Decisions push under

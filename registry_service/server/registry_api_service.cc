@@ -78,8 +78,8 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
     {
       absl::MutexLock lock(&state_->mu);
       state_->cancelled = true;
-      if (state_->finished || state_->ticket.invoke_id.empty()) return;
-      ticket = state_->ticket;
+      if (state_->finished) return;
+      ticket = state_->ticket;  // set since the constructor: the admitted, or a joined, invoke
     }
     registry.CancelInvoke(ticket);  // runs Complete if the invoke still waits: `this` may go
   }

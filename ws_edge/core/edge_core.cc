@@ -206,17 +206,21 @@ void EdgeCore::Reject(Conn& conn, const protocol::HandshakeRejection& rejection)
   CloseConn(conn, rejection.close_code, rejection.close_reason);
 }
 
-void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why,
-                                 int64_t retry_after_ms, const char* close_reason) {
-  if (close_reason == nullptr) stats_.handshakes_unavailable.Add();
+void EdgeCore::RefuseRetryable(Conn& conn, const std::string& request_id, const std::string& why,
+                               int64_t retry_after_ms, const std::string& close_reason) {
   ErrorShape e;
   e.code = std::string(protocol::kUnavailable);
   e.message = why;
   e.retryable = true;
   e.retry_after_ms = retry_after_ms;
   if (!request_id.empty()) SendFrame(conn, protocol::EncodeResponseError(request_id, e));
-  CloseConn(conn, kCloseTryAgainLater,
-            close_reason != nullptr ? close_reason : "registry unavailable");
+  CloseConn(conn, kCloseTryAgainLater, close_reason);
+}
+
+void EdgeCore::RefuseUnavailable(Conn& conn, const std::string& request_id,
+                                 const std::string& why) {
+  stats_.handshakes_unavailable.Add();
+  RefuseRetryable(conn, request_id, why, 1000, "registry unavailable");
 }
 
 void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
@@ -234,9 +238,9 @@ void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
     stats_.handshakes_busy.Add();
     auto frame = protocol::ParseFrame(text);
     std::uniform_int_distribution<int64_t> jitter(0, 1000);
-    RefuseUnavailable(conn, frame.ok() ? frame->id : "",
-                      "edge busy: the registry is behind on registrations; retry",
-                      1000 + jitter(rng_), "edge busy; try again later");
+    RefuseRetryable(conn, frame.ok() ? frame->id : "",
+                    "edge busy: the registry is behind on registrations; retry",
+                    1000 + jitter(rng_), "edge busy; try again later");
     return;
   }
   ++verifying_;
@@ -290,14 +294,11 @@ void EdgeCore::FinishConnect(uint64_t socket, const std::string& conn_id,
   conn.register_request = next_request_++;
   v1::EdgeMessage m;
   FillOpened(conn, m.mutable_opened());
+  conn.opened = m.opened().SerializeAsString();  // what a resync reports once it is live
   SendLink(m);
 }
 
 void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
-  if (conn.accepted == nullptr) {  // live: kept serialized since hello-ok
-    o->ParseFromString(conn.opened);
-    return;
-  }
   const protocol::HandshakeAccepted& a = *conn.accepted;
   o->set_request_id(conn.register_request);
   o->set_conn_id(conn.conn_id);
@@ -420,7 +421,7 @@ void EdgeCore::OnLinkUp() {
   for (const auto& [socket, conn] : sockets_) {
     if (conn.state != State::kLive) continue;
     v1::LiveConnection* l = resync->add_connections();
-    FillOpened(conn, l->mutable_opened());
+    l->mutable_opened()->ParseFromString(conn.opened);
     l->set_generation(conn.generation);
     l->set_superseded(conn.superseded);
   }
@@ -580,11 +581,7 @@ void EdgeCore::HandleRegisterOutcome(const v1::RegisterOutcome& o) {
   }
   downstream_.SetMaxMessageSize(conn->socket, static_cast<size_t>(options_.max_payload));
   conn->next_tick_ms = now + options_.tick_interval_ms;
-  // Live from here on: keep only what a resync reports (`a` is not used after this).
-  v1::ConnectionOpened opened;
-  FillOpened(*conn, &opened);
-  conn->opened = opened.SerializeAsString();
-  conn->accepted.reset();
+  conn->accepted.reset();  // live: conn->opened is what a resync reports (`a` is gone)
   auto queued = std::exchange(conn->queued, {});
   for (const v1::InvokeRequest& inv : queued) DeliverInvoke(*conn, inv);
 }

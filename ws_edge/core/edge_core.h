@@ -142,7 +142,7 @@ class EdgeCore {
     // The checked handshake, from the proof until hello-ok. A live socket keeps only what a
     // resync reports, serialized (the parsed handshake is ~1.2 KB per socket, this ~0.3 KB).
     std::unique_ptr<protocol::HandshakeAccepted> accepted;
-    std::string opened;   // after hello-ok: the v1::ConnectionOpened a resync sends
+    std::string opened;   // the v1::ConnectionOpened sent to register; a resync resends it
     std::string node_id;  // once the proof checked out
     uint64_t register_request = 0;
     uint64_t generation = 0;
@@ -184,8 +184,12 @@ class EdgeCore {
   // Every change of a Conn's state goes through here: it keeps registering_ in step.
   void SetState(Conn& conn, State state);
   void Reject(Conn& conn, const protocol::HandshakeRejection& rejection);
-  void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why,
-                         int64_t retry_after_ms = 1000, const char* close_reason = nullptr);
+  // Refuses a handshake as retryable: UNAVAILABLE with retryAfterMs (no response when the
+  // request id is unknown), then close 1013 with `close_reason`.
+  void RefuseRetryable(Conn& conn, const std::string& request_id, const std::string& why,
+                       int64_t retry_after_ms, const std::string& close_reason);
+  // The registry cannot take the registration (link down, refused, no answer): counted.
+  void RefuseUnavailable(Conn& conn, const std::string& request_id, const std::string& why);
   void HandleConnect(Conn& conn, const std::string& text);
   void FinishConnect(uint64_t socket, const std::string& conn_id, protocol::HandshakeResult result);
   void HandleLiveFrame(Conn& conn, const std::string& text);
