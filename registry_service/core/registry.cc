@@ -366,7 +366,8 @@ InvokeTicket Registry::Admit(const InvokeParams& params, InvokeDone done) {
   w.base.effective_timeout_ms = timeout;
   w.deadline_ms = now + timeout;
   if (params.caller_remaining_ms >= 0) {
-    w.deadline_ms = std::min(w.deadline_ms, now + params.caller_remaining_ms);
+    const int64_t margin = std::min(options_.answer_margin_ms, params.caller_remaining_ms / 4);
+    w.deadline_ms = std::min(w.deadline_ms, now + params.caller_remaining_ms - margin);
   }
   // The waiter exists before the store can settle the invoke, so no completion is missed.
   InvokeTicket ticket{common::UniqueId(), 0};

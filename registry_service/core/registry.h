@@ -82,6 +82,11 @@ struct RegistryOptions {
   // The edges' lease TTL (StoreOptions::lease_ttl_ms): a stream whose edge renewed within it
   // is live, and its edge id is in use (see AttachEdge).
   int64_t lease_ttl_ms = 10'000;
+  // How long before the caller's own deadline (InvokeParams::caller_remaining_ms) an invoke
+  // ends, at most a quarter of the caller's time. Expiry runs once per tick, so a TIMEOUT
+  // decided at the caller's deadline would reach a caller that had already given up, which then
+  // sees only its own DEADLINE_EXCEEDED, not a typed outcome. The server sets twice its tick.
+  int64_t answer_margin_ms = 100;
 };
 
 // How an invoke ended, as its caller sees it.

@@ -52,6 +52,7 @@ absl::StatusOr<int> RegistryServer::Start() {
   }
   RegistryOptions registry_options = options_.registry;
   registry_options.lease_ttl_ms = options_.store.lease_ttl_ms;
+  registry_options.answer_margin_ms = 2 * options_.tick_ms;
   registry_ = std::make_unique<Registry>(*store_, clock_, registry_options);
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,

@@ -1134,7 +1134,9 @@ RedisStore::RedisStore(const StoreOptions& options, const RedisStoreOptions& red
   reject_ = add(kReject);
   revoke_ = add(kRevoke);
   release_ = add(kRelease);
-  delivered_ = route_client_->AddScript(std::string(kPrelude) + kDelivered);
+  // (Not on route_client_: the router's blocking XREAD holds it for up to its wait, and the
+  // tick that marks deliveries also runs the expiry that ends invokes at their deadline.)
+  delivered_ = add(kDelivered);
   for (auto& c : pool_) {
     const int raise = c->AddScript(kRaiseCounters);
     c->SetConnectScript(
@@ -1663,7 +1665,7 @@ absl::StatusOr<std::vector<std::string>> RedisStore::MarkDelivered(
     args.push_back(d.edge_id);
     args.push_back(d.position);
   }
-  auto r = RunOn(*route_client_, delivered_, 0, args, nullptr);
+  auto r = Run(delivered_, 0, args, nullptr);
   if (!r.ok()) return r.status();
   return Strings(RedisValue{RedisValue::Type::kArray, "", 0, *r});
 }

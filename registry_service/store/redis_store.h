@@ -149,7 +149,7 @@ class RedisStore final : public Store {
   // Lease renewals only: a heartbeat must not wait behind a storm of decisions on client_
   // (the edge's lease would lapse and every node on it would be disconnected). Owned.
   std::unique_ptr<RedisClient> lease_client_;
-  // Reads of outboxes and the inbox (blocking XREAD) and delivery marks. Owned.
+  // Reads of outboxes and the inbox (blocking XREAD) only. Owned.
   std::unique_ptr<RedisClient> route_client_;
   std::atomic<uint64_t> highest_generation_{0};
   std::atomic<uint64_t> highest_revision_{0};
@@ -158,7 +158,7 @@ class RedisStore final : public Store {
       resync_sweep_ = 0, register_ = 0, close_ = 0, touch_ = 0, start_ = 0, settle_ = 0, fail_ = 0,
       expire_ = 0, list_nodes_ = 0, get_node_ = 0, presence_ = 0, read_presence_ = 0,
       list_pairing_ = 0, list_devices_ = 0, approve_ = 0, reject_ = 0, revoke_ = 0, release_ = 0,
-      delivered_ = 0 /* route_client_ */;
+      delivered_ = 0;
 };
 
 }  // namespace tether::registry

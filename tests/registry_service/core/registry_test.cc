@@ -188,11 +188,28 @@ TEST_F(RegistryAdmit, StartWithTooLittleOfTheDeadlineLeftAnswersTimeoutAndSendsN
   InvokeParams p = Params("n1");
   p.caller_remaining_ms = 100;  // the caller's gRPC deadline, nearer than the timeout
   const InvokeTicket admitted = Admit(p);
-  h_.clock().Advance(100 - kMinStartMs + 1);  // waited for a worker
+  h_.clock().Advance(75 - kMinStartMs + 1);  // waited for a worker (deadline: 100 less 100/4)
   EXPECT_TRUE(h_.registry().Start(admitted, p).invoke_id.empty());
   ASSERT_EQ(got_.size(), 1u);
   EXPECT_EQ(got_[0].outcome.code, InvokeCode::kTimeout);
   EXPECT_TRUE(sink_.invokes().empty());
+}
+
+// The caller's own deadline binds: the invoke ends answer_margin_ms (at most a quarter of the
+// caller's time) before it, so that the expiry's TIMEOUT reaches a caller still listening.
+TEST_F(RegistryAdmit, AnInvokeEndsAMarginBeforeTheCallersOwnDeadline) {
+  InvokeParams p = Params("n1");
+  p.timeout_ms = 5000;
+  p.caller_remaining_ms = 1000;
+  EXPECT_EQ(h_.registry().Start(Admit(p), p).invoke_id.empty(), false);
+  p.caller_remaining_ms = 200;  // a quarter of it: 50 ms
+  EXPECT_EQ(h_.registry().Start(Admit(p), p).invoke_id.empty(), false);
+  p.caller_remaining_ms = 5080;  // the timeout ends first, but within the margin of the caller's
+  EXPECT_EQ(h_.registry().Start(Admit(p), p).invoke_id.empty(), false);
+  ASSERT_EQ(sink_.invokes().size(), 3u);
+  EXPECT_EQ(sink_.remaining()[0], 1000 - RegistryOptions{}.answer_margin_ms);
+  EXPECT_EQ(sink_.remaining()[1], 150);
+  EXPECT_EQ(sink_.remaining()[2], 5080 - RegistryOptions{}.answer_margin_ms);
 }
 
 TEST_F(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheStore) {
