@@ -54,10 +54,36 @@ void MemoryStore::Publish(PresenceEvent event, int64_t now_ms, Effects* effects)
 
 bool MemoryStore::Paired(const std::string& node_id) const { return devices_.contains(node_id); }
 
-NodeView MemoryStore::View(const NodeRecord& node) const {
+MemoryStore::List MemoryStore::Intern(const std::vector<std::string>& list) {
+  static const auto* const kEmpty = new List(std::make_shared<const std::vector<std::string>>());
+  if (list.empty()) return *kEmpty;
+  std::string key;
+  for (const std::string& x : list) {
+    key += x;
+    key.push_back('\0');
+  }
+  List& shared = lists_[key];
+  if (shared == nullptr) shared = std::make_shared<const std::vector<std::string>>(list);
+  List result = shared;
+  if (lists_.size() >= 2 * lists_swept_at_) {
+    for (auto it = lists_.begin(); it != lists_.end();) {
+      if (it->second.use_count() == 1) {
+        lists_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
+    lists_swept_at_ = std::max<size_t>(lists_.size(), 64);
+  }
+  return result;
+}
+
+NodeView MemoryStore::View(const std::string& node_id, const NodeRecord& node) const {
   NodeView v;
-  v.node_id = node.node_id;
+  v.node_id = node_id;
   v.client = node.client;
+  if (node.caps != nullptr) v.client.caps = *node.caps;  // (null until first owned)
+  if (node.commands != nullptr) v.client.commands = *node.commands;
   v.public_key = node.public_key;
   v.remote_addr = node.remote_addr;
   v.connected = !node.owner.empty();
@@ -66,40 +92,54 @@ NodeView MemoryStore::View(const NodeRecord& node) const {
   v.generation = node.generation;
   v.connected_at_ms = node.connected_at_ms;
   v.last_seen_ms = node.last_seen_ms;
-  v.paired = Paired(node.node_id);
+  v.paired = Paired(node_id);
   return v;
 }
 
-void MemoryStore::InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms, Effects* effects) {
+MemoryStore::Conn& MemoryStore::AddConn(const ConnectionSpec& spec, const std::string& edge_id,
+                                        uint64_t generation, Lease& lease) {
+  Conn& conn = conns_[spec.conn_id];
+  conn.conn_id = spec.conn_id;
+  conn.node_id = spec.node_id;
+  conn.edge_id = edge_id;
+  conn.generation = generation;
+  lease.conns.insert(spec.conn_id);
+  return conn;
+}
+
+void MemoryStore::InstallOwner(const std::string& node_id, NodeRecord& node, Conn& conn,
+                               const ConnectionSpec& spec, int64_t now_ms, Effects* effects) {
   if (node.idle_since_ms != 0) {  // owned again: no longer up for pruning
-    idle_.erase({node.idle_since_ms, node.node_id});
+    idle_.erase({node.idle_since_ms, node_id});
     node.idle_since_ms = 0;
   }
   PresenceEvent event;
-  event.node_id = node.node_id;
+  event.node_id = node_id;
   event.kind = PresenceKind::kConnected;
   if (!node.owner.empty()) {
     auto old = conns_.find(node.owner);
     if (old != conns_.end()) SupersedeConn(old->second, now_ms, effects);
     event.kind = PresenceKind::kReplaced;
   }
-  node.owner = conn.spec.conn_id;
-  node.edge_id = conn.spec.edge_id;
+  node.owner = conn.conn_id;
+  node.edge_id = conn.edge_id;
   node.generation = conn.generation;
-  // The node record keeps what the connection said about itself; the connection keeps only
-  // what ownership decisions need (memory per session).
-  node.client = std::move(conn.spec.client);
-  node.public_key = std::move(conn.spec.public_key);
-  node.remote_addr = std::move(conn.spec.remote_addr);
-  conn.spec.client = ClientMetadata{};
-  conn.spec.public_key.clear();
-  conn.spec.remote_addr.clear();
-  conn.spec.device_token.clear();
-  conn.spec.edge_epoch.clear();  // the lease holds it
+  const ClientMetadata& c = spec.client;
+  node.client.client_id = c.client_id;
+  node.client.display_name = c.display_name;
+  node.client.version = c.version;
+  node.client.platform = c.platform;
+  node.client.device_family = c.device_family;
+  node.client.mode = c.mode;
+  node.client.instance_id = c.instance_id;
+  node.caps = Intern(c.caps);
+  node.commands = Intern(c.commands);
+  node.public_key = spec.public_key;
+  node.remote_addr = spec.remote_addr;
   node.connected_at_ms = now_ms;
   node.last_seen_ms = now_ms;
-  event.conn_id = conn.spec.conn_id;
-  event.edge_id = conn.spec.edge_id;
+  event.conn_id = conn.conn_id;
+  event.edge_id = conn.edge_id;
   event.generation = conn.generation;
   Publish(std::move(event), now_ms, effects);
 }
@@ -111,17 +151,17 @@ void MemoryStore::SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects) {
     return;
   }
   conn.retire_at_ms = now_ms + options_.superseded_grace_ms;
-  retire_at_.insert({conn.retire_at_ms, conn.spec.conn_id});
-  EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, conn.spec.edge_id,
-                          conn.spec.conn_id, conn.spec.node_id, kReasonSuperseded);
+  retire_at_.insert({conn.retire_at_ms, conn.conn_id});
+  EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, conn.edge_id, conn.conn_id,
+                          conn.node_id, kReasonSuperseded);
   cmd.grace_ms = options_.superseded_grace_ms;
 }
 
 void MemoryStore::MaybeRetire(Conn& conn, Effects* effects) {
   if (!conn.superseded || conn.retire_sent || !conn.pending.empty()) return;
   conn.retire_sent = true;
-  retire_at_.erase({conn.retire_at_ms, conn.spec.conn_id});
-  Tell(effects, EdgeCommand::Kind::kClose, conn.spec.edge_id, conn.spec.conn_id, conn.spec.node_id,
+  retire_at_.erase({conn.retire_at_ms, conn.conn_id});
+  Tell(effects, EdgeCommand::Kind::kClose, conn.edge_id, conn.conn_id, conn.node_id,
        kReasonSuperseded);
 }
 
@@ -175,7 +215,7 @@ CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::strin
   if (it == conns_.end()) return result;
   result.known = true;
   Conn& conn = it->second;
-  result.node_id = conn.spec.node_id;
+  result.node_id = conn.node_id;
   conn.retire_sent = true;  // it is going away: no retirement command
   retire_at_.erase({conn.retire_at_ms, conn_id});
   auto pending = std::exchange(conn.pending, {});
@@ -183,7 +223,7 @@ CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::strin
     Finish(invoke_id, Failure(InvokeCode::kDisconnected, "connection closed (" + reason + ")"),
            now_ms, effects);
   }
-  auto node = nodes_.find(conn.spec.node_id);
+  auto node = nodes_.find(conn.node_id);
   if (node != nodes_.end() && node->second.owner == conn_id) {
     result.was_owner = true;
     node->second.owner.clear();
@@ -191,15 +231,15 @@ CloseResult MemoryStore::RemoveConn(const std::string& conn_id, const std::strin
     node->second.idle_since_ms = now_ms;
     idle_.insert({now_ms, node->first});
     PresenceEvent event;
-    event.node_id = conn.spec.node_id;
+    event.node_id = conn.node_id;
     event.kind = PresenceKind::kDisconnected;
     event.reason = reason;
     event.conn_id = conn_id;
-    event.edge_id = conn.spec.edge_id;
+    event.edge_id = conn.edge_id;
     event.generation = conn.generation;
     Publish(std::move(event), now_ms, effects);
   }
-  auto lease = leases_.find(conn.spec.edge_id);
+  auto lease = leases_.find(conn.edge_id);
   if (lease != leases_.end()) lease->second.conns.erase(conn_id);
   conns_.erase(it);
   return result;
@@ -279,18 +319,18 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
     };
     auto known = conns_.find(l.spec.conn_id);
     if (known != conns_.end()) {
-      if (known->second.spec.edge_id == edge_id) {
+      if (known->second.edge_id == edge_id) {
         ++result.kept;
         Conn& c = known->second;
         if (c.superseded) {
           // Its retirement may have been lost with the link: say it again.
           if (c.pending.empty()) {
             c.retire_sent = true;
-            Tell(effects, EdgeCommand::Kind::kClose, edge_id, c.spec.conn_id, c.spec.node_id,
+            Tell(effects, EdgeCommand::Kind::kClose, edge_id, c.conn_id, c.node_id,
                  kReasonSuperseded);
           } else {
-            EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, edge_id,
-                                    c.spec.conn_id, c.spec.node_id, kReasonSuperseded);
+            EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, edge_id, c.conn_id,
+                                    c.node_id, kReasonSuperseded);
             cmd.grace_ms = std::max<int64_t>(c.retire_at_ms - now_ms, 0);
           }
         }
@@ -319,19 +359,14 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
       d.device.approved_by = "resync";
     }
     NodeRecord& node = nodes_[l.spec.node_id];
-    node.node_id = l.spec.node_id;
     uint64_t newest = node.generation;
     if (!node.owner.empty()) newest = conns_[node.owner].generation;
     if (newest > l.generation) {
       close_it(kReasonSuperseded);  // a newer connection was granted since
       continue;
     }
-    Conn& conn = conns_[l.spec.conn_id];
-    conn.spec = l.spec;
-    conn.spec.edge_id = edge_id;
-    conn.generation = l.generation;
-    lease_it->second.conns.insert(l.spec.conn_id);
-    InstallOwner(node, conn, now_ms, effects);
+    Conn& conn = AddConn(l.spec, edge_id, l.generation, lease_it->second);
+    InstallOwner(l.spec.node_id, node, conn, l.spec, now_ms, effects);
     ++result.kept;
   }
   return result;
@@ -401,13 +436,8 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
   }
   if (device->second.token.empty()) device->second.token = common::RandomToken();
 
-  Conn& conn = conns_[spec.conn_id];
-  conn.spec = spec;
-  conn.generation = NextGeneration();
-  lease->second.conns.insert(spec.conn_id);
-  NodeRecord& node = nodes_[spec.node_id];
-  node.node_id = spec.node_id;
-  InstallOwner(node, conn, now_ms, effects);
+  Conn& conn = AddConn(spec, spec.edge_id, NextGeneration(), lease->second);
+  InstallOwner(spec.node_id, nodes_[spec.node_id], conn, spec, now_ms, effects);
 
   result.granted = true;
   result.generation = conn.generation;
@@ -419,7 +449,7 @@ CloseResult MemoryStore::Close(const std::string& edge_id, const std::string& co
                                int64_t now_ms, Effects* effects) {
   absl::MutexLock lock(&mu_);
   auto it = conns_.find(conn_id);
-  if (it == conns_.end() || it->second.spec.edge_id != edge_id) return CloseResult{};
+  if (it == conns_.end() || it->second.edge_id != edge_id) return CloseResult{};
   return RemoveConn(conn_id, kReasonDisconnect, now_ms, effects);
 }
 
@@ -427,7 +457,7 @@ void MemoryStore::Touch(const std::string& conn_id, int64_t now_ms) {
   absl::MutexLock lock(&mu_);
   auto it = conns_.find(conn_id);
   if (it == conns_.end()) return;
-  auto node = nodes_.find(it->second.spec.node_id);
+  auto node = nodes_.find(it->second.node_id);
   if (node != nodes_.end() && node->second.owner == conn_id) node->second.last_seen_ms = now_ms;
 }
 
@@ -465,7 +495,7 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
     return result;
   }
   Conn& conn = conns_.at(node->second.owner);
-  if (!Contains(node->second.client.commands, start.command)) {  // the owner's declaration
+  if (!Contains(*node->second.commands, start.command)) {  // the owner's declaration
     result.outcome = Failure(InvokeCode::kCommandNotAllowed,
                              "node did not declare command '" + start.command + "'");
     return result;
@@ -473,8 +503,8 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   Dispatch& d = result.dispatch;
   d.invoke_id = start.invoke_id;
   d.node_id = start.node_id;
-  d.conn_id = conn.spec.conn_id;
-  d.edge_id = conn.spec.edge_id;
+  d.conn_id = conn.conn_id;
+  d.edge_id = conn.edge_id;
   d.generation = conn.generation;
   d.command = start.command;
   d.params_json = start.params_json;
@@ -573,7 +603,7 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
       auto c = conns_.find(conn_id);
       if (c == conns_.end()) continue;
       // If the edge is alive after all (a stuck link), its sockets must not linger unowned.
-      Tell(effects, EdgeCommand::Kind::kClose, edge_id, conn_id, c->second.spec.node_id,
+      Tell(effects, EdgeCommand::Kind::kClose, edge_id, conn_id, c->second.node_id,
            kReasonEdgeLost);
       RemoveConn(conn_id, kReasonEdgeLost, now_ms, effects);
     }
@@ -585,8 +615,8 @@ void MemoryStore::Expire(int64_t now_ms, Effects* effects) {
     auto it = conns_.find(conn_id);
     if (it == conns_.end() || it->second.retire_sent) continue;
     it->second.retire_sent = true;
-    Tell(effects, EdgeCommand::Kind::kClose, it->second.spec.edge_id, conn_id,
-         it->second.spec.node_id, kReasonSuperseded);
+    Tell(effects, EdgeCommand::Kind::kClose, it->second.edge_id, conn_id, it->second.node_id,
+         kReasonSuperseded);
   }
   if (now_ms >= next_pairing_prune_ms_) {
     next_pairing_prune_ms_ = now_ms + 10'000;
@@ -622,14 +652,14 @@ absl::StatusOr<NodePage> MemoryStore::ListNodes(const NodeFilter& filter,
     const bool connected = !n.owner.empty();
     if (filter.connected == NodeFilter::Connected::kOnly && !connected) continue;
     if (filter.connected == NodeFilter::Connected::kNot && connected) continue;
-    const bool paired = Paired(n.node_id);
+    const bool paired = Paired(it->first);
     if (filter.paired == NodeFilter::Paired::kOnly && !paired) continue;
     if (filter.paired == NodeFilter::Paired::kNot && paired) continue;
     if (static_cast<int>(page.nodes.size()) == page_size) {
       page.next_page_token = page.nodes.back().node_id;
       break;
     }
-    page.nodes.push_back(View(n));
+    page.nodes.push_back(View(it->first, n));
   }
   return page;
 }
@@ -638,14 +668,14 @@ absl::StatusOr<NodeView> MemoryStore::GetNode(const std::string& node_id) {
   absl::MutexLock lock(&mu_);
   auto it = nodes_.find(node_id);
   if (it == nodes_.end()) return absl::NotFoundError("unknown node id");
-  return View(it->second);
+  return View(it->first, it->second);
 }
 
 absl::StatusOr<PresenceSnapshot> MemoryStore::GetPresence() {
   absl::MutexLock lock(&mu_);
   PresenceSnapshot snap;
   for (const auto& [id, node] : nodes_) {
-    if (!node.owner.empty()) snap.nodes.push_back(View(node));
+    if (!node.owner.empty()) snap.nodes.push_back(View(id, node));
   }
   snap.revision = head_revision_;
   return snap;
@@ -738,7 +768,7 @@ absl::StatusOr<int> MemoryStore::RevokeDevice(const std::string& node_id, int64_
   }
   std::vector<std::pair<std::string, std::string>> doomed;  // (conn id, edge id)
   for (const auto& [conn_id, conn] : conns_) {
-    if (conn.spec.node_id == node_id) doomed.push_back({conn_id, conn.spec.edge_id});
+    if (conn.node_id == node_id) doomed.push_back({conn_id, conn.edge_id});
   }
   for (const auto& [conn_id, edge_id] : doomed) {
     RemoveConn(conn_id, kReasonRevoked, now_ms, effects);
@@ -760,6 +790,11 @@ size_t MemoryStore::ConnectionCountForTest() {
 size_t MemoryStore::PendingInvokeCountForTest() {
   absl::MutexLock lock(&mu_);
   return pending_.size();
+}
+
+size_t MemoryStore::InternedListCountForTest() {
+  absl::MutexLock lock(&mu_);
+  return lists_.size();
 }
 
 }  // namespace tether::registry

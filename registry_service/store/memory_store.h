@@ -4,6 +4,7 @@
 
 #include <deque>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 #include <utility>
@@ -77,19 +78,27 @@ class MemoryStore final : public Store {
   // For tests and benchmarks: counts of live records.
   size_t ConnectionCountForTest() ABSL_LOCKS_EXCLUDED(mu_);
   size_t PendingInvokeCountForTest() ABSL_LOCKS_EXCLUDED(mu_);
+  size_t InternedListCountForTest() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // What ownership decisions need of a connection; what it said about itself is in its
+  // node's record (memory per session).
   struct Conn {
-    ConnectionSpec spec;
+    std::string conn_id;
+    std::string node_id;
+    std::string edge_id;
     uint64_t generation = 0;
     bool superseded = false;
     bool retire_sent = false;
     int64_t retire_at_ms = 0;
     absl::flat_hash_set<std::string> pending;  // invoke ids dispatched on this connection
   };
+  using List = std::shared_ptr<const std::vector<std::string>>;
+  // A node (its id is the key in nodes_).
   struct NodeRecord {
-    std::string node_id;
-    ClientMetadata client;
+    ClientMetadata client;  // as its owner declared it, without the lists below
+    List caps;              // interned (Intern): a fleet declares a few distinct lists
+    List commands;
     std::string public_key;
     std::string remote_addr;
     std::string owner;        // owning conn id; empty when disconnected
@@ -121,8 +130,16 @@ class MemoryStore final : public Store {
   uint64_t NextGeneration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Publish(PresenceEvent event, int64_t now_ms, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void InstallOwner(NodeRecord& node, Conn& conn, int64_t now_ms, Effects* effects)
+  // Makes `conn` the owner of node `node_id` (superseding the old owner), the node's record
+  // taking what `spec` says about the node.
+  void InstallOwner(const std::string& node_id, NodeRecord& node, Conn& conn,
+                    const ConnectionSpec& spec, int64_t now_ms, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A new connection record for `spec` on `edge_id`, in conns_ and in the edge's lease.
+  Conn& AddConn(const ConnectionSpec& spec, const std::string& edge_id, uint64_t generation,
+                Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The shared copy of `list` (one per distinct list among the nodes).
+  List Intern(const std::vector<std::string>& list) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Removes `conn_id` from the table; if it owned its node the node becomes disconnected
   // (published with `reason`); its pending invokes fail with DISCONNECTED.
   CloseResult RemoveConn(const std::string& conn_id, const std::string& reason, int64_t now_ms,
@@ -133,7 +150,8 @@ class MemoryStore final : public Store {
   bool Finish(const std::string& invoke_id, InvokeOutcome outcome, int64_t now_ms, Effects* effects)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void MaybeRetire(Conn& conn, Effects* effects) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  NodeView View(const NodeRecord& node) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  NodeView View(const std::string& node_id, const NodeRecord& node) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool Paired(const std::string& node_id) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   static std::string IdemKey(const std::string& node_id, const std::string& key);
 
@@ -158,6 +176,10 @@ class MemoryStore final : public Store {
   std::deque<std::pair<uint64_t, std::string>> revoked_order_ ABSL_GUARDED_BY(mu_);
   uint64_t revoked_floor_ ABSL_GUARDED_BY(mu_) = 0;
   StoreDrops drops_ ABSL_GUARDED_BY(mu_);
+  // Intern's table, by the list's elements joined with '\0'. Lists no node holds any more are
+  // dropped when it has doubled since the last sweep.
+  absl::flat_hash_map<std::string, List> lists_ ABSL_GUARDED_BY(mu_);
+  size_t lists_swept_at_ ABSL_GUARDED_BY(mu_) = 64;
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id
   absl::flat_hash_map<std::string, std::string> pairing_by_node_ ABSL_GUARDED_BY(mu_);
   int64_t next_pairing_prune_ms_ ABSL_GUARDED_BY(mu_) = 0;

@@ -190,6 +190,25 @@ TEST_P(StoreContract, RegisterSupersedesWithAHigherGeneration) {
   EXPECT_THAT(fx.presence, IsEmpty());
 }
 
+// What a node declared is its current owner's declaration, node by node (the memory store
+// shares equal lists between nodes: one node's change must not show on another).
+TEST_P(StoreContract, AReconnectWithOtherCommandsReplacesThatNodesDeclarationOnly) {
+  Attach("A");
+  Grant("c1", "n1");
+  Grant("c2", "n2");
+  ConnectionSpec other = Spec("c3", "n1");
+  other.client.caps = {};
+  other.client.commands = {"system.run"};
+  Effects fx;
+  ASSERT_THAT(store_->Register(other, now_, &fx), IsOk());
+  EXPECT_THAT(Node("n1").client.commands, ElementsAre("system.run"));
+  EXPECT_THAT(Node("n1").client.caps, IsEmpty());
+  EXPECT_THAT(Node("n2").client.commands, ElementsAre("system.which", "system.run"));
+  EXPECT_THAT(Node("n2").client.caps, ElementsAre("system"));
+  EXPECT_EQ(Start("i1", "n1").outcome.code, InvokeCode::kCommandNotAllowed);  // system.which
+  EXPECT_EQ(Start("i2", "n2").kind, InvokeStartResult::Kind::kDispatched);
+}
+
 TEST_P(StoreContract, StaleCloseChangesNothingAndOwnerCloseDisconnects) {
   Attach("A");
   Grant("c1", "n1");
