@@ -39,7 +39,9 @@ ABSL_FLAG(std::string, shared_token_file, "",
           "or OPENCLAW_GATEWAY_TOKEN in the environment)");
 ABSL_FLAG(bool, allow_no_token, false,
           "development only: accept nodes without a shared token when none is configured");
-ABSL_FLAG(int64_t, handshake_timeout_ms, 10'000, "close sockets that do not finish the handshake");
+ABSL_FLAG(int64_t, handshake_timeout_ms, 15'000,
+          "close sockets that do not finish the handshake (as the Gateway: 15 s; also read from "
+          "OPENCLAW_HANDSHAKE_TIMEOUT_MS)");
 ABSL_FLAG(int64_t, tick_interval_ms, 30'000, "tick event period (advertised in hello-ok)");
 ABSL_FLAG(int64_t, max_payload, 26'214'400, "largest frame accepted after the handshake");
 ABSL_FLAG(int64_t, max_send_buffer_bytes, 52'428'800,
@@ -100,6 +102,11 @@ std::string Hostname() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The Gateway's own variable for this timer; TETHER_HANDSHAKE_TIMEOUT_MS and the flag win.
+  if (const char* v = std::getenv("OPENCLAW_HANDSHAKE_TIMEOUT_MS");
+      v != nullptr && *v && std::getenv("TETHER_HANDSHAKE_TIMEOUT_MS") == nullptr) {
+    setenv("TETHER_HANDSHAKE_TIMEOUT_MS", v, 1);
+  }
   tether::common::ParseFlags(argc, argv,
                              "Tether WebSocket edge. Flags also read TETHER_<FLAG> env vars.");
 

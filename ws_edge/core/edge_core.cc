@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "common/ids.h"
 #include "common/log.h"
 #include "ws_edge/protocol/frame.h"
@@ -30,6 +31,39 @@ ErrorShape InvalidRequest(std::string message) {
   e.code = std::string(protocol::kInvalidRequest);
   e.message = std::move(message);
   return e;
+}
+
+// The methods OpenClaw lets a node call (its method-scopes: scope "node"). The edge implements
+// node.invoke.result and node.event; the rest are answered "unknown method", which makes a node
+// host stop asking. Any other method is not a node's to call: "unauthorized role: node", as
+// the Gateway answers.
+bool IsNodeRoleMethod(const std::string& method) {
+  static const auto* const kMethods =
+      new absl::flat_hash_set<std::string>{"node.invoke.result",
+                                           "node.invoke.progress",
+                                           "node.event",
+                                           "node.pending.pull",
+                                           "node.pending.ack",
+                                           "node.pending.drain",
+                                           "node.pluginSurface.refresh",
+                                           "node.pluginTools.update",
+                                           "node.skills.update",
+                                           "node.runnerInventory.update",
+                                           "skills.bins"};
+  return kMethods->contains(method);
+}
+
+// The id to answer a frame that is not a valid request with: its own, if it has a usable one,
+// else "invalid" (as the Gateway does; ids are never empty).
+std::string ReplyId(const std::string& text) {
+  auto value = protocol::ParseJson(text);
+  if (value.ok() && value->is_object()) {
+    auto id = value->find("id");
+    if (id != value->end() && id->is_string() && !id->get_ref<const std::string&>().empty()) {
+      return id->get<std::string>();
+    }
+  }
+  return "invalid";
 }
 
 }  // namespace
@@ -324,14 +358,15 @@ void EdgeCore::FillOpened(const Conn& conn, v1::ConnectionOpened* o) const {
 void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
   auto frame = protocol::ParseFrame(text);
   if (!frame.ok()) {
-    SendFrame(conn,
-              protocol::EncodeResponseError(
-                  "", InvalidRequest("invalid frame: " + std::string(frame.status().message()))));
+    SendFrame(conn, protocol::EncodeResponseError(
+                        ReplyId(text), InvalidRequest("invalid request frame: " +
+                                                      std::string(frame.status().message()))));
     return;
   }
   if (frame->type != protocol::FrameType::kRequest) {
     SendFrame(conn, protocol::EncodeResponseError(
-                        frame->id, InvalidRequest("nodes may only send req frames")));
+                        frame->id.empty() ? "invalid" : frame->id,
+                        InvalidRequest("invalid request frame: nodes may only send req frames")));
     return;
   }
   const std::string& method = frame->method;
@@ -361,12 +396,14 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
       conn.next_event_forward_ms = now + 1000;
     }
     SendFrame(conn, protocol::EncodeResponseOk(frame->id, json{{"ok", true}}));
-  } else if (method == "connect") {
-    SendFrame(conn, protocol::EncodeResponseError(frame->id, InvalidRequest("already connected")));
-  } else {
+  } else if (IsNodeRoleMethod(method)) {
     // What the node host expects from a gateway without the method: it stops asking.
     SendFrame(conn, protocol::EncodeResponseError(frame->id,
                                                   InvalidRequest("unknown method: " + method)));
+  } else {
+    // (A second connect too: the Gateway answers it the same way.)
+    SendFrame(conn,
+              protocol::EncodeResponseError(frame->id, InvalidRequest("unauthorized role: node")));
   }
 }
 

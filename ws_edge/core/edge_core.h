@@ -27,7 +27,7 @@ struct EdgeOptions {
   std::string edge_id;
   std::string version = "tether-edge/0.1";
   std::optional<std::string> shared_token;  // nullopt: no token required
-  int64_t handshake_timeout_ms = 10'000;
+  int64_t handshake_timeout_ms = 15'000;
   int64_t tick_interval_ms = 30'000;        // advertised; ticks are sent at this period
   int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
   int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound

@@ -301,19 +301,39 @@ TEST_F(EdgeCoreTest, SlowConsumerIsClosed) {
   EXPECT_EQ(core_->stats().slow_consumers_closed.value(), 1u);
 }
 
+// As the Gateway answers them (node-protocol.md §1, §7): an invalid frame gets "invalid request
+// frame" under its own id or "invalid" (ids are never empty); a node method the edge does not
+// implement gets "unknown method" (the node host then stops asking); any other method,
+// a second connect included, "unauthorized role: node". The socket stays open.
 TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
   auto opened = Connect(1, identity_);
   Grant(opened, 1);
   core_->OnMessage(1, "{not json");
   EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
+  EXPECT_EQ(LastFrame(1)["id"], "invalid");
   NodeSends(1, {{"type", "event"}, {"event", "x"}});
   EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
-  NodeSends(1, {{"type", "req"},
-                {"id", "9"},
-                {"method", "node.runnerInventory.update"},
-                {"params", json::object()}});
-  EXPECT_EQ(LastFrame(1)["error"]["message"], "unknown method: node.runnerInventory.update");
+  EXPECT_EQ(LastFrame(1)["id"], "invalid");
+  NodeSends(1, {{"type", "req"}, {"id", "7"}, {"method", ""}});
+  EXPECT_EQ(LastFrame(1)["id"], "7");
+  EXPECT_EQ(LastFrame(1)["error"]["message"].get<std::string>().rfind("invalid request frame", 0),
+            0u);
+  for (const char* method : {"node.runnerInventory.update", "node.pluginTools.update",
+                             "node.skills.update", "node.invoke.progress", "skills.bins"}) {
+    NodeSends(1, {{"type", "req"}, {"id", "9"}, {"method", method}, {"params", json::object()}});
+    EXPECT_EQ(LastFrame(1)["error"]["message"], std::string("unknown method: ") + method);
+  }
+  for (const char* method : {"node.list", "chat.send", "connect", "no.such.method"}) {
+    NodeSends(1, {{"type", "req"}, {"id", "10"}, {"method", method}, {"params", json::object()}});
+    EXPECT_EQ(LastFrame(1)["id"], "10");
+    EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
+    EXPECT_EQ(LastFrame(1)["error"]["message"], "unauthorized role: node") << method;
+  }
   EXPECT_FALSE(down_.sockets[1].closed);
+}
+
+TEST_F(EdgeCoreTest, TheHandshakeTimeoutIsTheGatewaysFifteenSecondsByDefault) {
+  EXPECT_EQ(EdgeOptions{}.handshake_timeout_ms, 15'000);
 }
 
 TEST_F(EdgeCoreTest, HandshakeTimeoutAndTicks) {
