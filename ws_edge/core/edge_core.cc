@@ -5,6 +5,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "common/ids.h"
 #include "common/log.h"
+#include "ws_edge/protocol/connect_params.h"
 #include "ws_edge/protocol/frame.h"
 #include "ws_edge/protocol/hello.h"
 
@@ -268,14 +269,17 @@ void EdgeCore::HandleConnect(Conn& conn, const std::string& text) {
   if (options_.max_registrations_in_flight > 0 &&
       static_cast<size_t>(verifying_ + registering_) >= options_.max_registrations_in_flight) {
     // The registry is behind: refuse before spending a signature check on it. Jittered, so
-    // the refused nodes do not come back as one herd.
-    stats_.handshakes_busy.Add();
+    // the refused nodes do not come back as one herd. Only a well-formed connect is told to
+    // retry: a malformed one goes on to its own error (found before any signature check).
     auto frame = protocol::ParseFrame(text);
-    std::uniform_int_distribution<int64_t> jitter(0, 1000);
-    RefuseRetryable(conn, frame.ok() ? frame->id : "",
-                    "edge busy: the registry is behind on registrations; retry",
-                    1000 + jitter(rng_), "edge busy; try again later");
-    return;
+    if (frame.ok() && frame->type == protocol::FrameType::kRequest && frame->method == "connect" &&
+        protocol::ParseConnectParams(frame->params).ok()) {
+      stats_.handshakes_busy.Add();
+      std::uniform_int_distribution<int64_t> jitter(0, 1000);
+      RefuseRetryable(conn, frame->id, "edge busy: the registry is behind on registrations; retry",
+                      1000 + jitter(rng_), "edge busy; try again later");
+      return;
+    }
   }
   ++verifying_;
   SetState(conn, State::kVerifying);

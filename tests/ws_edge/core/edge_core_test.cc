@@ -587,9 +587,9 @@ TEST_F(EdgeCoreTest, SocketsPastHelloDoNotCountAgainstTheHandshakeBudget) {
 }
 
 // A reconnect storm faster than the registry decides: past max_registrations_in_flight
-// (verifying + waiting for the registry), a connect is refused before its proof is checked,
-// retryable with a jittered retryAfterMs, and the registry never hears of it; a decision or a
-// close frees a slot.
+// (verifying + waiting for the registry), a well-formed connect is refused before its proof is
+// checked, retryable with a jittered retryAfterMs, and the registry never hears of it; a
+// malformed one still gets its own error; a decision or a close frees a slot.
 TEST_F(EdgeCoreTest, ConnectsPastTheRegistrationsInFlightLimitAreRefusedUnverified) {
   options_.max_registrations_in_flight = 2;
   Rebuild();
@@ -597,8 +597,15 @@ TEST_F(EdgeCoreTest, ConnectsPastTheRegistrationsInFlightLimitAreRefusedUnverifi
   Connect(2, identity_);
   const size_t sent = link_.sent.size();
   core_->OnOpen(3, "127.0.0.1:3", true);
-  // Not even a valid connect: it would be INVALID_REQUEST if it were checked.
-  NodeSends(3, {{"type", "req"}, {"id", "1:z"}, {"method", "connect"}, {"params", json::object()}});
+  // Well-formed, with a proof for another challenge: DEVICE_AUTH_NONCE_MISMATCH if checked.
+  client::Challenge other;
+  other.nonce = "not-this-sockets-nonce";
+  other.ts_ms = clock_.NowMs();
+  NodeSends(3, {{"type", "req"},
+                {"id", "1:z"},
+                {"method", "connect"},
+                {"params", client::BuildConnectParams({}, identity_, other, std::string("secret"),
+                                                      std::nullopt)}});
   json refused = LastFrame(3);
   EXPECT_EQ(refused["id"], "1:z");
   EXPECT_EQ(refused["error"]["code"], "UNAVAILABLE");
@@ -618,8 +625,18 @@ TEST_F(EdgeCoreTest, ConnectsPastTheRegistrationsInFlightLimitAreRefusedUnverifi
   Connect(5, identity_);
   EXPECT_FALSE(down_.sockets[5].closed);
   core_->OnOpen(6, "127.0.0.1:6", true);
-  NodeSends(6, {{"type", "req"}, {"id", "1:y"}, {"method", "connect"}, {"params", json::object()}});
+  NodeSends(6, {{"type", "req"},
+                {"id", "1:y"},
+                {"method", "connect"},
+                {"params", client::BuildConnectParams({}, identity_, other, std::string("secret"),
+                                                      std::nullopt)}});
   EXPECT_EQ(down_.sockets[6].close_code, 1013);  // 4 and 5 are registering
+  // Malformed while busy: its own error (invalid connect params, close 1008), not "retry".
+  core_->OnOpen(7, "127.0.0.1:7", true);
+  NodeSends(7, {{"type", "req"}, {"id", "1:x"}, {"method", "connect"}, {"params", json::object()}});
+  EXPECT_EQ(LastFrame(7)["error"]["code"], "INVALID_REQUEST");
+  EXPECT_EQ(down_.sockets[7].close_code, 1008);
+  EXPECT_EQ(core_->stats().handshakes_busy.value(), 2u);
 }
 
 // The registry fails a lost link's in-flight invokes; the node is told to stop on them.
