@@ -456,7 +456,6 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
   }
   start.timeout_ms = base.effective_timeout_ms;
   start.deadline_ms = deadline;
-  start.may_send_here = routed_;
 
   // A join can lose a race with the joined invoke's end; then the next try replays it or
   // starts afresh, so more than a couple of rounds means something is badly wrong.
@@ -470,9 +469,8 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
       // The node sees the caller's own key, not the scope the store matches it in.
       Dispatch to_node = r.dispatch;
       to_node.idempotency_key = base.idempotency_key;
-      // (A store that routes queued it in the edge's outbox itself, unless it left it to this
-      // replica, which held the edge's stream; if the stream went since: edge link down.)
-      if ((!routed_ || r.send_here) && r.kind == InvokeStartResult::Kind::kDispatched &&
+      // (A store that routes queued it in the edge's outbox itself, or failed it.)
+      if (!routed_ && r.kind == InvokeStartResult::Kind::kDispatched &&
           !decision.SendInvoke(to_node, std::max<int64_t>(deadline - clock_.NowMs(), 1))) {
         store_.FailInvoke(r.dispatch.invoke_id, "", "",
                           Failure(InvokeCode::kDisconnected, "edge link down"), now, &effects);
@@ -481,7 +479,7 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
     switch (r.kind) {
       case InvokeStartResult::Kind::kDispatched: {
         Apply(effects);
-        if (routed_ && !r.send_here) (void)PumpRouted(0);  // (sent here: nothing was queued)
+        if (routed_) (void)PumpRouted(0);
         if (AnyoneWaits(admitted.invoke_id)) return admitted;
         // The caller was answered while the store decided (it cancelled, or its deadline
         // passed: the store call can take seconds on an overloaded Redis) and no one joined
@@ -798,7 +796,6 @@ bool Registry::Decision::SendInvoke(const Dispatch& dispatch, int64_t remaining_
     absl::MutexLock lock(&registry_.mu_);
     auto it = registry_.routes_.find(dispatch.edge_id);
     if (it == registry_.routes_.end()) return false;
-    if (registry_.routed_ && !it->second.held) return false;  // another replica delivers now
     outbox = it->second.outbox;
     registry_.sent_via_[dispatch.invoke_id] = outbox->sink();
   }
@@ -811,7 +808,6 @@ Registry::Decision::~Decision() {
   if (registry_.routed_) {
     // The store queued them in the edges' outboxes, in decision order across replicas.
     if (!effects_->to_edges.empty()) (void)registry_.PumpRouted(0);
-    for (const std::shared_ptr<Outbox>& outbox : touched_) outbox->Drain();  // sent here
     return;
   }
   for (const EdgeCommand& c : effects_->to_edges) {

@@ -323,8 +323,7 @@ class Registry {
   // their outboxes before the next decision can run. The destructor queues the commands in
   // `effects`, releases the lock, then drains the outboxes it touched. With a store that
   // routes (the store orders edge messages itself) it takes no lock: the destructor only pumps
-  // the routed messages when the decision told an edge something, and drains the outboxes of
-  // what the store left to this replica to send (InvokeStartResult::send_here).
+  // the routed messages when the decision told an edge something.
   class Decision {
    public:
     Decision(Registry& registry, Effects* effects);

@@ -89,10 +89,6 @@ struct InvokeStart {
   std::string fingerprint;
   int64_t timeout_ms = 0;   // already defaulted and clamped
   int64_t deadline_ms = 0;  // absolute; min(now + timeout, the caller's deadline)
-  // A store that routes (ReadRouted) may leave a new dispatch to the calling replica when that
-  // replica holds the edge's stream (InvokeStartResult::send_here) instead of queueing it in
-  // the edge's outbox: one Redis write and one wake-up of the router less per invoke.
-  bool may_send_here = false;
 };
 
 struct InvokeStartResult {
@@ -105,9 +101,6 @@ struct InvokeStartResult {
   Kind kind = Kind::kFailed;
   Dispatch dispatch;
   InvokeOutcome outcome;
-  // kDispatched by a store that routes, not queued in the edge's outbox: the caller (holding
-  // the edge's stream when the store decided) sends it itself (see may_send_here).
-  bool send_here = false;
 };
 
 struct LiveConnection {

@@ -569,8 +569,7 @@ return ok()
 )lua";
 
 // A(1..) = invoke, node, command, params, key, remember, timeout, deadline, the key the node
-// sees, key claim, fingerprint, the refusal's message, '1' if the caller may send the
-// dispatch itself (see InvokeStart).
+// sees, key claim, fingerprint, the refusal's message (see InvokeStart).
 constexpr char kStart[] = R"lua(
 local inv, n, cmd, key = A(1), A(2), A(3), A(5)
 local claim_key = NK(n, 'claim:' .. A(10))
@@ -620,9 +619,6 @@ if A(10) ~= '' then
 end
 local d = dispatch_of(n, inv)
 d[7] = A(4)
-if A(13) == '1' and redis.call('HGET', G_HOLDERS, ch[1]) == ME then
-  return ok('send_here', unpack(d))
-end
 local to_node = {}
 for i = 1, #d do to_node[i] = d[i] end
 to_node[8] = A(9)
@@ -1370,8 +1366,7 @@ InvokeStartResult RedisStore::StartInvoke(const InvokeStart& start, int64_t now_
            start.remember_outcome ? "1" : "0", absl::StrCat(start.timeout_ms),
            absl::StrCat(start.deadline_ms),
            start.node_idempotency_key.empty() ? start.idempotency_key : start.node_idempotency_key,
-           start.key_claim, start.fingerprint, KeyReusedMessage(options_),
-           start.may_send_here ? "1" : "0"},
+           start.key_claim, start.fingerprint, KeyReusedMessage(options_)},
           effects);
   if (!r.ok()) {
     LogFailure("StartInvoke", r.status());
@@ -1381,10 +1376,9 @@ InvokeStartResult RedisStore::StartInvoke(const InvokeStart& start, int64_t now_
   }
   std::vector<std::string> f = Strings(RedisValue{RedisValue::Type::kArray, "", 0, *r});
   f.resize(13);
-  if (f[0] == "joined" || f[0] == "dispatched" || f[0] == "send_here") {
+  if (f[0] == "joined" || f[0] == "dispatched") {
     result.kind =
         f[0] == "joined" ? InvokeStartResult::Kind::kJoined : InvokeStartResult::Kind::kDispatched;
-    result.send_here = f[0] == "send_here";
     result.dispatch = DispatchFrom(f, 1);
   } else if (f[0] == "replayed") {
     result.kind = InvokeStartResult::Kind::kReplayed;

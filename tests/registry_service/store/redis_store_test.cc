@@ -474,68 +474,6 @@ TEST_F(RedisStoreTest, EdgeOutboxesHoldOnlyWhatIsUndelivered) {
   EXPECT_EQ(xlen(), 0);
 }
 
-// A replica holding the edge's stream may send a new dispatch itself (InvokeStart::
-// may_send_here): nothing is queued in the edge's outbox then. Any other replica, or a caller
-// that did not ask, gets it queued there for the holder's router, as before.
-TEST_F(RedisStoreTest, OnlyTheHoldingReplicaSendsADispatchItself) {
-  StoreOptions o;
-  o.auto_approve_all = true;
-  auto xlen = [&] { return server_->Command({"XLEN", "t:outbox:{A}"})->AsInt(); };
-  auto replica = [&](const std::string& id) {
-    RedisStoreOptions r;
-    r.client = server_->ClientOptions();
-    r.key_prefix = "t:";
-    r.replica_id = id;
-    auto store = std::make_unique<RedisStore>(o, r);
-    EXPECT_THAT(store->Connect(), IsOk());
-    return store;
-  };
-  auto holder = replica("r1");
-  auto other = replica("r2");
-  Effects fx;
-  ASSERT_THAT(holder->AttachEdge("A", "e1", kNow, &fx), IsOk());
-  ASSERT_THAT(holder->Register(Spec("c1", "n1"), kNow, &fx), IsOk());
-  ASSERT_EQ(xlen(), 0);
-  auto start = [&](Store& store, const std::string& invoke, bool may_send_here) {
-    InvokeStart s;
-    s.invoke_id = invoke;
-    s.node_id = "n1";
-    s.command = "system.which";
-    s.params_json = "{\"a\":1}";
-    s.idempotency_key = "key-" + invoke;
-    s.timeout_ms = 1000;
-    s.deadline_ms = kNow + 1000;
-    s.may_send_here = may_send_here;
-    Effects effects;
-    return store.StartInvoke(s, kNow, &effects);
-  };
-  InvokeStartResult here = start(*holder, "i1", true);
-  ASSERT_EQ(here.kind, InvokeStartResult::Kind::kDispatched);
-  EXPECT_TRUE(here.send_here);
-  EXPECT_EQ(here.dispatch.conn_id, "c1");
-  EXPECT_EQ(here.dispatch.params_json, "{\"a\":1}");
-  EXPECT_EQ(xlen(), 0);
-  InvokeStartResult elsewhere = start(*other, "i2", true);
-  ASSERT_EQ(elsewhere.kind, InvokeStartResult::Kind::kDispatched);
-  EXPECT_FALSE(elsewhere.send_here);
-  EXPECT_EQ(xlen(), 1);
-  InvokeStartResult not_asked = start(*holder, "i3", false);
-  EXPECT_FALSE(not_asked.send_here);
-  EXPECT_EQ(xlen(), 2);
-  auto batch = holder->ReadRouted({{"A", ""}}, "", 0);
-  ASSERT_THAT(batch, IsOk());
-  ASSERT_EQ(batch->to_edges.size(), 2u);
-  EXPECT_EQ(batch->to_edges[0].dispatch.invoke_id, "i2");
-  EXPECT_EQ(batch->to_edges[1].dispatch.invoke_id, "i3");
-  // Sent here or routed, it is pending alike: the node's result settles it.
-  Effects settled;
-  InvokeOutcome ok;
-  ok.payload_json = "{}";
-  EXPECT_TRUE(holder->SettleInvoke("i1", "n1", "c1", "A", ok, kNow, &settled));
-  ASSERT_EQ(settled.settled.size(), 1u);
-  EXPECT_EQ(settled.settled[0].dispatch.invoke_id, "i1");
-}
-
 }  // namespace
 }  // namespace tether::registry
 
