@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/str_cat.h"
 #include "common/ids.h"
 
 namespace tether::registry {
@@ -57,11 +58,10 @@ bool MemoryStore::Paired(const std::string& node_id) const { return devices_.con
 MemoryStore::List MemoryStore::Intern(const std::vector<std::string>& list) {
   static const auto* const kEmpty = new List(std::make_shared<const std::vector<std::string>>());
   if (list.empty()) return *kEmpty;
+  // Length-prefixed: a node may put any byte in a command name (a NUL-joined key let one
+  // node's ["a\0b"] stand for another's ["a", "b"]).
   std::string key;
-  for (const std::string& x : list) {
-    key += x;
-    key.push_back('\0');
-  }
+  for (const std::string& x : list) absl::StrAppend(&key, x.size(), ":", x);
   List& shared = lists_[key];
   if (shared == nullptr) shared = std::make_shared<const std::vector<std::string>>(list);
   List result = shared;

@@ -176,8 +176,8 @@ class MemoryStore final : public Store {
   std::deque<std::pair<uint64_t, std::string>> revoked_order_ ABSL_GUARDED_BY(mu_);
   uint64_t revoked_floor_ ABSL_GUARDED_BY(mu_) = 0;
   StoreDrops drops_ ABSL_GUARDED_BY(mu_);
-  // Intern's table, by the list's elements joined with '\0'. Lists no node holds any more are
-  // dropped when it has doubled since the last sweep.
+  // Intern's table, by the list's elements, each prefixed with its length. Lists no node holds any
+  // more are dropped when it has doubled since the last sweep.
   absl::flat_hash_map<std::string, List> lists_ ABSL_GUARDED_BY(mu_);
   size_t lists_swept_at_ ABSL_GUARDED_BY(mu_) = 64;
   std::map<std::string, PairingRequest> pairing_ ABSL_GUARDED_BY(mu_);  // by request id

@@ -73,5 +73,15 @@ TEST_F(MemoryStoreTest, EqualCommandListsAreSharedAndUnusedOnesDropped) {
   EXPECT_THAT(view->client.commands, ElementsAre("y7"));
 }
 
+// Any byte may be in a command name: a list is never taken for another that joins the same.
+TEST_F(MemoryStoreTest, ListsThatJoinTheSameAreNotTheSameList) {
+  Connect("c1", "n1", {std::string("system.run\0system.which", 24)});
+  Connect("c2", "n2", {"system.run", "system.which"});
+  EXPECT_EQ(store_.InternedListCountForTest(), 2u);
+  auto view = store_.GetNode("n2");
+  ASSERT_THAT(view, IsOk());
+  EXPECT_THAT(view->client.commands, ElementsAre("system.run", "system.which"));
+}
+
 }  // namespace
 }  // namespace tether::registry
