@@ -517,6 +517,7 @@ InvokeTicket Registry::Start(const InvokeTicket& admitted, const InvokeParams& p
         // Each caller ends by its own deadline; a later one is capped by the joined invoke's
         // (whose end answers it anyway).
         if (r.dispatch.deadline_ms > 0) {
+          w.ends_before_invoke = w.deadline_ms > 0 && w.deadline_ms < r.dispatch.deadline_ms;
           w.deadline_ms = w.deadline_ms > 0 ? std::min(w.deadline_ms, r.dispatch.deadline_ms)
                                             : r.dispatch.deadline_ms;
         }
@@ -698,16 +699,20 @@ void Registry::ExpireWaiters() {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
       auto& list = it->second;
       for (auto w = list.begin(); w != list.end();) {
-        if (w->deadline_ms <= 0 || now < w->deadline_ms + (w->started ? kWaiterSlackMs : 0)) {
+        const bool slack = w->started && !w->ends_before_invoke;
+        if (w->deadline_ms <= 0 || now < w->deadline_ms + (slack ? kWaiterSlackMs : 0)) {
           ++w;
           continue;
         }
         InvokeResult r = std::move(w->base);
         r.invoke_id = it->first;
-        r.outcome = Failure(InvokeCode::kTimeout,
-                            w->started ? "no outcome reached this registry replica by the deadline"
-                                       : "the registry could not start the invoke before its "
-                                         "deadline (overloaded)");
+        r.outcome = Failure(
+            InvokeCode::kTimeout,
+            !w->started             ? "the registry could not start the invoke before its deadline "
+                                      "(overloaded)"
+            : w->ends_before_invoke ? "this caller's deadline passed (the invoke it joined goes on "
+                                      "for its other callers)"
+                                    : "no outcome reached this registry replica by the deadline");
         calls.emplace_back(std::move(w->done), std::move(r));
         w = list.erase(w);
       }

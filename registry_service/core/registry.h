@@ -271,6 +271,9 @@ class Registry {
     // Start has begun the decision. Until then no store holds the invoke: it expires at its
     // deadline, without slack, and a cancel needs no store call.
     bool started = false;
+    // A caller that joined an invoke ending after its own deadline: no store decision ends it
+    // by then, so it expires at its deadline, without slack (the invoke goes on for the rest).
+    bool ends_before_invoke = false;
   };
   // Removes and returns the waiter `ticket` names; nullopt when it was answered already.
   // `last` (if given): no other caller waits for that invoke any more.
