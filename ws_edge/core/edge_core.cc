@@ -1,5 +1,6 @@
 #include "ws_edge/core/edge_core.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/container/flat_hash_set.h"
@@ -518,7 +519,17 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
     }
     case v1::RegistryMessage::kCancel: {
       Conn* conn = FindByConnId(m.cancel().conn_id());
-      if (conn == nullptr || conn->invokes.erase(m.cancel().invoke_id()) == 0) return;
+      if (conn == nullptr) return;
+      // Not yet sent (queued behind hello-ok): it never will be, and the node has nothing
+      // to stop.
+      auto queued = std::find_if(
+          conn->queued.begin(), conn->queued.end(),
+          [&](const v1::InvokeRequest& q) { return q.invoke_id() == m.cancel().invoke_id(); });
+      if (queued != conn->queued.end()) {
+        conn->queued.erase(queued);
+        return;
+      }
+      if (conn->invokes.erase(m.cancel().invoke_id()) == 0) return;
       SendFrame(*conn, protocol::EncodeEvent("node.invoke.cancel",
                                              json{{"invokeId", m.cancel().invoke_id()},
                                                   {"nodeId", m.cancel().node_id()}}));

@@ -284,6 +284,23 @@ TEST_F(EdgeCoreTest, InvokeArrivingBeforeHelloIsHeldUntilAfterIt) {
   EXPECT_EQ(Frame(1, 2)["payload"]["id"], "early");
 }
 
+// A cancel for an invoke still held behind hello-ok drops it: the node never sees it (it
+// used to be dropped as unknown and the cancelled invoke delivered after hello-ok).
+TEST_F(EdgeCoreTest, ACancelForAnInvokeHeldBeforeHelloDropsIt) {
+  auto opened = Connect(1, identity_);
+  Invoke(opened.conn_id(), opened.node_id(), "cancelled");
+  Invoke(opened.conn_id(), opened.node_id(), "kept");
+  v1::RegistryMessage cancel;
+  cancel.mutable_cancel()->set_invoke_id("cancelled");
+  cancel.mutable_cancel()->set_conn_id(opened.conn_id());
+  cancel.mutable_cancel()->set_node_id(opened.node_id());
+  core_->OnRegistryMessage(cancel);
+  Grant(opened, 1);
+  ASSERT_EQ(down_.sockets[1].frames.size(), 3u);  // challenge, hello-ok, one invoke
+  EXPECT_EQ(Frame(1, 1)["payload"]["type"], "hello-ok");
+  EXPECT_EQ(Frame(1, 2)["payload"]["id"], "kept");
+}
+
 TEST_F(EdgeCoreTest, InvokeForAGoneConnectionIsReportedUndeliverable) {
   link_.sent.clear();
   Invoke("no-such-conn", "n", "inv-x");
