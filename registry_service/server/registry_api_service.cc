@@ -33,11 +33,9 @@ grpc::ServerUnaryReactor* Done(grpc::CallbackServerContext* ctx, const grpc::Sta
 // already deleted; the registry crashed in gRPC's executor thread.)
 class InvokeReactor final : public grpc::ServerUnaryReactor {
  public:
-  // Admits the call (cheap, no store call); `pool` then starts it, or this thread does when
-  // `start_inline` (a store that never waits).
-  InvokeReactor(Registry& registry, WorkerPool& pool, bool start_inline,
-                grpc::CallbackServerContext* ctx, const v1::InvokeNodeRequest* req,
-                v1::InvokeNodeResponse* resp, std::string caller)
+  // Admits the call (cheap, no store call); `pool` then starts it.
+  InvokeReactor(Registry& registry, WorkerPool& pool, grpc::CallbackServerContext* ctx,
+                const v1::InvokeNodeRequest* req, v1::InvokeNodeResponse* resp, std::string caller)
       : registry_(registry), ctx_(ctx), resp_(resp), state_(std::make_shared<State>()) {
     InvokeParams p;
     p.caller = std::move(caller);
@@ -62,7 +60,7 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
       absl::MutexLock lock(&state->mu);
       state->ticket = admitted;
     }
-    auto start = [&registry, state, admitted, p = std::move(p)] {
+    pool.Post([&registry, state, admitted, p = std::move(p)] {
       const InvokeTicket ticket = registry.Start(admitted, p);
       {
         absl::MutexLock lock(&state->mu);
@@ -71,12 +69,7 @@ class InvokeReactor final : public grpc::ServerUnaryReactor {
         if (!state->cancelled) return;
       }
       registry.CancelInvoke(ticket);  // the caller gave up while the invoke was starting
-    };
-    if (start_inline) {
-      start();  // touches only the locals too
-    } else {
-      pool.Post(std::move(start));
-    }
+    });
   }
 
   void OnCancel() override {
@@ -247,8 +240,7 @@ grpc::ServerUnaryReactor* RegistryApiService::InvokeNode(grpc::CallbackServerCon
     return Done(ctx, a);
   }
   if (grpc::Status r = Serving(ctx); !r.ok()) return Done(ctx, r);
-  return new InvokeReactor(registry_, *pool_, start_invokes_inline_, ctx, req, resp,
-                           std::move(caller));
+  return new InvokeReactor(registry_, *pool_, ctx, req, resp, std::move(caller));
 }
 
 grpc::ServerUnaryReactor* RegistryApiService::GetPresence(grpc::CallbackServerContext* ctx,

@@ -18,19 +18,11 @@ namespace tether::registry {
 // the server). Thread-safe. While the Registry recovers (Registry::ServingStatus), ListNodes,
 // GetNode, GetPresence, WatchPresence and InvokeNode answer UNAVAILABLE with `retry-after-ms`;
 // pairing and device calls are served (they do not depend on the edges' reports).
-//
-// `start_invokes_inline`: for a store that never waits (the memory store), an admitted invoke
-// is started on the gRPC thread that received it instead of a worker: one thread hand-off (two
-// context switches) less per invoke.
 class RegistryApiService final : public v1::Registry::CallbackService {
  public:
   // `auth` is not owned and must outlive the service.
-  RegistryApiService(Registry& registry, const ApiAuth& auth, bool start_invokes_inline = false,
-                     int worker_threads = 16)
-      : registry_(registry),
-        auth_(auth),
-        start_invokes_inline_(start_invokes_inline),
-        pool_(std::make_unique<WorkerPool>(worker_threads)) {}
+  RegistryApiService(Registry& registry, const ApiAuth& auth, int worker_threads = 16)
+      : registry_(registry), auth_(auth), pool_(std::make_unique<WorkerPool>(worker_threads)) {}
 
   grpc::ServerUnaryReactor* ListNodes(grpc::CallbackServerContext* ctx,
                                       const v1::ListNodesRequest* req,
@@ -72,7 +64,6 @@ class RegistryApiService final : public v1::Registry::CallbackService {
 
   Registry& registry_;
   const ApiAuth& auth_;
-  const bool start_invokes_inline_;
   std::unique_ptr<WorkerPool> pool_;
 };
 

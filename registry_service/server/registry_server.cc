@@ -57,10 +57,7 @@ absl::StatusOr<int> RegistryServer::Start() {
   edge_link_ = std::make_unique<EdgeLinkService>(
       *registry_, *edge_auth_, !options_.edge_client_ca_pem.empty(), options_.store.lease_ttl_ms,
       options_.store.superseded_grace_ms, options_.max_registration_wait_ms);
-  // The memory store decides in microseconds under its own mutex: invokes start on the gRPC
-  // thread. Redis round trips must not hold gRPC's threads: those start on workers.
-  api_ = std::make_unique<RegistryApiService>(*registry_, *api_auth_,
-                                              /*start_invokes_inline=*/!registry_->Routed());
+  api_ = std::make_unique<RegistryApiService>(*registry_, *api_auth_);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
