@@ -375,6 +375,10 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
     return;
   }
   const std::string& method = frame->method;
+  // As the Gateway's flood guard: more than this many unauthorized calls in a row close the
+  // socket (1008); any other request resets the count.
+  constexpr int kMaxUnauthorizedInARow = 10;
+  if (IsNodeRoleMethod(method)) conn.unauthorized_in_a_row = 0;
   if (method == "node.invoke.result") {
     HandleInvokeResult(conn, frame->id, frame->params);
   } else if (method == "node.event") {
@@ -407,8 +411,13 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
                                                   InvalidRequest("unknown method: " + method)));
   } else {
     // (A second connect too: the Gateway answers it the same way.)
-    SendFrame(conn,
-              protocol::EncodeResponseError(frame->id, InvalidRequest("unauthorized role: node")));
+    if (!SendFrame(conn, protocol::EncodeResponseError(
+                             frame->id, InvalidRequest("unauthorized role: node")))) {
+      return;
+    }
+    if (++conn.unauthorized_in_a_row > kMaxUnauthorizedInARow) {
+      CloseConn(conn, protocol::kClosePolicyViolation, "repeated unauthorized calls");
+    }
   }
 }
 

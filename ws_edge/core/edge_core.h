@@ -156,6 +156,7 @@ class EdgeCore {
     int64_t next_event_forward_ms = 0;  // node.event touches are sent at most once a second
     int64_t drain_close_at_ms = 0;      // draining: closed with 1012 from then on
     bool pending_handshake = true;      // counted in pending_handshakes_ until hello-ok
+    int unauthorized_in_a_row = 0;      // requests answered "unauthorized role: node"
   };
   // Counts nested entries into the core; the outermost one erases sockets closed meanwhile.
   class Entry {

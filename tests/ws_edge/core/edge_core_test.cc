@@ -349,6 +349,25 @@ TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
   EXPECT_FALSE(down_.sockets[1].closed);
 }
 
+// The Gateway's flood guard: the 11th "unauthorized role" answer in a row closes the socket
+// with 1008; any node method in between resets the count.
+TEST_F(EdgeCoreTest, RepeatedUnauthorizedCallsCloseTheSocket) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  auto call = [&](const char* method) {
+    NodeSends(1, {{"type", "req"}, {"id", "5"}, {"method", method}, {"params", json::object()}});
+  };
+  for (int i = 0; i < 10; ++i) call("chat.send");
+  call("node.pending.pull");  // a node's method: the count starts again
+  for (int i = 0; i < 10; ++i) call("chat.send");
+  EXPECT_FALSE(down_.sockets[1].closed);
+  call("chat.send");
+  EXPECT_EQ(LastFrame(1)["error"]["message"], "unauthorized role: node");
+  EXPECT_TRUE(down_.sockets[1].closed);
+  EXPECT_EQ(down_.sockets[1].close_code, 1008);
+  EXPECT_EQ(down_.sockets[1].close_reason, "repeated unauthorized calls");
+}
+
 TEST_F(EdgeCoreTest, TheHandshakeTimeoutIsTheGatewaysFifteenSecondsByDefault) {
   EXPECT_EQ(EdgeOptions{}.handshake_timeout_ms, 15'000);
 }
