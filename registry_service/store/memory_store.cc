@@ -98,8 +98,9 @@ NodeView MemoryStore::View(const std::string& node_id, const NodeRecord& node) c
 
 MemoryStore::Conn& MemoryStore::AddConn(const ConnectionSpec& spec, const std::string& edge_id,
                                         uint64_t generation, Lease& lease) {
-  Conn& conn = conns_[spec.conn_id];
-  conn.conn_id = spec.conn_id;
+  auto entry = conns_.try_emplace(spec.conn_id).first;
+  Conn& conn = entry->second;
+  conn.id = &entry->first;
   conn.node_id = spec.node_id;
   conn.edge_id = edge_id;
   conn.generation = generation;
@@ -121,7 +122,7 @@ void MemoryStore::InstallOwner(const std::string& node_id, NodeRecord& node, Con
     if (old != conns_.end()) SupersedeConn(old->second, now_ms, effects);
     event.kind = PresenceKind::kReplaced;
   }
-  node.owner = conn.conn_id;
+  node.owner = conn.conn_id();
   node.edge_id = conn.edge_id;
   node.generation = conn.generation;
   const ClientMetadata& c = spec.client;
@@ -138,7 +139,7 @@ void MemoryStore::InstallOwner(const std::string& node_id, NodeRecord& node, Con
   node.remote_addr = spec.remote_addr;
   node.connected_at_ms = now_ms;
   node.last_seen_ms = now_ms;
-  event.conn_id = conn.conn_id;
+  event.conn_id = conn.conn_id();
   event.edge_id = conn.edge_id;
   event.generation = conn.generation;
   Publish(std::move(event), now_ms, effects);
@@ -151,8 +152,8 @@ void MemoryStore::SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects) {
     return;
   }
   conn.retire_at_ms = now_ms + options_.superseded_grace_ms;
-  retire_at_.insert({conn.retire_at_ms, conn.conn_id});
-  EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, conn.edge_id, conn.conn_id,
+  retire_at_.insert({conn.retire_at_ms, conn.conn_id()});
+  EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, conn.edge_id, conn.conn_id(),
                           conn.node_id, kReasonSuperseded);
   cmd.grace_ms = options_.superseded_grace_ms;
 }
@@ -160,8 +161,8 @@ void MemoryStore::SupersedeConn(Conn& conn, int64_t now_ms, Effects* effects) {
 void MemoryStore::MaybeRetire(Conn& conn, Effects* effects) {
   if (!conn.superseded || conn.retire_sent || !conn.pending.empty()) return;
   conn.retire_sent = true;
-  retire_at_.erase({conn.retire_at_ms, conn.conn_id});
-  Tell(effects, EdgeCommand::Kind::kClose, conn.edge_id, conn.conn_id, conn.node_id,
+  retire_at_.erase({conn.retire_at_ms, conn.conn_id()});
+  Tell(effects, EdgeCommand::Kind::kClose, conn.edge_id, conn.conn_id(), conn.node_id,
        kReasonSuperseded);
 }
 
@@ -326,10 +327,10 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
           // Its retirement may have been lost with the link: say it again.
           if (c.pending.empty()) {
             c.retire_sent = true;
-            Tell(effects, EdgeCommand::Kind::kClose, edge_id, c.conn_id, c.node_id,
+            Tell(effects, EdgeCommand::Kind::kClose, edge_id, c.conn_id(), c.node_id,
                  kReasonSuperseded);
           } else {
-            EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, edge_id, c.conn_id,
+            EdgeCommand& cmd = Tell(effects, EdgeCommand::Kind::kSuperseded, edge_id, c.conn_id(),
                                     c.node_id, kReasonSuperseded);
             cmd.grace_ms = std::max<int64_t>(c.retire_at_ms - now_ms, 0);
           }
@@ -353,10 +354,9 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
         continue;
       }
       DeviceRecord& d = devices_[l.spec.node_id];
-      d.device.node_id = l.spec.node_id;
-      d.device.public_key = l.spec.public_key;
-      d.device.approved_at_ms = now_ms;
-      d.device.approved_by = "resync";
+      d.public_key = l.spec.public_key;
+      d.approved_at_ms = now_ms;
+      d.approved_by = "resync";
     }
     NodeRecord& node = nodes_[l.spec.node_id];
     uint64_t newest = node.generation;
@@ -401,7 +401,9 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
   if (device == devices_.end()) {
     if (options_.auto_approve_all || (options_.auto_approve_loopback && spec.loopback)) {
       DeviceRecord& d = devices_[spec.node_id];
-      d.device = Device{spec.node_id, spec.public_key, now_ms, "auto"};
+      d.public_key = spec.public_key;
+      d.approved_at_ms = now_ms;
+      d.approved_by = "auto";
       revoked_.erase(spec.node_id);
       device = devices_.find(spec.node_id);
     } else {
@@ -503,7 +505,7 @@ InvokeStartResult MemoryStore::StartInvoke(const InvokeStart& start, int64_t now
   Dispatch& d = result.dispatch;
   d.invoke_id = start.invoke_id;
   d.node_id = start.node_id;
-  d.conn_id = conn.conn_id;
+  d.conn_id = conn.conn_id();
   d.edge_id = conn.edge_id;
   d.generation = conn.generation;
   d.command = start.command;
@@ -715,7 +717,7 @@ std::vector<PairingRequest> MemoryStore::ListPairingRequests() {
 std::vector<Device> MemoryStore::ListDevices() {
   absl::MutexLock lock(&mu_);
   std::vector<Device> out;
-  for (const auto& [id, d] : devices_) out.push_back(d.device);
+  for (const auto& [id, d] : devices_) out.push_back(DeviceOf(id, d));
   std::sort(out.begin(), out.end(),
             [](const Device& a, const Device& b) { return a.node_id < b.node_id; });
   return out;
@@ -727,11 +729,14 @@ absl::StatusOr<Device> MemoryStore::ApprovePairing(const std::string& request_id
   auto it = pairing_.find(request_id);
   if (it == pairing_.end()) return absl::NotFoundError("unknown pairing request id");
   DeviceRecord& d = devices_[it->second.node_id];
-  d.device = Device{it->second.node_id, it->second.public_key, now_ms, approved_by};
+  d.public_key = it->second.public_key;
+  d.approved_at_ms = now_ms;
+  d.approved_by = approved_by;
+  const Device approved = DeviceOf(it->second.node_id, d);
   revoked_.erase(it->second.node_id);
   pairing_by_node_.erase(it->second.node_id);
   pairing_.erase(it);
-  return d.device;
+  return approved;
 }
 
 absl::Status MemoryStore::RejectPairing(const std::string& request_id) {

@@ -84,7 +84,8 @@ class MemoryStore final : public Store {
   // What ownership decisions need of a connection; what it said about itself is in its
   // node's record (memory per session).
   struct Conn {
-    std::string conn_id;
+    const std::string& conn_id() const { return *id; }
+    const std::string* id = nullptr;  // its key in conns_ (a node map: the key stays put)
     std::string node_id;
     std::string edge_id;
     uint64_t generation = 0;
@@ -108,10 +109,16 @@ class MemoryStore final : public Store {
     int64_t last_seen_ms = 0;
     int64_t idle_since_ms = 0;  // disconnected since (its key in idle_); 0 while owned
   };
+  // A paired device (its node id is the key in devices_).
   struct DeviceRecord {
-    Device device;
+    std::string public_key;
+    int64_t approved_at_ms = 0;
+    std::string approved_by;
     std::string token;
   };
+  static Device DeviceOf(const std::string& node_id, const DeviceRecord& d) {
+    return Device{node_id, d.public_key, d.approved_at_ms, d.approved_by};
+  }
   struct Lease {
     std::string epoch;
     int64_t expires_ms = 0;
