@@ -174,9 +174,28 @@ void Registry::DetachEdge(const std::string& edge_id, const EdgeSink* sink) {
 
 absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& epoch) {
   const int64_t now = clock_.NowMs();
-  RETURN_IF_ERROR(store_.RenewLease(edge_id, epoch, now));
-  MarkRenewed(edge_id, epoch, now);
-  return absl::OkStatus();
+  absl::Status s = store_.RenewLease(edge_id, epoch, now);
+  if (s.ok()) {
+    MarkRenewed(edge_id, epoch, now);
+    return s;
+  }
+  if (absl::IsFailedPrecondition(s)) return s;
+  // The store did not answer. Once the lease's TTL has passed since the last renewal here,
+  // another replica may have lapsed it and closed the edge's connections (edge_lost) without
+  // this replica, cut off from the store, being able to tell the edge: the edge must attach
+  // again (through a replica that reaches the store) and resync.
+  int64_t renewed = now;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = routes_.find(edge_id);
+    if (it != routes_.end() && it->second.epoch == epoch) renewed = it->second.renewed_ms;
+  }
+  if (now - renewed > options_.lease_ttl_ms) {
+    return absl::FailedPreconditionError(absl::StrCat("the edge's lease could not be renewed for ",
+                                                      now - renewed, " ms, longer than its TTL (",
+                                                      std::string(s.message()), "): attach again"));
+  }
+  return s;
 }
 
 void Registry::MarkRenewed(const std::string& edge_id, const std::string& epoch, int64_t now) {
@@ -199,7 +218,9 @@ void Registry::RenewLiveLeases() {
   {
     absl::MutexLock lock(&mu_);
     for (const auto& [edge_id, route] : routes_) {
-      if (now - route.last_read_ms < every && now - route.renewed_ms >= every) {
+      // (A resync stops reading the stream, heartbeats included, for as long as it runs.)
+      const bool live = now - route.last_read_ms < every || route.resyncing > 0;
+      if (live && now - route.renewed_ms >= every) {
         due.emplace_back(edge_id, route.epoch);
       }
     }
@@ -309,10 +330,17 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const 
                                               const std::vector<LiveConnection>& live) {
   Effects effects;
   absl::StatusOr<ResyncResult> result;
+  auto resyncing = [&](int delta) {
+    absl::MutexLock lock(&mu_);
+    auto it = routes_.find(edge_id);
+    if (it != routes_.end() && it->second.epoch == epoch) it->second.resyncing += delta;
+  };
+  resyncing(1);  // the tick renews its lease meanwhile (RenewLiveLeases)
   {
     Decision decision(*this, &effects);
     result = store_.Resync(edge_id, epoch, live, clock_.NowMs(), &effects);
   }
+  resyncing(-1);
   stats_.resyncs.Add();
   if (result.ok()) {
     common::Log(common::LogLevel::kInfo, "edge_resynced",

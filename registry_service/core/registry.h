@@ -164,6 +164,9 @@ class Registry {
   // if the edge already re-attached on a new stream); its connections stay until the lease
   // lapses or the edge resyncs.
   void DetachEdge(const std::string& edge_id, const EdgeSink* sink) ABSL_LOCKS_EXCLUDED(mu_);
+  // Renews the edge's lease. FAILED_PRECONDITION (the edge must attach again and resync): the
+  // lease lapsed or has another epoch, or the store has not answered this replica's renewals
+  // for longer than the lease's TTL (another replica may have lapsed it meanwhile).
   absl::Status Heartbeat(const std::string& edge_id, const std::string& epoch);
   // A message from `edge_id` was read from the stream carrying `sink`. A stream that is being
   // read is alive: Tick renews its lease even when its explicit heartbeats sit behind a backlog
@@ -316,6 +319,7 @@ class Registry {
     std::shared_ptr<Outbox> outbox;
     int64_t renewed_ms = 0;    // attach or last renewal (heartbeat or a live stream's, by Tick)
     int64_t last_read_ms = 0;  // last message read from its stream
+    int resyncing = 0;         // resyncs running (reading paused: the tick renews the lease)
     // Routed stores: the last outbox entry delivered (empty: not read yet), the last one
     // recorded in the store, and whether this replica still holds the edge there.
     std::string position;

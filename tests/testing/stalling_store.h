@@ -2,6 +2,7 @@
 #ifndef TETHER_TESTS_TESTING_STALLING_STORE_H_
 #define TETHER_TESTS_TESTING_STALLING_STORE_H_
 
+#include <atomic>
 #include <functional>
 #include <string>
 #include <vector>
@@ -21,6 +22,9 @@ class StallingStore final : public registry::Store {
   explicit StallingStore(const registry::StoreOptions& o, int64_t start_ms = 1'700'000'000'000)
       : inner_(o, start_ms) {}
   std::function<void()> before_start_invoke;
+  std::atomic<bool> fail_renewals{false};  // RenewLease answers UNAVAILABLE (a store cut off)
+  std::function<void()> during_resync;     // runs inside Resync, before the decision
+  std::atomic<int> renewals{0};            // RenewLease calls
   void Stall(bool registers, bool touches) {
     absl::MutexLock lock(&mu_);
     stall_registers_ = registers;
@@ -36,6 +40,8 @@ class StallingStore final : public registry::Store {
     return inner_.AttachEdge(e, ep, now, fx);
   }
   absl::Status RenewLease(const std::string& e, const std::string& ep, int64_t now) override {
+    ++renewals;
+    if (fail_renewals) return absl::UnavailableError("store unreachable (test)");
     return inner_.RenewLease(e, ep, now);
   }
   absl::Status DrainEdge(const std::string& e, const std::string& ep, int64_t now,
@@ -45,6 +51,7 @@ class StallingStore final : public registry::Store {
   absl::StatusOr<registry::ResyncResult> Resync(const std::string& e, const std::string& ep,
                                                 const std::vector<registry::LiveConnection>& live,
                                                 int64_t now, registry::Effects* fx) override {
+    if (during_resync) during_resync();
     return inner_.Resync(e, ep, live, now, fx);
   }
   absl::StatusOr<registry::RegisterResult> Register(const registry::ConnectionSpec& spec,

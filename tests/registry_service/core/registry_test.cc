@@ -260,6 +260,63 @@ TEST(RegistryAdmitRace, AnInvokeWhoseCallerWasAnsweredDuringTheDecisionIsCancell
   EXPECT_EQ(log.back(), "cancel c1") << "the node runs an invoke nobody waits for";
 }
 
+// Found in review: a replica cut off from a shared store kept answering the edge's heartbeats
+// with "try again" and kept its stream, while another replica lapsed the lease and closed the
+// edge's connections (edge_lost): the edge never learnt it and its sockets stayed unowned. Past
+// the lease's TTL without a renewal the heartbeat now says "attach again".
+TEST(RegistryLease, HeartbeatsTheStoreCannotRenewForLongerThanTheTtlAskTheEdgeToReattach) {
+  ::tether::testing::StallingStore* store = nullptr;
+  RegistryHarness h(RegistryHarness::DefaultOptions(),
+                    [&store](const StoreOptions& o, int64_t start_ms) {
+                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
+                      store = s.get();
+                      return s;
+                    });
+  h.Attach("edgeA");
+  const int64_t ttl = RegistryOptions{}.lease_ttl_ms;
+  h.clock().Advance(1000);
+  ASSERT_TRUE(h.registry().Heartbeat("edgeA", "e1").ok());
+  store->fail_renewals = true;
+  h.clock().Advance(ttl);
+  EXPECT_TRUE(absl::IsUnavailable(h.registry().Heartbeat("edgeA", "e1")));  // try again
+  h.clock().Advance(1);
+  EXPECT_TRUE(absl::IsFailedPrecondition(h.registry().Heartbeat("edgeA", "e1")));
+  store->fail_renewals = false;
+  EXPECT_TRUE(h.registry().Heartbeat("edgeA", "e1").ok());  // (the store answers again)
+}
+
+// Found in review: a resync stops the stream's reads, heartbeats included, for as long as it
+// runs; on a loaded Redis that is longer than a lease. The tick renews the lease of an edge
+// whose resync is running.
+TEST(RegistryLease, TheLeaseOfAnEdgeWhoseResyncRunsIsRenewedByTheTick) {
+  ::tether::testing::StallingStore* store = nullptr;
+  RegistryHarness h(RegistryHarness::DefaultOptions(),
+                    [&store](const StoreOptions& o, int64_t start_ms) {
+                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
+                      store = s.get();
+                      return s;
+                    });
+  h.Attach("edgeA");
+  ASSERT_GT(h.Register("c1", "n1"), 0u);
+  // The resync takes two lease TTLs with no heartbeat; the server's ticker runs meanwhile (on
+  // its own thread: it renews leases first, then waits for the decision to expire).
+  std::thread ticker;
+  store->during_resync = [&] {
+    h.clock().Advance(2 * RegistryOptions{}.lease_ttl_ms);
+    const int before = store->renewals.load();
+    ticker = std::thread([&] { h.registry().Tick(); });
+    for (int i = 0; i < 500 && store->renewals.load() == before; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  };
+  std::vector<LiveConnection> live(1);
+  live[0].spec = RegistryHarness::Spec("c1", "n1", "edgeA", "e1");
+  auto r = h.registry().Resync("edgeA", "e1", live);
+  ticker.join();
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(h.Node("n1").connected) << "the lease lapsed during the resync";
+}
+
 // Found in review: a caller joining an invoke (same idempotency key) took the joined invoke's
 // deadline as its own, so a joiner with a shorter timeout waited for the longer one. Each caller
 // ends by its own deadline; the invoke goes on for the caller that started it.
