@@ -56,11 +56,12 @@ class FakeDownstream final : public edge::Downstream {
 class FakeLink final : public edge::RegistryLink {
  public:
   bool Send(const v1::EdgeMessage& message) override {
-    if (!up) return false;
+    if (!up || full) return false;
     sent.push_back(message);
     return true;
   }
   bool up = true;
+  bool full = false;  // up, but its queue is full: every send fails
   std::vector<v1::EdgeMessage> sent;
 };
 

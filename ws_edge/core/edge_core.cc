@@ -435,7 +435,7 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
   }
   // Only an invoke delivered on this socket and still open can be settled by the registry:
   // answer the rest here instead of sending a 25 MiB payload up the link to be ignored.
-  if (conn.invokes.erase(result->id) == 0 || !link_up_) {
+  if (!conn.invokes.contains(result->id) || !link_up_) {
     SendFrame(conn, protocol::EncodeResponseOk(frame_id, json{{"ok", true}, {"ignored", true}}));
     return;
   }
@@ -451,11 +451,13 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
   r->set_error_code(result->error_code.value_or(""));
   r->set_error_message(result->error_message.value_or(""));
   if (!SendLink(m)) {
-    // Not forwarded (link down or its queue full): the node may retry.
+    // Not forwarded (link down or its queue full): the node may retry, and its retry is
+    // forwarded (the invoke stays open here).
     SendFrame(conn,
               protocol::EncodeResponseError(frame_id, Unavailable("registry link busy or down")));
     return;
   }
+  conn.invokes.erase(result->id);
   awaiting_ack_[request] = AwaitingAck{conn.socket, frame_id};
   stats_.results_forwarded.Add();
 }
@@ -655,6 +657,17 @@ void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
   if (recent_invokes_.contains(inv.invoke_id())) {
     // Sent again by a registry replica that took this edge over: delivered once already.
     stats_.invokes_duplicate.Add();
+    if (!conn.invokes.contains(inv.invoke_id())) {
+      // It ended here meanwhile: cancelled at the node when the link was lost (a crashed
+      // replica failed nothing in the store), or answered with a result the lost link may have
+      // dropped. Say so, so that the registry ends it now instead of at its deadline (a no-op
+      // if it was settled).
+      v1::EdgeMessage u;
+      u.mutable_undeliverable()->set_invoke_id(inv.invoke_id());
+      u.mutable_undeliverable()->set_conn_id(conn.conn_id);
+      u.mutable_undeliverable()->set_reason("already ended at the edge (registry link lost)");
+      SendLink(u);
+    }
     return;
   }
   protocol::InvokeRequest req;

@@ -689,6 +689,48 @@ TEST_F(EdgeCoreTest, LinkLossCancelsInFlightInvokesAtTheNode) {
   EXPECT_FALSE(down_.sockets[1].closed);  // the node itself stays connected
 }
 
+// Found in review: after a registry replica crashed, the replica that took the edge over sent
+// it the invoke again; the edge had cancelled it at the node when the link was lost and
+// dropped the copy as a duplicate, so nothing ended it before its deadline (the crashed replica
+// failed nothing in the store). The edge now reports it undeliverable: the registry ends it
+// at once (DISCONNECTED). A copy of an invoke still running at the node is dropped as before.
+TEST_F(EdgeCoreTest, AnInvokeSentAgainAfterTheLinkWasLostIsReportedUndeliverable) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "running");
+  Invoke(opened.conn_id(), opened.node_id(), "running");  // a copy: still running, dropped
+  EXPECT_EQ(core_->stats().invokes_delivered.value(), 1);
+  link_.up = false;
+  core_->OnLinkDown();  // cancelled at the node
+  link_.up = true;
+  core_->OnLinkUp();
+  link_.sent.clear();
+  const size_t frames = down_.sockets[1].frames.size();
+  Invoke(opened.conn_id(), opened.node_id(), "running");
+  EXPECT_EQ(down_.sockets[1].frames.size(), frames) << "the node ran it again";
+  ASSERT_EQ(link_.sent.size(), 1u);
+  EXPECT_EQ(link_.sent[0].undeliverable().invoke_id(), "running");
+  EXPECT_EQ(link_.sent[0].undeliverable().conn_id(), opened.conn_id());
+}
+
+// Found in review: a result the link could not take (its queue full) was answered "retry" to
+// the node, and the retry was then answered "ignored": the invoke had been forgotten.
+TEST_F(EdgeCoreTest, AResultTheLinkCouldNotTakeIsForwardedWhenTheNodeRetries) {
+  auto opened = Connect(1, identity_);
+  Grant(opened, 1);
+  Invoke(opened.conn_id(), opened.node_id(), "inv-1");
+  link_.full = true;
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  EXPECT_EQ(LastFrame(1)["error"]["code"], "UNAVAILABLE");
+  link_.full = false;
+  link_.sent.clear();
+  NodeSends(1, Result("inv-1", opened.node_id()));
+  ASSERT_EQ(link_.sent.size(), 1u);
+  EXPECT_EQ(link_.sent[0].result().invoke_id(), "inv-1");
+  NodeSends(1, Result("inv-1", opened.node_id()));  // once forwarded, a third is ignored
+  EXPECT_EQ(LastFrame(1)["payload"]["ignored"], true);
+}
+
 // --- Re-entrant closes (the downstream calls OnClose from inside Close or a failed Send) ------
 
 TEST_F(EdgeCoreTest, DrainClosesEverySocketWhileEachCloseCallsBackInline) {
