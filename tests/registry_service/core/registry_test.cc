@@ -229,6 +229,15 @@ TEST_F(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheS
   EXPECT_EQ(got_.size(), 1u);
 }
 
+// A RegistryHarness store factory making a StallingStore, left in `*store`.
+::tether::testing::StoreFactory StallingStoreFactory(::tether::testing::StallingStore** store) {
+  return [store](const StoreOptions& o, int64_t start_ms) -> std::unique_ptr<Store> {
+    auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
+    *store = s.get();
+    return s;
+  };
+}
+
 // Found in review: the caller can be answered (its deadline passed, or it cancelled) while
 // its invoke is still being decided in the store (seconds on Redis under overload). The
 // decision then dispatched it anyway and nobody told the node to stop: it ran a command no
@@ -236,12 +245,7 @@ TEST_F(RegistryAdmit, AStartedInvokeIsAnsweredBySlackAfterItsDeadlineWithoutTheS
 // cancelled at the node instead.
 TEST(RegistryAdmitRace, AnInvokeWhoseCallerWasAnsweredDuringTheDecisionIsCancelledAtTheNode) {
   ::tether::testing::StallingStore* store = nullptr;
-  RegistryHarness h(RegistryHarness::DefaultOptions(),
-                    [&store](const StoreOptions& o, int64_t start_ms) {
-                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
-                      store = s.get();
-                      return s;
-                    });
+  RegistryHarness h(RegistryHarness::DefaultOptions(), StallingStoreFactory(&store));
   auto& sink = h.Attach("edgeA");
   ASSERT_GT(h.Register("c1", "n1"), 0u);
   std::vector<InvokeResult> got;
@@ -266,12 +270,7 @@ TEST(RegistryAdmitRace, AnInvokeWhoseCallerWasAnsweredDuringTheDecisionIsCancell
 // the lease's TTL without a renewal the heartbeat now says "attach again".
 TEST(RegistryLease, HeartbeatsTheStoreCannotRenewForLongerThanTheTtlAskTheEdgeToReattach) {
   ::tether::testing::StallingStore* store = nullptr;
-  RegistryHarness h(RegistryHarness::DefaultOptions(),
-                    [&store](const StoreOptions& o, int64_t start_ms) {
-                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
-                      store = s.get();
-                      return s;
-                    });
+  RegistryHarness h(RegistryHarness::DefaultOptions(), StallingStoreFactory(&store));
   h.Attach("edgeA");
   const int64_t ttl = RegistryOptions{}.lease_ttl_ms;
   h.clock().Advance(1000);
@@ -290,12 +289,7 @@ TEST(RegistryLease, HeartbeatsTheStoreCannotRenewForLongerThanTheTtlAskTheEdgeTo
 // whose resync is running.
 TEST(RegistryLease, TheLeaseOfAnEdgeWhoseResyncRunsIsRenewedByTheTick) {
   ::tether::testing::StallingStore* store = nullptr;
-  RegistryHarness h(RegistryHarness::DefaultOptions(),
-                    [&store](const StoreOptions& o, int64_t start_ms) {
-                      auto s = std::make_unique<::tether::testing::StallingStore>(o, start_ms);
-                      store = s.get();
-                      return s;
-                    });
+  RegistryHarness h(RegistryHarness::DefaultOptions(), StallingStoreFactory(&store));
   h.Attach("edgeA");
   ASSERT_GT(h.Register("c1", "n1"), 0u);
   // The resync takes two lease TTLs with no heartbeat; the server's ticker runs meanwhile (on
