@@ -22,6 +22,8 @@ using Base = grpc::ServerBidiReactor<v1::EdgeMessage, v1::RegistryMessage>;
 // (up to --max_params_bytes each), so bytes are bounded too; over either bound the stream ends
 // (RESOURCE_EXHAUSTED) and the edge's resync on its next stream repairs what was lost with it.
 constexpr size_t kMaxQueuedToEdge = 1 << 20;
+// The most connections one edge's resync may report (its chunks together).
+constexpr size_t kMaxResyncConnections = 1 << 20;
 constexpr size_t kMaxQueuedBytesToEdge = 256 << 20;
 
 class LinkReactor;
@@ -118,6 +120,9 @@ class Link final : public EdgeSink, public std::enable_shared_from_this<Link> {
   // waiting), and a grant would supersede the node's working old socket for a dead one.
   absl::flat_hash_set<std::string> closing_ ABSL_GUARDED_BY(mu_);
   std::string epoch_ ABSL_GUARDED_BY(mu_);
+  // The chunks of a resync read so far (Resync.more); reconciled at the last one. Touched only
+  // by barriers, which run one at a time.
+  std::vector<LiveConnection> resync_chunks_;
   std::shared_ptr<Strand> lanes_[kLanes];
   std::shared_ptr<Strand> control_;     // barriers
   std::shared_ptr<Strand> heartbeats_;  // heartbeats
@@ -336,10 +341,22 @@ grpc::Status Link::Handle(const v1::EdgeMessage& m, v1::RegistryMessage* out, bo
       return grpc::Status::OK;
     }
     case v1::EdgeMessage::kResync: {
-      std::vector<LiveConnection> live;
-      for (const auto& l : m.resync().connections()) {
-        live.push_back({FromProto(l.opened(), edge_id, epoch), l.generation(), l.superseded()});
+      if (resync_chunks_.size() + m.resync().connections_size() > kMaxResyncConnections) {
+        resync_chunks_.clear();
+        return grpc::Status(
+            grpc::StatusCode::RESOURCE_EXHAUSTED,
+            "resync of more than " + std::to_string(kMaxResyncConnections) + " connections");
       }
+      for (const auto& l : m.resync().connections()) {
+        resync_chunks_.push_back(
+            {FromProto(l.opened(), edge_id, epoch), l.generation(), l.superseded()});
+      }
+      if (m.resync().more()) {  // a chunk: the last one reconciles them all, and is answered
+        *reply = false;
+        return grpc::Status::OK;
+      }
+      std::vector<LiveConnection> live = std::move(resync_chunks_);
+      resync_chunks_.clear();
       auto r = registry_.Resync(edge_id, epoch, live);
       if (!r.ok()) return ToGrpc(r.status());
       out->mutable_resync_ack()->set_kept(r->kept);

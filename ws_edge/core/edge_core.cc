@@ -469,16 +469,25 @@ bool EdgeCore::SendLink(const v1::EdgeMessage& message) { return link_up_ && lin
 void EdgeCore::OnLinkUp() {
   Entry entry(*this);
   link_up_ = true;
+  // First on the new stream, in chunks: every one but the last says more follow.
   v1::EdgeMessage m;
-  v1::Resync* resync = m.mutable_resync();
+  size_t bytes = 0;
   for (const auto& [socket, conn] : sockets_) {
     if (conn.state != State::kLive) continue;
-    v1::LiveConnection* l = resync->add_connections();
+    if (bytes >= static_cast<size_t>(options_.resync_chunk_bytes)) {
+      m.mutable_resync()->set_more(true);
+      link_.Send(m);
+      m.mutable_resync()->Clear();
+      bytes = 0;
+    }
+    v1::LiveConnection* l = m.mutable_resync()->add_connections();
     l->mutable_opened()->ParseFromString(conn.opened);
     l->set_generation(conn.generation);
     l->set_superseded(conn.superseded);
+    bytes += conn.opened.size() + 16;
   }
-  link_.Send(m);  // first on the new stream
+  m.mutable_resync();  // (an edge with no live connection still resyncs: it has none)
+  link_.Send(m);
 }
 
 void EdgeCore::OnLinkDown() {

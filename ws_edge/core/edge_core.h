@@ -28,8 +28,11 @@ struct EdgeOptions {
   std::string version = "tether-edge/0.1";
   std::optional<std::string> shared_token;  // nullopt: no token required
   int64_t handshake_timeout_ms = 15'000;
-  int64_t tick_interval_ms = 30'000;        // advertised; ticks are sent at this period
-  int64_t max_payload = 26'214'400;         // frame limit after hello (advertised)
+  int64_t tick_interval_ms = 30'000;  // advertised; ticks are sent at this period
+  int64_t max_payload = 26'214'400;   // frame limit after hello (advertised)
+  // A resync goes in messages of about this many bytes at most (the registry accepts 64 MiB
+  // per message; an edge with 50,000 nodes of rich metadata would exceed one).
+  int64_t resync_chunk_bytes = 4 << 20;
   int64_t max_buffered_bytes = 52'428'800;  // advertised; the transport enforces its own bound
   // Drain (SIGTERM): live sockets are closed with 1012 at random moments within the spread, so
   // their nodes do not all reconnect at once; one with invokes in flight waits for them, up to

@@ -142,5 +142,43 @@ TEST_F(EdgeLinkServiceTest, ARegistrationWhoseCloseWasReadFirstIsNotDecided) {
                    .has_value());
 }
 
+// A resync in chunks (Resync.more) is reconciled once, at the last chunk, over all of them:
+// connections reported in any chunk are kept, the rest of the edge's are closed, and only the
+// last chunk is answered.
+TEST_F(EdgeLinkServiceTest, AResyncInChunksIsReconciledOnceOverAllOfThem) {
+  for (const char* c : {"c1", "c2", "c3"}) {
+    auto granted = edge_->Open(c, std::string("n-") + c);
+    ASSERT_TRUE(granted.has_value() && granted->granted());
+  }
+  auto live = [](const std::string& conn) {
+    v1::LiveConnection l;
+    l.mutable_opened()->set_conn_id(conn);
+    l.mutable_opened()->set_node_id("n-" + conn);
+    l.mutable_opened()->set_public_key("pk-n-" + conn);
+    l.mutable_opened()->set_shared_token_ok(true);
+    return l;
+  };
+  v1::EdgeMessage first;
+  *first.mutable_resync()->add_connections() = live("c1");
+  first.mutable_resync()->set_more(true);
+  ASSERT_TRUE(edge_->Send(first));
+  EXPECT_FALSE(edge_
+                   ->Next([](const v1::RegistryMessage& r) { return r.has_resync_ack(); },
+                          absl::Milliseconds(300))
+                   .has_value())
+      << "a chunk is not answered";
+  EXPECT_TRUE(store_->GetNode("n-c2")->connected) << "nothing is reconciled before the last";
+  v1::EdgeMessage last;
+  *last.mutable_resync()->add_connections() = live("c3");
+  ASSERT_TRUE(edge_->Send(last));
+  auto ack = edge_->Next([](const v1::RegistryMessage& r) { return r.has_resync_ack(); });
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->resync_ack().kept(), 2);
+  EXPECT_EQ(ack->resync_ack().closed(), 1);
+  EXPECT_TRUE(store_->GetNode("n-c1")->connected);
+  EXPECT_FALSE(store_->GetNode("n-c2")->connected);
+  EXPECT_TRUE(store_->GetNode("n-c3")->connected);
+}
+
 }  // namespace
 }  // namespace tether::registry

@@ -231,6 +231,33 @@ TEST_F(EdgeCoreTest, LinkDownRefusesNewHandshakesWithRetryableUnavailable) {
   EXPECT_EQ(down_.sockets[2].close_code, 1013);
 }
 
+// Found in review: the resync was one message, and the registry accepts 64 MiB per message;
+// an edge with enough live connections (or enough metadata) could never resync. It goes in
+// chunks of about resync_chunk_bytes: every one but the last says more follow.
+TEST_F(EdgeCoreTest, ABigResyncGoesInChunks) {
+  options_.resync_chunk_bytes = 1;  // a chunk per connection
+  Rebuild();
+  std::set<std::string> live;
+  for (uint64_t s = 1; s <= 3; ++s) {
+    auto opened = Connect(s, protocol::Ed25519Identity::Generate());
+    Grant(opened, s);
+    live.insert(opened.conn_id());
+  }
+  core_->OnLinkDown();
+  link_.sent.clear();
+  core_->OnLinkUp();
+  ASSERT_EQ(link_.sent.size(), 3u);
+  std::set<std::string> reported;
+  for (size_t i = 0; i < link_.sent.size(); ++i) {
+    ASSERT_TRUE(link_.sent[i].has_resync());
+    EXPECT_EQ(link_.sent[i].resync().more(), i + 1 < link_.sent.size()) << i;
+    for (const auto& l : link_.sent[i].resync().connections()) {
+      reported.insert(l.opened().conn_id());
+    }
+  }
+  EXPECT_EQ(reported, live);
+}
+
 TEST_F(EdgeCoreTest, LinkUpResyncsEveryLiveConnectionWithItsGeneration) {
   auto a = Connect(1, identity_);
   Grant(a, 7);
