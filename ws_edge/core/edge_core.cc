@@ -8,6 +8,7 @@
 #include "common/log.h"
 #include "ws_edge/protocol/connect_params.h"
 #include "ws_edge/protocol/frame.h"
+#include "ws_edge/protocol/gateway_methods.h"
 #include "ws_edge/protocol/hello.h"
 
 namespace tether::edge {
@@ -33,26 +34,6 @@ ErrorShape InvalidRequest(std::string message) {
   e.code = std::string(protocol::kInvalidRequest);
   e.message = std::move(message);
   return e;
-}
-
-// The methods OpenClaw lets a node call (its method-scopes: scope "node"). The edge implements
-// node.invoke.result and node.event; the rest are answered "unknown method", which makes a node
-// host stop asking. Any other method is not a node's to call: "unauthorized role: node", as
-// the Gateway answers.
-bool IsNodeRoleMethod(const std::string& method) {
-  static const auto* const kMethods =
-      new absl::flat_hash_set<std::string>{"node.invoke.result",
-                                           "node.invoke.progress",
-                                           "node.event",
-                                           "node.pending.pull",
-                                           "node.pending.ack",
-                                           "node.pending.drain",
-                                           "node.pluginSurface.refresh",
-                                           "node.pluginTools.update",
-                                           "node.skills.update",
-                                           "node.runnerInventory.update",
-                                           "skills.bins"};
-  return kMethods->contains(method);
 }
 
 // The id to answer a frame that is not a valid request with: its own, if it has a usable one,
@@ -378,7 +359,8 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
   // As the Gateway's flood guard: more than this many unauthorized calls in a row close the
   // socket (1008); any other request resets the count.
   constexpr int kMaxUnauthorizedInARow = 10;
-  if (IsNodeRoleMethod(method)) conn.unauthorized_in_a_row = 0;
+  const bool unauthorized = protocol::IsGatewayOperatorMethod(method) || method == "connect";
+  if (!unauthorized) conn.unauthorized_in_a_row = 0;
   if (method == "node.invoke.result") {
     HandleInvokeResult(conn, frame->id, frame->params);
   } else if (method == "node.event") {
@@ -405,8 +387,9 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
       conn.next_event_forward_ms = now + 1000;
     }
     SendFrame(conn, protocol::EncodeResponseOk(frame->id, json{{"ok", true}}));
-  } else if (IsNodeRoleMethod(method)) {
-    // What the node host expects from a gateway without the method: it stops asking.
+  } else if (!unauthorized) {
+    // A node method the edge does not serve (what the node host expects from a gateway
+    // without it: it stops asking), or a method the Gateway does not have.
     SendFrame(conn, protocol::EncodeResponseError(frame->id,
                                                   InvalidRequest("unknown method: " + method)));
   } else {

@@ -345,10 +345,11 @@ TEST_F(EdgeCoreTest, SlowConsumerIsClosed) {
   EXPECT_EQ(core_->stats().slow_consumers_closed.value(), 1u);
 }
 
-// As the Gateway answers them (node-protocol.md §1, §7): an invalid frame gets "invalid request
-// frame" under its own id or "invalid" (ids are never empty); a node method the edge does not
-// implement gets "unknown method" (the node host then stops asking); any other method,
-// a second connect included, "unauthorized role: node". The socket stays open.
+// As node-protocol.md §1 and §7 say: an invalid frame gets "invalid request frame" under its
+// own id or "invalid" (ids are never empty); a node method the edge does not implement gets
+// "unknown method" (the node host then stops asking), and so does a method the Gateway does
+// not have; one of the Gateway's operator methods, a second connect included, gets
+// "unauthorized role: node". The socket stays open.
 TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
   auto opened = Connect(1, identity_);
   Grant(opened, 1);
@@ -362,12 +363,13 @@ TEST_F(EdgeCoreTest, BadFramesAfterHelloGetErrorsWithoutClosing) {
   EXPECT_EQ(LastFrame(1)["id"], "7");
   EXPECT_EQ(LastFrame(1)["error"]["message"].get<std::string>().rfind("invalid request frame", 0),
             0u);
-  for (const char* method : {"node.runnerInventory.update", "node.pluginTools.update",
-                             "node.skills.update", "node.invoke.progress", "skills.bins"}) {
+  for (const char* method :
+       {"node.runnerInventory.update", "node.pluginTools.update", "node.skills.update",
+        "node.invoke.progress", "skills.bins", "no.such.method", "health"}) {
     NodeSends(1, {{"type", "req"}, {"id", "9"}, {"method", method}, {"params", json::object()}});
     EXPECT_EQ(LastFrame(1)["error"]["message"], std::string("unknown method: ") + method);
   }
-  for (const char* method : {"node.list", "chat.send", "connect", "no.such.method"}) {
+  for (const char* method : {"node.list", "chat.send", "connect", "node.invoke"}) {
     NodeSends(1, {{"type", "req"}, {"id", "10"}, {"method", method}, {"params", json::object()}});
     EXPECT_EQ(LastFrame(1)["id"], "10");
     EXPECT_EQ(LastFrame(1)["error"]["code"], "INVALID_REQUEST");
