@@ -187,8 +187,7 @@ absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& 
   int64_t renewed = now;
   {
     absl::MutexLock lock(&mu_);
-    auto it = routes_.find(edge_id);
-    if (it != routes_.end() && it->second.epoch == epoch) renewed = it->second.renewed_ms;
+    if (const Route* route = FindRoute(edge_id, epoch)) renewed = route->renewed_ms;
   }
   if (now - renewed > options_.lease_ttl_ms) {
     return absl::FailedPreconditionError(absl::StrCat("the edge's lease could not be renewed for ",
@@ -198,10 +197,14 @@ absl::Status Registry::Heartbeat(const std::string& edge_id, const std::string& 
   return s;
 }
 
+Registry::Route* Registry::FindRoute(const std::string& edge_id, const std::string& epoch) {
+  auto it = routes_.find(edge_id);
+  return it != routes_.end() && it->second.epoch == epoch ? &it->second : nullptr;
+}
+
 void Registry::MarkRenewed(const std::string& edge_id, const std::string& epoch, int64_t now) {
   absl::MutexLock lock(&mu_);
-  auto it = routes_.find(edge_id);
-  if (it != routes_.end() && it->second.epoch == epoch) it->second.renewed_ms = now;
+  if (Route* route = FindRoute(edge_id, epoch)) route->renewed_ms = now;
 }
 
 void Registry::EdgeAlive(const std::string& edge_id, const EdgeSink* sink) {
@@ -332,8 +335,7 @@ absl::StatusOr<ResyncResult> Registry::Resync(const std::string& edge_id, const 
   absl::StatusOr<ResyncResult> result;
   auto resyncing = [&](int delta) {
     absl::MutexLock lock(&mu_);
-    auto it = routes_.find(edge_id);
-    if (it != routes_.end() && it->second.epoch == epoch) it->second.resyncing += delta;
+    if (Route* route = FindRoute(edge_id, epoch)) route->resyncing += delta;
   };
   resyncing(1);  // the tick renews its lease meanwhile (RenewLiveLeases)
   {

@@ -352,6 +352,9 @@ class Registry {
     PresenceErrorFn on_error;
   };
 
+  // The route of `edge_id` attached with `epoch`; null if none (or another epoch's).
+  Route* FindRoute(const std::string& edge_id, const std::string& epoch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Notes that `edge_id`'s lease (with `epoch`) was renewed at `now`.
   void MarkRenewed(const std::string& edge_id, const std::string& epoch, int64_t now)
       ABSL_LOCKS_EXCLUDED(mu_);

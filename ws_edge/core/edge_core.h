@@ -202,6 +202,10 @@ class EdgeCore {
   void DeliverInvoke(Conn& conn, const v1::InvokeRequest& invoke);
   // Sends to the registry only while attached and resynced (the resync goes first).
   bool SendLink(const v1::EdgeMessage& message);
+  // Tells the registry that invoke `invoke_id` on `conn_id` will not be answered from here
+  // (the registry ends it DISCONNECTED at once; a no-op if it was settled).
+  void ReportUndeliverable(const std::string& invoke_id, const std::string& conn_id,
+                           const std::string& reason);
   void FillOpened(const Conn& conn, v1::ConnectionOpened* opened) const;
   void AnswerAck(uint64_t request_id, bool ignored);
 
