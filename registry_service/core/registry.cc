@@ -714,7 +714,6 @@ void Registry::Tick() {
     store_.Expire(clock_.NowMs(), &effects);
   }
   Apply(effects);
-  ExpireWaiters();
   if (routed_) MarkDelivered();
   // Changes decided by other replicas sharing the store reach this replica's watchers from the
   // shared history, in revision order, at most a tick late.

@@ -238,9 +238,9 @@ class Registry {
   Store& store() { return store_; }
 
   // Answers TIMEOUT to every caller still waiting past its invoke's deadline (see Admit).
-  // Tick runs it after the store's expiry; the server also runs it on a thread of its own,
-  // because a tick can be held up for seconds by a store under overload and the callers'
-  // answers must not wait for it. No store call. Thread-safe.
+  // The server runs it on a thread of its own every tick period, not in Tick: a tick can be
+  // held up for seconds by a store under overload and the callers' answers must not wait for
+  // it. No store call. Thread-safe.
   void ExpireWaiters() ABSL_LOCKS_EXCLUDED(mu_);
 
   // Expires invokes, leases and grace periods as of the clock's now (not while recovering),

@@ -141,9 +141,9 @@ absl::StatusOr<int> RegistryServer::Start() {
       }
     }
   });
-  // Callers waiting past their invoke's deadline are answered from here, not only from the
-  // ticker: a tick waits for the store's expiry, which an overloaded Redis can hold up for
-  // seconds, and the callers' answers must not wait for it (no store call here).
+  // Callers waiting past their invoke's deadline are answered from here, not from the ticker:
+  // a tick waits for the store's expiry, which an overloaded Redis can hold up for seconds, and
+  // the callers' answers must not wait for it (no store call here).
   deadlines_ = std::thread([this] {
     while (!stopping_.load()) {
       std::this_thread::sleep_for(std::chrono::milliseconds(options_.tick_ms));

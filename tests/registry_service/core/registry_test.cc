@@ -103,11 +103,11 @@ TEST(RegistryOutbox, ConcurrentDecisionsKeepPerConnectionOrder) {
   }
 }
 
-// The waiter expiry of a tick (a caller still waiting a second past its deadline gets TIMEOUT)
-// can run between an invoke's decision and the moment Invoke answers its own caller (a store
-// slow enough that the deadline passed meanwhile: Redis under a storm). `done` must still run
-// exactly once: twice is two Finish calls on one gRPC reactor, which aborts the registry (seen
-// in the storm benchmark on Redis).
+// The waiter expiry (the server's deadline thread: a caller still waiting a second past its
+// deadline gets TIMEOUT) can run between an invoke's decision and the moment Invoke answers its own
+// caller (a store slow enough that the deadline passed meanwhile: Redis under a storm). `done` must
+// still run exactly once: twice is two Finish calls on one gRPC reactor, which aborts the registry
+// (seen in the storm benchmark on Redis).
 TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
   RegistryHarness h;
   h.Attach("edgeA");
@@ -118,6 +118,7 @@ TEST(RegistryWaiters, EveryCallerIsAnsweredExactlyOnceWhileTicksExpireWaiters) {
     while (!stop.load()) {
       h.clock().Advance(5000);  // every waiter is past its deadline + slack at once
       h.registry().Tick();
+      h.registry().ExpireWaiters();
     }
   });
   const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(20);

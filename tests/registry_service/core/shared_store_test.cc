@@ -123,6 +123,7 @@ TEST(SharedStore, ACallerWhoseInvokeEndedOnAnotherReplicaGetsTimeoutNotAHang) {
   EXPECT_TRUE(results.empty());  // within the slack
   clock.Advance(kWaiterSlackMs);
   r1.Tick();
+  r1.ExpireWaiters();  // (the server's deadline thread)
   ASSERT_EQ(results.size(), 1u);
   EXPECT_EQ(results[0].outcome.code, InvokeCode::kTimeout);
   clock.Advance(5000);
